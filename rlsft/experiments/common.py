@@ -1,0 +1,107 @@
+"""What every experiment needs: the run folder, the tracker, and cached per-stage generations."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from ..cache import atomic_write_bytes, atomic_write_json
+from ..data import Record, load_records
+from ..generate import Sampling, generate_answers
+from ..models import fingerprint, load_model
+from ..tracking import Tracker
+
+
+@dataclass
+class RunContext:
+    cfg: Any
+    run_dir: Path
+    cache_dir: str
+    tracker: Tracker
+    _models: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ models and data
+    def stages(self) -> list[Any]:
+        return list(self.cfg.model_pair.stages)
+
+    def model_spec(self, stage: Any) -> dict:
+        return OmegaConf.to_container(stage.model, resolve=True) if not isinstance(stage.model, dict) else stage.model
+
+    def load_stage(self, stage: Any):
+        """(model, tokenizer) of a stage, loaded once per run."""
+        if stage.name not in self._models:
+            self._models[stage.name] = load_model(self.model_spec(stage), device=self.cfg.run.device,
+                                                  dtype=self.cfg.run.dtype, cache_dir=self.cache_dir)
+        return self._models[stage.name]
+
+    def release(self, stage: Any) -> None:
+        self._models.pop(stage.name, None)
+
+    def records(self, dataset_cfg: Any = None) -> list[Record]:
+        return load_records(dataset_cfg or self.cfg.dataset)
+
+    def sampling(self, **overrides: Any) -> Sampling:
+        g = self.cfg.generation
+        values = dict(max_new_tokens=g.max_new_tokens or self.cfg.model_pair.max_new_tokens, temperature=g.temperature,
+                      top_p=g.top_p, n_samples=g.n_samples, seed=g.seed)
+        values.update(overrides)
+        return Sampling(**values)
+
+    def generations(self, stage: Any, records: list[Record], sampling: Sampling | None = None,
+                    template: str | None = None) -> list[dict]:
+        """Cached answers of one stage (the model is loaded only on a cache miss)."""
+        return generate_answers(
+            lambda: self.load_stage(stage), records, template or self.cfg.model_pair.template,
+            sampling or self.sampling(), fingerprint(self.model_spec(stage)), self.cache_dir,
+            batch_size=self.cfg.generation.batch_size, desc=f"generate [{stage.name}]")
+
+    # ------------------------------------------------------------------ outputs
+    def write_json(self, name: str, obj: Any) -> Path:
+        path = self.run_dir / name
+        atomic_write_json(path, obj)
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.run_dir / name
+        atomic_write_bytes(path, text.encode())
+        return path
+
+    def write_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """The same table as CSV and markdown in the run folder, and as a W&B table."""
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf).writerows([columns, *rows])
+        self.write_text(f"{name}.csv", buf.getvalue())
+        self.write_text(f"{name}.md", markdown_table(columns, rows))
+        self.tracker.log_table(name, columns, rows)
+
+    def save_figure(self, name: str, fig) -> Path:
+        from ..cache import atomic_path
+
+        path = self.run_dir / f"{name}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+        self.tracker.log_image(name, path)
+        return path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)
