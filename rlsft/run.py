@@ -7,6 +7,7 @@ re-raised so the launcher marks that job failed and the sweep's exit status says
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -19,6 +20,8 @@ from omegaconf import OmegaConf
 from .cache import atomic_write_bytes, atomic_write_json
 from .config import validate
 from .errors import RlsftError
+
+log = logging.getLogger("rlsft")
 
 PACKAGES = ["rlsft", "torch", "transformers", "hydra-core", "hydra-submitit-launcher", "submitit", "wandb",
             "math-verify", "scikit-learn", "scipy", "numpy", "peft", "datasets"]
@@ -73,11 +76,18 @@ def main(cfg) -> dict:
 
         experiment = get_experiment(cfg.run.experiment)
         run_dir = Path(cfg.paths.run_dir)
+        resolved_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         if (run_dir / "result.json").exists():
-            raise RlsftError(f"run folder {run_dir} already holds a finished run; it is never overwritten")
+            # A finished run is never overwritten. The same job run again (a SLURM requeue after it finished)
+            # gets its stored result back; anything else is refused.
+            if (run_dir / "config_resolved.yaml").read_text() == resolved_yaml:
+                log.info("run folder %s already holds this finished run; returning its result", run_dir)
+                failed = False
+                return json.loads((run_dir / "result.json").read_text())
+            raise RlsftError(f"run folder {run_dir} already holds a different finished run; it is never overwritten")
         run_dir.mkdir(parents=True, exist_ok=True)
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        atomic_write_bytes(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+        atomic_write_bytes(run_dir / "config_resolved.yaml", resolved_yaml.encode())
         prov = provenance()
         atomic_write_json(run_dir / "provenance.json", prov)
         lg = cfg.logger
@@ -95,9 +105,15 @@ def main(cfg) -> dict:
         return result
     except RlsftError as exc:
         if multirun:
+            log.error("error: %s", exc)
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Exception:
+        # The submitit launcher only carries the exception object back to the sweep: keep the traceback in the
+        # job's own log.
+        log.exception("job failed")
+        raise
     finally:
         if tracker is not None:
             tracker.finish(failed=failed)
