@@ -119,7 +119,8 @@ def arithmetic_records(n: int, digits: int = 2, n_ops: int = 1, style: str = "ba
             if op == "-" and x > value:
                 op = "+"
             value = value + x if op == "+" else value - x if op == "-" else value * x
-            expr += f" {op} {x}"
+            # Operations apply left to right; parenthesise so the written expression means the same.
+            expr = f"({expr}) * {x}" if op == "*" and ("+" in expr or "-" in expr) else f"{expr} {op} {x}"
             terms.append(x)
             story.append({"+": f"{name} gets {x} more.", "-": f"{name} gives away {x}.",
                           "*": f"Then the number of {item} is multiplied by {x}."}[op])

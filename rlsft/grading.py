@@ -50,7 +50,7 @@ def gold_answer(raw: str, fmt: str) -> str:
         inner = last_boxed(raw)
         return (inner if inner is not None else raw).strip()
     if fmt == "dollar":
-        return raw.strip().strip("$").strip()
+        return re.sub(r"(?<!\\)\$", "", raw).strip()  # every unescaped $, also between parts
     if fmt in ("plain", "text"):
         return raw.strip()
     raise RlsftError(f"unknown gold answer format {fmt!r}; expected one of {GOLD_FORMATS}")
@@ -69,6 +69,10 @@ def extract_answer(text: str) -> str | None:
     return str(parsed[-1]) if parsed else None
 
 
+def _compact(s: str) -> str:
+    return re.sub(r"\s+|\$|\\[,!;: ]|~", "", s)
+
+
 def _norm_text(s: str) -> str:
     return re.sub(r"[^a-z0-9 ]", "", s.lower()).strip()
 
@@ -81,9 +85,18 @@ def grade(text: str, gold: str, kind: str = "math") -> tuple[str | None, bool]:
         target = _norm_text(gold)
         return pred, bool(target) and re.search(rf"\b{re.escape(target)}\b", _norm_text(pred)) is not None
     pred = parse(text, parsing_timeout=_timeout())
+    boxed = last_boxed(text)
     if not pred:
-        return None, False
-    return str(pred[-1]), bool(verify(parse_gold(gold), pred, timeout_seconds=_timeout()))
+        return boxed, boxed is not None and _compact(boxed) == _compact(gold)
+    gold_parsed = parse_gold(gold)
+    if verify(gold_parsed, pred, timeout_seconds=_timeout()):
+        return str(pred[-1]), True
+    if "%" in str(pred[-1]):  # "\boxed{50\%}" for a gold of 50 (GSM8K percent questions): same number, with a unit
+        bare = parse(f"${str(pred[-1]).replace(chr(92) + '%', '').replace('%', '')}$", parsing_timeout=_timeout())
+        if bare and verify(gold_parsed, bare, timeout_seconds=_timeout()):
+            return str(pred[-1]), True
+    # Free-text answers ("No solution", "$3000 @ 11%") that sympy cannot compare: exact match up to spacing.
+    return str(pred[-1]), any(c is not None and _compact(c) == _compact(gold) for c in (str(pred[-1]), boxed))
 
 
 def numeric_value(s: str | None) -> float | None:

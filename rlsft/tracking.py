@@ -56,3 +56,71 @@ class Tracker:
         if self.run is not None:
             self.run.finish(exit_code=1 if failed else 0)
             self.run = None
+
+
+# ----------------------------------------------------------------------------------------------- reading runs back
+_BLOCK, _HEADER = 32768, 7
+
+
+def _wandb_log_records(path: str | Path):
+    """Raw protobuf payloads of a ``run-<id>.wandb`` file.
+
+    Written by hand because wandb 0.31 ships no Python reader of its transaction log (an offline run can only be
+    synced, not read). The file is a LevelDB-style log: a 7-byte file header (":W&B", magic, version), then
+    32 KiB blocks of records, each with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last).
+    """
+    import struct
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B transaction log")
+    pos, parts = _HEADER, []
+    while pos + _HEADER <= len(data):
+        if _BLOCK - pos % _BLOCK < _HEADER:  # block trailer too small for a header: zero padding
+            pos += _BLOCK - pos % _BLOCK
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        if kind == 0 and length == 0:
+            break
+        payload = data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        if kind == 1:
+            yield payload
+        elif kind == 2:
+            parts = [payload]
+        elif kind == 3:
+            parts.append(payload)
+        elif kind == 4:
+            parts.append(payload)
+            yield b"".join(parts)
+
+
+def read_offline_run(run_dir: str | Path) -> dict:
+    """Config, history rows, group, job type, tags and exit code of the offline W&B run under ``run_dir``."""
+    import json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no offline W&B run under {run_dir}")
+    out: dict[str, Any] = {"history": [], "config": {}, "exit_code": None, "summary": {}}
+    for path in files:
+        for payload in _wandb_log_records(path):
+            record = pb.Record()
+            record.ParseFromString(payload)
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                out.update(id=record.run.run_id, group=record.run.run_group, job_type=record.run.job_type,
+                           tags=list(record.run.tags), project=record.run.project)
+                for item in record.run.config.update:
+                    out["config"][item.key] = json.loads(item.value_json)
+            elif kind == "history":
+                out["history"].append({i.key or ".".join(i.nested_key): json.loads(i.value_json)
+                                       for i in record.history.item})
+            elif kind == "summary":
+                for item in record.summary.update:
+                    out["summary"][item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
+            elif kind == "exit":
+                out["exit_code"] = record.exit.exit_code
+    return out

@@ -1,0 +1,76 @@
+"""Every config in conf/ composes against the schema; misspelt keys, wrong types and bad ranges fail clearly."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError
+
+from rlsft.config import Config, register_configs, validate
+from rlsft.errors import RlsftError
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ["model_pair", "dataset", "truncation", "experiment", "logger", "paths"]
+register_configs()
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(*overrides, hydra=False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_config_composes_and_validates(group, option):
+    cfg = composed(f"{group}={option}")
+    validate(cfg)
+    assert OmegaConf.select(cfg, "run.experiment")
+
+
+@pytest.mark.parametrize("launcher", sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml")))
+def test_launcher_configs_compose(launcher):
+    cfg = composed(f"hydra/launcher={launcher}", hydra=True)
+    assert "submitit" in cfg.hydra.launcher._target_
+
+
+def test_paper_pairs_are_ordered_stages():
+    for name in ["deepseek_math", "mistral", "distill_qwen", "qwen25"]:
+        cfg = composed(f"model_pair={name}")
+        assert [s.name for s in cfg.model_pair.stages] == ["sft", "rl"]
+        assert all(s.model.source == "hub" and "/" in s.model.path for s in cfg.model_pair.stages)
+    assert len(composed("model_pair=olmo3").model_pair.stages) == 6
+    assert composed("model_pair=qwen25").model_pair.template == "qwen25_math_cot"
+
+
+def test_misspelt_key_and_wrong_type_fail_at_composition():
+    with pytest.raises(ConfigCompositionException, match="alpah"):
+        composed("truncation.alpah=0.1")
+    with pytest.raises(ConfigCompositionException, match="alpha"):
+        composed("truncation.alpha=abc")
+    with pytest.raises(ConfigKeyError, match="nmae"):
+        OmegaConf.merge(OmegaConf.structured(Config), {"dataset": {"nmae": "gsm8k"}})
+    with pytest.raises(ConfigCompositionException, match="model_pair"):
+        composed("model_pair=no_such_pair")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("truncation.alpha=0", "truncation.alpha must be in (0, 1]"),
+    ("truncation.alpha=1.5", "truncation.alpha must be in (0, 1]"),
+    ("truncation.beta=2.0", "truncation.beta must be > 0 and < truncation.gamma"),
+    ("truncation.delta=0", "truncation.delta must be in (0, 1]"),
+    ("truncation.n=1", "truncation.n must be >= 2"),
+    ("generation.temperature=-1", "generation.temperature must be >= 0"),
+    ("generation.n_samples=0", "generation.n_samples must be >= 1"),
+    ("model_pair.template=nope", "model_pair.template 'nope' is unknown"),
+    ("logger.mode=loud", "logger.mode must be"),
+    ("dataset.n=0", "dataset.n must be >= 1"),
+])
+def test_out_of_range_values_are_named(override, message):
+    with pytest.raises(RlsftError) as err:
+        validate(composed(override))
+    assert message in str(err.value)

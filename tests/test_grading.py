@@ -1,0 +1,77 @@
+"""Grading on real rows of the shared benchmarks (gold vs itself, altered golds, answer forms)."""
+
+from types import SimpleNamespace as NS
+
+import pytest
+
+from rlsft.data import read_rows, rows_to_records, subset
+from rlsft.grading import gold_answer, grade, last_boxed, numeric_value
+
+CONFIGS = {
+    "gsm8k": ("gsm8k/test.jsonl", NS(name="gsm8k", question_field="question", answer_field="answer",
+                                       id_field="idx", answer_format="gsm8k")),
+    "math500": ("math500/test.jsonl", NS(name="math500", question_field="problem", answer_field="answer",
+                                           id_field="unique_id", answer_format="plain")),
+    "math500_solution": ("math500/test.jsonl", NS(name="math500", question_field="problem", answer_field="solution",
+                                                    id_field="unique_id", answer_format="boxed")),
+    "college_math": ("college_math/test.jsonl", NS(name="college_math", question_field="question",
+                                                     answer_field="answer", id_field=None, answer_format="dollar")),
+}
+
+
+# College Math's free-text answers make sympy slow (seconds each): a fixed sample of it keeps the suite fast.
+LIMIT = {"college_math": 400}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def records(request, shared_data):
+    path, cfg = CONFIGS[request.param]
+    recs = rows_to_records(read_rows(shared_data / path), cfg, path)
+    return subset(recs, LIMIT.get(request.param), seed=0)
+
+
+def test_every_gold_answer_graded_against_itself_is_correct(records):
+    wrong = [r.answer for r in records if not grade(f"So the final answer is $\\boxed{{{r.answer}}}$.", r.answer)[1]]
+    assert wrong == []
+
+
+def test_altered_numeric_answers_are_wrong(records):
+    numeric = [r for r in records if numeric_value(r.answer) is not None][:150]
+    assert len(numeric) > 40
+    for r in numeric:
+        altered = numeric_value(r.answer) + 7
+        assert not grade(f"The answer is \\boxed{{{altered:g}}}", r.answer)[1], r.answer
+
+
+def test_gsm8k_gold_is_cut_after_hashes(shared_data):
+    row = read_rows(shared_data / "gsm8k/test.jsonl")[0]
+    assert gold_answer(row["answer"], "gsm8k") == "18"
+    assert gold_answer("so 1,234 in all\n#### 1,234", "gsm8k") == "1234"
+
+
+@pytest.mark.parametrize("text,gold,ok", [
+    ("The answer is 1,234.", "1234", True),
+    ("so we get \\boxed{\\frac{1}{2}}", "0.5", True),
+    ("The answer is \\boxed{0.5}", "\\frac{1}{2}", True),
+    ("That is 50%", "50", True),
+    ("\\boxed{50\\%}", "50", True),
+    ("She makes $18 every day. The answer is 18", "18", True),
+    ("The answer is 17", "18", False),
+    ("I do not know", "18", False),
+    ("\\boxed{10-4n}", "10-4 n", True),
+    ("\\boxed{x^2+1}", "x^2+2", False),
+])
+def test_answer_forms(text, gold, ok):
+    assert grade(text, gold)[1] is ok
+
+
+def test_text_grader_for_factual_answers():
+    assert grade("The capital of France is Paris.", "Paris", "text")[1]
+    assert grade("\\boxed{Leonardo da Vinci}", "Leonardo da Vinci", "text")[1]
+    assert not grade("It is Lyon.", "Paris", "text")[1]
+    assert not grade("Parisian food", "Paris", "text")[1]
+
+
+def test_last_boxed_handles_nested_braces():
+    assert last_boxed("\\boxed{1} then \\boxed{\\frac{a}{b}}") == "\\frac{a}{b}"
+    assert last_boxed("no box") is None

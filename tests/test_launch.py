@@ -1,0 +1,71 @@
+"""The entrypoint as a user runs it: end to end on the tiny pair, W&B offline output, and bad input."""
+
+import json
+import os
+
+import pytest
+
+from conftest import launch
+from rlsft.tracking import read_offline_run
+
+
+def test_evaluate_end_to_end_writes_tables_provenance_and_wandb(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    res = launch("model_pair=tiny", "dataset.arithmetic.count=6", f"hydra.run.dir={run_dir}")
+    assert res.returncode == 0, res.stderr
+    acc = json.loads((run_dir / "accuracy.json").read_text())
+    answers = [json.loads(line) for p in cache_dir.glob("generations/*/records.jsonl") for line in open(p)]
+    assert len(answers) == 12
+    for stage in ("sft", "rl"):  # the table agrees with the cached, graded answers
+        assert acc[stage]["n"] == 6
+    assert sum(a["correct"] for a in answers) == acc["sft"]["correct"] + acc["rl"]["correct"]
+    assert (run_dir / "accuracy.md").read_text().startswith("| stage |")
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert prov["packages"]["torch"] and "commit" in prov["git"]
+    wb = read_offline_run(run_dir)
+    assert wb["exit_code"] == 0 and wb["job_type"] == "evaluate" and "tiny" in wb["tags"]
+    assert wb["config"]["truncation"]["alpha"] == 0.1
+    logged = {k: v for row in wb["history"] for k, v in row.items()}
+    assert logged["sft/accuracy"] == acc["sft"]["accuracy"] and logged["accuracy._type"] == "table-file"
+
+    # Run again into the same folder: the finished run is returned, not recomputed or overwritten.
+    before = (run_dir / "result.json").stat().st_mtime_ns
+    again = launch("model_pair=tiny", "dataset.arithmetic.count=6", f"hydra.run.dir={run_dir}")
+    assert again.returncode == 0 and (run_dir / "result.json").stat().st_mtime_ns == before
+    other = launch("model_pair=tiny", "dataset.arithmetic.count=5", f"hydra.run.dir={run_dir}")
+    assert other.returncode == 2 and "already holds a different finished run" in other.stderr
+
+
+def _bad_rows(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "q", "answer": "#### 1"}\n{"question": \n')
+    return path
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model_pair=nope"], "Could not find 'model_pair/nope'"),
+    (["dataset=nope"], "Could not find 'dataset/nope'"),
+    (["experiment=nope"], "Could not find 'experiment/nope'"),
+    (["model_pair.template=nope"], "model_pair.template 'nope' is unknown"),
+    (["truncation.alpha=2"], "truncation.alpha must be in (0, 1]"),
+    (["truncation.alpah=0.1"], "alpah"),
+    (["dataset=gsm8k", "dataset.path=/no/such/file.jsonl"], "data file not found: /no/such/file.jsonl"),
+    (["dataset=gsm8k", "dataset.path={bad}"], "bad.jsonl:2: malformed JSON"),
+    (["dataset=gsm8k", "dataset.source=hub", "dataset.path=nobody/none"], "could not be loaded from the hub"),
+    (["model_pair.stages.0.model.source=local", "model_pair.stages.0.model.path=/no/model"],
+     "local model directory not found"),
+    (["model_pair.stages.0.model.source=hub", "model_pair.stages.0.model.path=nobody/none"], "could not be loaded"),
+    (["dataset.arithmetic.n_ops=0"], "n_ops must be >= 1"),
+])
+def test_bad_input_is_one_clear_line_and_nothing_half_written(tmp_path, cache_dir, overrides, message):
+    overrides = [o.replace("{bad}", str(_bad_rows(tmp_path))) for o in overrides]
+    run_dir = tmp_path / "run"
+    res = launch("model_pair=tiny", *overrides, f"hydra.run.dir={run_dir}",
+                 env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert res.returncode != 0
+    assert message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (run_dir / "result.json").exists()
+    leftovers = [p for p in cache_dir.rglob("*") if p.is_file() and not p.name.endswith(".lock")] \
+        if cache_dir.exists() else []
+    assert leftovers == []
