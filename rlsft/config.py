@@ -138,6 +138,15 @@ class EAPConfig:
     bins: int = 100
     shared_range: bool = False  # information complexity histogram range shared by both models of a pair
     n_boot: int = 1000
+    alphas: List[float] = field(default_factory=list)  # several alphas in one job (empty: truncation.alpha)
+    sft_stage: str = "sft"
+    rl_stage: str = "rl"
+    require_correct: bool = True  # method.md 2.1: only questions both models answer correctly (false: smoke tests)
+
+
+@dataclass
+class ReportConfig:
+    dir: Optional[str] = None  # the multirun folder to gather
 
 
 @dataclass
@@ -150,6 +159,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     eap: EAPConfig = field(default_factory=EAPConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def register_configs() -> None:
@@ -183,6 +193,8 @@ def validate(cfg: Any) -> None:
     _check(cfg.eap.attn_inputs in ("qkv", "joint"), f"eap.attn_inputs must be qkv or joint, got {cfg.eap.attn_inputs!r}")
     _check(cfg.eap.positions in ("all", "answer"), f"eap.positions must be all or answer, got {cfg.eap.positions!r}")
     _check(cfg.eap.bins >= 2, f"eap.bins must be >= 2, got {cfg.eap.bins}")
+    _check(cfg.eap.batch_size >= 1, f"eap.batch_size must be >= 1, got {cfg.eap.batch_size}")
+    _check(all(0 < a <= 1 for a in cfg.eap.alphas), f"eap.alphas must each be in (0, 1], got {list(cfg.eap.alphas)}")
     from .templates import TEMPLATES
 
     _check(cfg.model_pair.template in TEMPLATES,

@@ -8,6 +8,7 @@ answer, correctness and the finish reason (``eos`` or ``length``).
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
@@ -20,6 +21,7 @@ from .data import Record
 from .grading import grade
 from .templates import encode_prompt
 
+log = logging.getLogger(__name__)
 GENERATION_VERSION = 1  # bump when the stored format or the grading changes
 
 
@@ -87,6 +89,7 @@ def generate_answers(load: Callable[[], tuple[Any, Any]], records: list[Record],
     with locked(folder / "records"):
         done = {(g["id"], g["sample"]) for g in store.read()}
         todo = [(r, s) for r in records for s in range(sampling.n_samples) if (r.id, s) not in done]
+        log.info("%s: %d answers cached, %d to generate (%s)", desc, len(done), len(todo), folder)
         if todo:
             model, tokenizer = load()
             bar = tqdm(total=len(todo), desc=desc, unit="answer", disable=None)

@@ -4,7 +4,7 @@ import importlib
 
 from ..errors import RlsftError
 
-EXPERIMENTS = ["evaluate"]
+EXPERIMENTS = ["evaluate", "eap", "report"]
 
 
 def get_experiment(name: str):

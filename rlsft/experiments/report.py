@@ -1,0 +1,10 @@
+"""``experiment=report report.dir=MULTIRUN_DIR``: rlsft.report from the entrypoint, tables also logged to W&B."""
+
+from ..errors import RlsftError
+from ..report import build_report
+
+
+def run(cfg, ctx):
+    if not cfg.report.dir:
+        raise RlsftError("experiment=report needs report.dir=<a finished multirun folder>")
+    return build_report(cfg.report.dir, ctx.run_dir / "report", tracker=ctx.tracker)
