@@ -191,3 +191,32 @@ def test_launch_py_tiny_evaluate_sweep(slurm_cluster, tmp_path):
     for num in (0, 1):
         assert json.loads((sweep / str(num) / "result.json").read_text())
     assert slurm_logs(sweep).count("[rlsft] job") == 2  # both ran as tasks of the SLURM array
+
+
+@pytest.mark.slurm
+def test_launch_py_job_requeued_mid_generation_resumes_from_the_cache(slurm_cluster, tmp_path):
+    """Preempt a real launch.py job while it generates: the requeued job reuses the answers already cached."""
+    sweep, cache = tmp_path / "sweep", tmp_path / "cache"
+    proc = run_sweep(sweep, "experiment=evaluate", "model_pair=tiny", "dataset.arithmetic.count=400",
+                     "generation.batch_size=2", "model_pair.max_new_tokens=48", "logger=disabled",
+                     "dataset.seed=0", app=REPO / "launch.py", env={"RLSFT_CACHE_DIR": str(cache)}, wait=False)
+    try:
+        deadline, partial = time.time() + 120, []
+        while time.time() < deadline and not partial:
+            partial = [p for p in cache.glob("generations/*/records.partial.jsonl")
+                       if len(p.read_text().splitlines()) >= 4]
+            time.sleep(0.5)
+        assert partial, "the job never started generating"
+        job_id = next(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir())
+        subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
+        stdout, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stdout
+    assert json.loads((sweep / "0" / "result.json").read_text())["sft"]["n"] == 400
+    log = (sweep / "0" / "launch.log").read_text()
+    cached = [int(n) for n in __import__("re").findall(r"generate \[sft\]: (\d+) answers cached", log)]
+    assert cached[0] == 0 and cached[1] >= 4, log  # first attempt from scratch, the requeued one resumed
+    assert "restart 1" in slurm_logs(sweep)
