@@ -14,6 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from .errors import RlsftError
+from .grpo.config import GRPOConfig
 
 
 @dataclass
@@ -145,6 +146,48 @@ class EAPConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """method.md 4: features at a position, question-grouped nested repeated CV, shuffled-label control."""
+
+    positions: List[str] = field(default_factory=lambda: ["before_answer", "question_end", "answer_mean"])
+    group_by: str = "question"  # question | template: what a fold keeps together
+    folds: int = 5
+    inner_folds: int = 3  # choose C (and the layer) inside each training fold
+    repeats: int = 2
+    Cs: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    threshold: float = 0.7  # report the first layer whose balanced accuracy reaches it
+    shuffle_control: bool = True
+    batch_size: int = 8
+    n_jobs: int = -1  # per-layer fits in parallel (joblib); 1 = serial
+    seed: int = 0
+
+
+@dataclass
+class AblationConfig:
+    """method.md 5: one block at a time during generation, on the math dataset and a factual control."""
+
+    modes: List[str] = field(default_factory=lambda: ["skip"])  # zero | mean | mean_delta | skip | contract
+    layers: Optional[List[int]] = None  # None: every layer_step-th block from 0, and the last block
+    layer_step: int = 1
+    alpha: float = 0.3  # contract: h <- (1 - alpha) h + alpha mean_over_hidden(h)
+    control: Optional[DatasetConfig] = field(
+        default_factory=lambda: DatasetConfig(name="factual", source="factual", answer_format="text"))
+    max_tokens: int = 1024  # tokens subsampled for the input/output CKA of each block
+    n_boot: int = 1000
+    seed: int = 0
+
+
+@dataclass
+class VariabilityConfig:
+    """method.md 6: n sampled answers per question at a temperature; length CV by accuracy bin."""
+
+    n_samples: int = 8
+    temperature: float = 0.7
+    seed: int = 0
+    exclude_truncated: bool = False  # leave answers cut by the token limit out of the CV
+
+
+@dataclass
 class ReportConfig:
     dir: Optional[str] = None  # the multirun folder to gather
 
@@ -160,6 +203,10 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     eap: EAPConfig = field(default_factory=EAPConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    variability: VariabilityConfig = field(default_factory=VariabilityConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 
 def register_configs() -> None:
@@ -195,9 +242,49 @@ def validate(cfg: Any) -> None:
     _check(cfg.eap.bins >= 2, f"eap.bins must be >= 2, got {cfg.eap.bins}")
     _check(cfg.eap.batch_size >= 1, f"eap.batch_size must be >= 1, got {cfg.eap.batch_size}")
     _check(all(0 < a <= 1 for a in cfg.eap.alphas), f"eap.alphas must each be in (0, 1], got {list(cfg.eap.alphas)}")
+    _validate_probe_ablation_variability(cfg)
+    _validate_grpo(cfg)
     from .templates import TEMPLATES
 
     _check(cfg.model_pair.template in TEMPLATES,
            f"model_pair.template {cfg.model_pair.template!r} is unknown; expected one of {list(TEMPLATES)}")
     if cfg.dataset.n is not None:
         _check(cfg.dataset.n >= 1, f"dataset.n must be >= 1, got {cfg.dataset.n}")
+
+
+def _validate_probe_ablation_variability(cfg: Any) -> None:
+    from .ablation import MODES
+    from .probe import POSITIONS
+
+    p, a, v = cfg.probe, cfg.ablation, cfg.variability
+    _check(len(p.positions) >= 1 and all(x in POSITIONS for x in p.positions),
+           f"probe.positions must be some of {list(POSITIONS)}, got {list(p.positions)}")
+    _check(p.group_by in ("question", "template"), f"probe.group_by must be question or template, got {p.group_by!r}")
+    _check(p.folds >= 2 and p.inner_folds >= 2, f"probe.folds and probe.inner_folds must be >= 2, got {p.folds}, "
+           f"{p.inner_folds}")
+    _check(p.repeats >= 1, f"probe.repeats must be >= 1, got {p.repeats}")
+    _check(len(p.Cs) >= 1 and all(c > 0 for c in p.Cs), f"probe.Cs must be positive, got {list(p.Cs)}")
+    _check(0 < p.threshold <= 1, f"probe.threshold must be in (0, 1], got {p.threshold}")
+    _check(p.batch_size >= 1, f"probe.batch_size must be >= 1, got {p.batch_size}")
+    _check(p.n_jobs != 0, "probe.n_jobs must not be 0 (1 = serial, -1 = all cores)")
+    _check(len(a.modes) >= 1 and all(m in MODES for m in a.modes),
+           f"ablation.modes must be some of {list(MODES)}, got {list(a.modes)}")
+    _check(a.layers is None or all(l >= 0 for l in a.layers), f"ablation.layers must be >= 0, got {a.layers}")
+    _check(a.layer_step >= 1, f"ablation.layer_step must be >= 1, got {a.layer_step}")
+    _check(0 < a.alpha <= 1, f"ablation.alpha must be in (0, 1], got {a.alpha}")
+    _check(a.max_tokens >= 2, f"ablation.max_tokens must be >= 2, got {a.max_tokens}")
+    _check(a.n_boot >= 100, f"ablation.n_boot must be >= 100, got {a.n_boot}")
+    _check(v.n_samples >= 2, f"variability.n_samples must be >= 2 (a CV needs two answers), got {v.n_samples}")
+    _check(v.temperature > 0, f"variability.temperature must be > 0 (sampling), got {v.temperature}")
+
+
+def _validate_grpo(cfg: Any) -> None:
+    """The grpo section and the recipe of every derived stage (rlsft.grpo.config.check_recipe)."""
+    from .grpo.config import as_recipe, check_recipe
+
+    check_recipe(as_recipe(cfg.grpo))
+    for stage in cfg.model_pair.stages:
+        if stage.model.source == "derived":
+            _check(stage.model.base is not None and stage.model.recipe is not None,
+                   f"stage {stage.name!r}: a derived model needs `base` and `recipe`")
+            check_recipe(as_recipe(stage.model.recipe))

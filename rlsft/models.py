@@ -26,11 +26,26 @@ from .errors import RlsftError
 
 TINY_ARCHS = ("llama", "mistral", "qwen2")
 _SOURCES: dict[str, Callable[..., tuple[Any, Any]]] = {}
+_FINGERPRINTS: dict[str, Callable[[dict], dict]] = {}
+# Sources provided by other modules, imported on first use so a bare ``load_model`` call finds them too.
+_PLUGINS = {"derived": "rlsft.grpo"}
 
 
-def register_source(name: str, loader: Callable[..., tuple[Any, Any]]) -> None:
-    """Let another module (e.g. ``rlsft.grpo``) resolve specs of a new ``source`` kind."""
+def register_source(name: str, loader: Callable[..., tuple[Any, Any]],
+                    fingerprint: Callable[[dict], dict] | None = None) -> None:
+    """Let another module (e.g. ``rlsft.grpo``) resolve specs of a new ``source`` kind.
+
+    ``fingerprint`` says what determines the source's outputs (e.g. a recipe's resolved contents, not its name), so
+    stage caches built on such a model are invalidated when it changes.
+    """
     _SOURCES[name] = loader
+    if fingerprint is not None:
+        _FINGERPRINTS[name] = fingerprint
+
+
+def _plugin(source: str) -> None:
+    if source in _PLUGINS and source not in _SOURCES:
+        importlib.import_module(_PLUGINS[source])
 
 
 def spec_dict(spec: Any) -> dict:
@@ -185,6 +200,9 @@ def fingerprint(spec: Any) -> dict:
     """Everything about a model spec that determines its outputs (for cache keys)."""
     spec = spec_dict(spec)
     src = spec.get("source", "hub")
+    _plugin(src)
+    if src in _FINGERPRINTS:
+        return _FINGERPRINTS[src](spec)
     fp = {k: v for k, v in spec.items() if k not in ("dtype", "device", "name") and v not in (None, "", {})}
     if src == "local" or src == "gguf":
         path = gguf_location(spec)[0] / gguf_location(spec)[1] if src == "gguf" else Path(spec["path"]).expanduser()
@@ -204,6 +222,7 @@ def load_model(spec: Any, device: str = "auto", dtype: str | None = None, cache_
 
     spec = spec_dict(spec)
     source = spec.get("source", "hub")
+    _plugin(source)
     device = pick_device(spec.get("device") or device)
     torch_dtype = pick_dtype(spec.get("dtype") or dtype, device)
 

@@ -1,0 +1,65 @@
+"""Temperature-controlled GRPO (method.md 3): train the pair's first stage with the ``grpo`` recipe.
+
+Every ``eval_every`` steps: greedy held-out accuracy and the EAP metrics of the current model minus the initial
+model's (W&B + ``grpo_history.json/.csv`` in the run folder). The run folder gets the single-run figure; in a
+multirun (``-m grpo.temperature=0.6,1.0``) each job also redraws the sweep's figure with every job finished so far.
+Checkpoints go to ``<run_dir>/checkpoints``: a requeued job resumes from the newest.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..grpo import as_recipe
+from ..grpo.config import recipe_dict, recipe_hash
+from ..grpo.data import recipe_data
+from ..grpo.plots import plot_multirun, plot_runs
+from ..grpo.trainer import GRPOTrainer
+from .common import RunContext
+
+
+def _summary(history: list[dict]) -> dict:
+    evals = [row for row in history if "eval/accuracy" in row]
+    out: dict = {"steps": history[-1]["step"] if history else 0}
+    if evals:
+        out.update({"accuracy_initial": evals[0]["eval/accuracy"], "accuracy_final": evals[-1]["eval/accuracy"],
+                    "answer_len_initial": evals[0]["eval/answer_len"], "answer_len_final": evals[-1]["eval/answer_len"],
+                    "truncated_initial": evals[0]["eval/truncated"], "truncated_final": evals[-1]["eval/truncated"]})
+        for key in ("intensity_diff", "complexity_diff", "kurtosis_diff"):
+            if f"eap/{key}" in evals[-1]:
+                out[f"eap_{key}_final"] = evals[-1][f"eap/{key}"]
+    return out
+
+
+def run(cfg, ctx: RunContext) -> dict:
+    recipe = as_recipe(cfg.grpo)
+    stage = ctx.stages()[0]
+    template = recipe.template or cfg.model_pair.template
+    train, held_out = recipe_data(recipe, cfg.dataset)
+    model, tokenizer = ctx.load_stage(stage)
+    ctx.release(stage)  # the trainer changes the weights: no other stage of this run may reuse the cached model
+    ctx.write_json("grpo_recipe.json", {"base": ctx.model_spec(stage), "template": template, "recipe_hash":
+                                        recipe_hash(recipe), "recipe": recipe_dict(recipe),
+                                        "n_train": len(train), "n_eval": len(held_out)})
+    print(f"[grpo] {stage.name} of {cfg.model_pair.name}: {len(train)} training questions, {len(held_out)} held out, "
+          f"T={recipe.temperature}, loss at T={'T' if recipe.loss_temperature else 1}")
+    start = time.time()
+    trainer = GRPOTrainer(model, tokenizer, recipe, train, held_out, template, output_dir=ctx.run_dir,
+                          tracker=ctx.tracker)
+    history = trainer.train()
+    result = {**_summary(history), "train_seconds": time.time() - start, "temperature": recipe.temperature}
+
+    fig = plot_runs([(f"T={recipe.temperature}", history)], title=f"GRPO {cfg.model_pair.name}/{stage.name}")
+    ctx.save_figure("grpo_curves", fig)
+    if recipe.save_final:
+        trainer.final_model().save_pretrained(ctx.run_dir / "model")
+        tokenizer.save_pretrained(ctx.run_dir / "model")
+        result["model_dir"] = str(ctx.run_dir / "model")
+    from ..run import _sweep_info
+
+    multirun, sweep_dir, _ = _sweep_info()
+    if multirun and sweep_dir:
+        result["sweep_figure"] = str(plot_multirun(Path(ctx.run_dir).parent))
+    ctx.tracker.summary(result)
+    return result

@@ -1,0 +1,51 @@
+"""The questions a recipe trains and evaluates on (``train`` / ``eval`` dataset sections of the recipe)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from ..data import Record, load_records, subset
+from ..errors import RlsftError
+from .config import GRPOConfig
+
+
+def dataset_section(section: Any, where: str):
+    """A DatasetConfig from a (partial) dict or DictConfig, unknown keys rejected by name."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ..config import DatasetConfig
+
+    try:
+        return OmegaConf.merge(OmegaConf.structured(DatasetConfig), section)
+    except OmegaConfBaseException as exc:
+        raise RlsftError(f"{where}: {str(exc).splitlines()[0]}") from None
+
+
+def recipe_data(recipe: GRPOConfig, default_dataset: Any = None) -> tuple[list[Record], list[Record]]:
+    """(train, held-out) records. ``train`` defaults to ``default_dataset``; without an ``eval`` section,
+    ``eval_n`` questions are held out of the training set (a seeded draw, never trained on)."""
+    if recipe.train is None and default_dataset is None:
+        raise RlsftError("grpo.train is not set: a recipe needs a training dataset section (e.g. {name: ..., "
+                         "source: arithmetic, ...}); a derived model's recipe must name its own")
+    train_cfg = dataset_section(recipe.train, "grpo.train") if recipe.train is not None else default_dataset
+    train = load_records(train_cfg)
+    if recipe.eval is not None:
+        evals = subset(load_records(dataset_section(recipe.eval, "grpo.eval")), recipe.eval_n, recipe.seed)
+        overlap = {(r.question, r.answer) for r in evals} & {(r.question, r.answer) for r in train}
+        if overlap:
+            print(f"[grpo] warning: {len(overlap)} held-out questions also occur in the training set")
+        return train, evals
+    # hold out whole questions: a synthetic set repeats question texts, and a repeat must not leak into training
+    texts = sorted({r.question for r in train})
+    if len(texts) <= recipe.eval_n:
+        raise RlsftError(f"grpo: the training set has {len(texts)} distinct questions, not enough to hold out "
+                         f"eval_n={recipe.eval_n}; lower grpo.eval_n or give grpo.eval a dataset")
+    random.Random(f"{recipe.seed}-heldout").shuffle(texts)
+    held = set(texts[: recipe.eval_n])
+    first = {}
+    for r in train:
+        if r.question in held:
+            first.setdefault(r.question, r)
+    return [r for r in train if r.question not in held], list(first.values())

@@ -1,0 +1,73 @@
+"""The ``derived`` model source: ``{source: derived, base: <spec>, recipe: <grpo section>}`` is the base model
+trained by the recipe, cached under ``<cache_dir>/models/grpo-<key>`` with key = hash(fingerprint(base), recipe).
+
+Absent from the cache, it is trained on the spot (a log line says so) under a file lock, so two jobs asking for the
+same derived model train it once: the second waits and loads the first one's result. A job killed mid-training
+leaves checkpoints under ``<cache_dir>/grpo/<key>`` and the next one resumes from them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ..cache import atomic_dir, atomic_write_json, locked, stage_key
+from ..errors import RlsftError
+from .config import GRPO_VERSION, NON_TRAINING_KEYS, GRPOConfig, as_recipe, recipe_dict
+
+
+def _parts(spec: dict) -> tuple[dict, GRPOConfig]:
+    from ..models import spec_dict
+
+    if not spec.get("base"):
+        raise RlsftError("a derived model spec needs `base` (the spec of the model to train) and `recipe`")
+    recipe = as_recipe(spec.get("recipe"))
+    if recipe.template is None:
+        recipe.template = "chat"
+    return spec_dict(spec["base"]), recipe
+
+
+def derived_key(spec: dict) -> str:
+    """Cache key: the base's fingerprint and every recipe key that changes the weights (``steps`` included)."""
+    from ..models import fingerprint
+
+    base, recipe = _parts(spec)
+    d = recipe_dict(recipe)
+    weights = {k: v for k, v in d.items() if k not in NON_TRAINING_KEYS or k == "steps"}
+    return stage_key(version=GRPO_VERSION, base=fingerprint(base), recipe=weights)
+
+
+def load_derived(spec: dict, device: str = "auto", dtype: str | None = None, cache_dir: str | None = None):
+    from ..models import load_model
+    from .data import recipe_data
+    from .trainer import GRPOTrainer
+
+    base, recipe = _parts(spec)
+    cache = Path(cache_dir or os.environ.get("RLSFT_CACHE_DIR") or "~/.cache/rlsft").expanduser()
+    key = derived_key(spec)
+    target = cache / "models" / f"grpo-{key}"
+    with locked(target):
+        if not (target / "config.json").exists():
+            work = cache / "grpo" / key
+            print(f"[rlsft] derived model grpo-{key} is not cached: training it now with GRPO "
+                  f"({recipe.steps} steps, T={recipe.temperature}) into {target}", flush=True)
+            start = time.time()
+            model, tok = load_model(base, device=device, dtype=dtype, cache_dir=str(cache))
+            train, held_out = recipe_data(recipe)
+            trainer = GRPOTrainer(model, tok, recipe, train, held_out, recipe.template, output_dir=work)
+            history = trainer.train()
+            final = trainer.final_model()
+            with atomic_dir(target) as tmp:
+                final.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                atomic_write_json(tmp / "grpo_recipe.json", {"base": base, "recipe": recipe_dict(recipe)})
+                atomic_write_json(tmp / "grpo_history.json", history)
+            print(f"[rlsft] derived model grpo-{key} trained in {time.time() - start:.0f} s", flush=True)
+            del model, final, trainer
+    return load_model({"source": "local", "path": str(target)}, device=device, dtype=dtype)
+
+
+def derived_fingerprint(spec: dict) -> dict:
+    """What determines a derived model's outputs, for stage cache keys (the recipe resolved, presets included)."""
+    return {"source": "derived", "key": derived_key(spec)}

@@ -1,0 +1,459 @@
+"""One GRPO trainer (DAPO flavour) on plain torch + transformers: rollout -> reward -> advantages -> clipped updates.
+
+A step:
+  1. rollout: ``batch_questions`` questions x ``num_generations`` answers at ``temperature``; with dynamic sampling,
+     groups that are all right or all wrong are dropped and fresh questions drawn, up to ``max_resample`` more rounds;
+  2. advantages, group-normalised;
+  3. the rollout batch is split into ``mini_batches`` optimizer steps (each accumulating micro-batches of
+     ``micro_batch_size`` answers), token-level clipped loss against the rollout policy's log-probs;
+  4. every ``eval_every`` steps: greedy held-out accuracy and the EAP metrics of the current model minus the initial
+     model's; every ``save_every`` steps an atomic checkpoint from which a resumed run reaches the same weights.
+
+Sampling randomness is seeded from (seed, step, round) and the question order from (seed, epoch), so a run is a
+function of its recipe: interrupted and resumed, it gives the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import random
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..cache import atomic_write_bytes, atomic_write_json
+from ..data import Record
+from ..errors import RlsftError
+from ..templates import encode_prompt
+from .advantages import group_advantages, informative_groups
+from .checkpoint import checkpoints, load_checkpoint, save_checkpoint
+from .config import GRPOConfig, check_recipe, recipe_dict, recipe_hash
+from .loss import policy_loss
+from .reward import Scored, answer_reward, gold_value, overlong_penalty
+from .rollout import Answer, completion_logprobs, generate, pack
+
+EAP_METRICS = ("intensity", "complexity", "kurtosis")
+
+
+class GRPOTrainer:
+    """Train ``model`` in place with a GRPOConfig recipe.
+
+    reward_fn(text, record) -> Scored overrides the answer reward (tests, benchmarks). ``output_dir`` holds
+    checkpoints and the metrics history; ``tracker`` (rlsft.tracking.Tracker) receives every logged row.
+    """
+
+    def __init__(self, model, tokenizer, recipe: GRPOConfig, train_records: list[Record],
+                 eval_records: list[Record] | None = None, template: str = "chat", output_dir: str | Path | None = None,
+                 tracker=None, reward_fn: Callable[[str, Record], Scored] | None = None,
+                 log: Callable[[str], None] = print):
+        check_recipe(recipe)
+        if not train_records:
+            raise RlsftError("GRPO: no training questions")
+        self.recipe, self.tokenizer, self.template = recipe, tokenizer, template
+        self.train_records, self.eval_records = list(train_records), list(eval_records or [])[: recipe.eval_n]
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.tracker, self.log = tracker, log
+        self.reward_fn = reward_fn or self._answer_reward
+        if reward_fn is None and recipe.partial_credit:
+            for r in self.train_records:  # bad gold answers fail now, with the record named, not mid-run
+                if r.meta.get("grader", "math") == "math":
+                    try:
+                        gold_value(r.answer)
+                    except RlsftError as exc:
+                        raise RlsftError(f"{exc} (question {r.id})") from None
+        self.hash, self.recipe_json = recipe_hash(recipe), recipe_dict(recipe)
+        self.evaluating = bool(recipe.eval_every and self.eval_records)
+
+        # precision: a bf16/fp16 model trains with fp32 master weights under autocast (AdamW updates of ~1e-6
+        # vanish in bf16); on CPU everything is fp32.
+        self.device = next(model.parameters()).device
+        load_dtype = next(model.parameters()).dtype
+        half = load_dtype in (torch.bfloat16, torch.float16) and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if half else None  # bf16 autocast needs no loss scaling (fp16 would)
+        self.save_dtype = load_dtype
+        self.model = self._prepare(model)
+        self.ref_model = self._reference()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # fused: one kernel over all tensors, no foreach temporaries (a model-sized peak of memory otherwise)
+        self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, betas=tuple(recipe.adam_betas),
+                                           weight_decay=recipe.weight_decay, fused=True)
+        warm = recipe.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.step, self.questions_drawn, self.history = 0, 0, []
+        self._prompts: dict[str, list[int]] = {}
+        self._orders: dict[int, list[int]] = {}
+        self._initial_eap: dict = {"answers": None, "W": {}}
+
+    # ------------------------------------------------------------------ setup
+    def _prepare(self, model):
+        r = self.recipe
+        if self.amp_dtype is not None and r.lora.r == 0:
+            model = model.float()
+        if r.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        if r.lora.r > 0:
+            from peft import LoraConfig, get_peft_model
+
+            cfg = LoraConfig(r=r.lora.r, lora_alpha=r.lora.alpha, lora_dropout=r.lora.dropout,
+                             target_modules=list(r.lora.target_modules), task_type="CAUSAL_LM")
+            torch.manual_seed(r.seed)  # LoRA A matrices are random: seed them so a run is reproducible
+            model = get_peft_model(model, cfg)
+            if r.gradient_checkpointing:
+                model.enable_input_require_grads()
+        else:
+            for p in model.parameters():
+                p.requires_grad_(True)
+        return model
+
+    def _reference(self):
+        """The initial model, for KL (beta > 0) and the EAP metric differences; LoRA reuses the base (adapter off)."""
+        r = self.recipe
+        if (r.beta == 0 and not (r.eap_alphas and self.evaluating)) or r.lora.r > 0:
+            return None
+        ref = copy.deepcopy(self.model)
+        ref.eval().requires_grad_(False)
+        return ref
+
+    @contextmanager
+    def _initial(self):
+        """The initial model as a plain HF model (adapter disabled for LoRA)."""
+        if self.recipe.lora.r > 0:
+            with self.model.disable_adapter():
+                yield self.model.get_base_model()
+        else:
+            yield self.ref_model
+
+    def _current(self):
+        return self.model.get_base_model() if self.recipe.lora.r > 0 else self.model
+
+    def _amp(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+
+    # ------------------------------------------------------------------ data
+    def _prompt(self, rec: Record) -> list[int]:
+        if rec.id not in self._prompts:
+            self._prompts[rec.id] = encode_prompt(self.tokenizer, self.template, rec.question)
+        return self._prompts[rec.id]
+
+    def _next_questions(self, n: int) -> list[Record]:
+        """The next ``n`` questions of a per-epoch shuffle; stateless but for the counter (saved in checkpoints)."""
+        out, size = [], len(self.train_records)
+        for i in range(self.questions_drawn, self.questions_drawn + n):
+            epoch = i // size
+            if epoch not in self._orders:
+                order = list(range(size))
+                random.Random(f"{self.recipe.seed}-{epoch}").shuffle(order)
+                self._orders = {epoch: order}
+            out.append(self.train_records[self._orders[epoch][i % size]])
+        self.questions_drawn += n
+        return out
+
+    def _answer_reward(self, text: str, rec: Record) -> Scored:
+        r = self.recipe
+        return answer_reward(text, rec.answer, rec.meta.get("grader", "math"), r.reward_correct, r.reward_wrong,
+                             r.partial_credit, r.partial_max)
+
+    # ------------------------------------------------------------------ rollout
+    def _seed(self, *parts: Any) -> int:
+        return random.Random("|".join(map(str, (self.recipe.seed, *parts)))).getrandbits(31)
+
+    def collect(self) -> tuple[list[list[Answer]], dict]:
+        """Sample groups; keep informative ones (dynamic sampling) until the batch is full or rounds run out."""
+        r, G = self.recipe, self.recipe.num_generations
+        kept: list[list[Answer]] = []
+        sampled: list[Answer] = []
+        n_groups = n_zero_var = rounds = 0
+        self.model.eval()
+        for rnd in range(1 + (r.max_resample if r.dynamic_sampling else 0)):
+            rounds += 1
+            questions = self._next_questions(r.batch_questions - len(kept) if r.dynamic_sampling else r.batch_questions)
+            prompts = [self._prompt(q) for q in questions for _ in range(G)]
+            with self._amp():
+                outs = generate(self.model, self.tokenizer, prompts, r.max_new_tokens, r.temperature, r.top_p,
+                                seed=self._seed("rollout", self.step, rnd), batch_size=r.generation_batch_size)
+            answers = []
+            for k, ((ids, reason), prompt) in enumerate(zip(outs, prompts)):
+                rec = questions[k // G]
+                a = Answer(prompt, ids, reason, question_id=rec.id)
+                a.text = self.tokenizer.decode(a.output_ids, skip_special_tokens=True)
+                scored = self.reward_fn(a.text, rec)
+                a.reward = scored.reward + overlong_penalty(len(ids), r.max_new_tokens, r.overlong_buffer,
+                                                            r.overlong_penalty)
+                a.correct, a.pred = scored.correct, scored.pred
+                answers.append(a)
+            sampled += answers
+            groups = [answers[i : i + G] for i in range(0, len(answers), G)]
+            good = set(informative_groups([a.correct for a in answers], G))
+            n_groups += len(groups)
+            n_zero_var += len(groups) - len(good)
+            kept += [g for i, g in enumerate(groups) if i in good or not r.dynamic_sampling]
+            if len(kept) >= r.batch_questions:
+                break
+        rewards = torch.tensor([a.reward for a in sampled])
+        lengths = torch.tensor([len(a.ids) for a in sampled], dtype=torch.float)
+        stats = {"train/reward_mean": rewards.mean().item(), "train/reward_std": rewards.std().item(),
+                 "train/accuracy": sum(a.correct for a in sampled) / len(sampled),
+                 "train/zero_var_frac": n_zero_var / n_groups, "train/answer_len": lengths.mean().item(),
+                 "train/truncated": sum(a.finish_reason == "length" for a in sampled) / len(sampled),
+                 "train/groups_kept": len(kept[: r.batch_questions]), "train/rounds": rounds}
+        return kept[: r.batch_questions], stats
+
+    # ------------------------------------------------------------------ update
+    def _micro(self, answers: list[Answer], adv: torch.Tensor):
+        s = self.recipe.micro_batch_size
+        for i in range(0, len(answers), s):
+            yield i, pack(answers[i : i + s], self.tokenizer.pad_token_id, adv[i : i + s], self.device)
+
+    def _logprobs(self, model, batch, entropy=False):
+        T = self.recipe.temperature if self.recipe.loss_temperature else 1.0
+        with self._amp():
+            return completion_logprobs(model, batch, T, entropy)
+
+    @torch.no_grad()
+    def _fixed_logprobs(self, model, answers: list[Answer], adv: torch.Tensor) -> list[torch.Tensor]:
+        """Log-probs under a fixed policy, in the same micro-batches (same padding) as the update uses."""
+        return [self._logprobs(model, mb)[0] for _, mb in self._micro(answers, adv)]
+
+    def update(self, groups: list[list[Answer]]) -> dict:
+        r, G = self.recipe, self.recipe.num_generations
+        if not groups:
+            return {"train/skipped": 1}
+        answers = [a for g in groups for a in g]
+        adv = group_advantages(torch.tensor([a.reward for a in answers]), G, r.scale_rewards)
+        n_mb = min(r.mini_batches, len(groups))
+        bounds = [round(i * len(groups) / n_mb) * G for i in range(n_mb + 1)]
+        minibatches = [(answers[bounds[i] : bounds[i + 1]], adv[bounds[i] : bounds[i + 1]]) for i in range(n_mb)]
+        self.model.train()
+        # old log-probs of the rollout policy: for the first mini-batch they equal the current ones (ratio 1, taken
+        # as logp.detach()); the later ones are scored now, before any update moves the policy.
+        old = [None] + [self._fixed_logprobs(self.model, a, v) for a, v in minibatches[1:]]
+        ref = None
+        if r.beta > 0:
+            with self._initial() as init:
+                ref = [self._fixed_logprobs(init, a, v) for a, v in minibatches]
+        totals = {"loss": 0.0, "clip": 0.0, "kl": 0.0, "entropy": 0.0, "ratio": 0.0, "grad_norm": 0.0}
+        n_tokens = 0
+        for m, (mb_answers, mb_adv) in enumerate(minibatches):
+            self.optimizer.zero_grad(set_to_none=True)
+            norm = sum(len(a.ids) for a in mb_answers) if r.loss_agg == "token" else len(mb_answers)
+            for k, (_, batch) in enumerate(self._micro(mb_answers, mb_adv)):
+                logp, ent = self._logprobs(self.model, batch, entropy=True)
+                old_logp = logp.detach() if old[m] is None else old[m][k]
+                ref_logp = ref[m][k] if ref is not None else None
+                parts = policy_loss(logp, old_logp, batch.advantages, batch.completion_mask, r.epsilon_low,
+                                    r.epsilon_high, r.loss_agg, norm, ref_logp, r.beta)
+                parts.loss.backward()
+                tokens = int(batch.completion_mask.sum())
+                n_tokens += tokens
+                totals["loss"] += parts.loss.item()
+                for key, value in (("clip", parts.clip_fraction), ("kl", parts.kl), ("ratio", parts.ratio_mean),
+                                   ("entropy", (ent * batch.completion_mask).sum() / max(tokens, 1))):
+                    totals[key] += value.item() * tokens
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, r.max_grad_norm if r.max_grad_norm > 0 else float("inf"))
+            totals["grad_norm"] += grad_norm.item() / n_mb
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        t = max(n_tokens, 1)
+        return {"train/skipped": 0, "train/loss": totals["loss"] / n_mb, "train/clip_frac": totals["clip"] / t, "train/kl": totals["kl"] / t,
+                "train/entropy": totals["entropy"] / t, "train/ratio": totals["ratio"] / t,
+                "train/grad_norm": totals["grad_norm"], "train/lr": self.scheduler.get_last_lr()[0],
+                "train/mini_batches": n_mb, "train/tokens": n_tokens}
+
+    # ------------------------------------------------------------------ evaluation
+    def _greedy(self, model, records: list[Record]) -> list[Answer]:
+        r = self.recipe
+        prompts = [self._prompt(q) for q in records]
+        with self._amp():
+            outs = generate(model, self.tokenizer, prompts, r.eval_max_new_tokens or r.max_new_tokens, 0.0,
+                            batch_size=r.eval_batch_size)
+        answers = []
+        for rec, prompt, (ids, reason) in zip(records, prompts, outs):
+            a = Answer(prompt, ids, reason, question_id=rec.id)
+            a.text = self.tokenizer.decode(a.output_ids, skip_special_tokens=True)
+            s = self.reward_fn(a.text, rec)
+            a.reward, a.correct, a.pred = s.reward, s.correct, s.pred
+            answers.append(a)
+        return answers
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Greedy accuracy on the held-out set; EAP metrics of current minus initial model on the fixed EAP set."""
+        if not self.eval_records:
+            return {}
+        self.model.eval()
+        answers = self._greedy(self.model, self.eval_records)
+        n = len(answers)
+        row = {"eval/accuracy": sum(a.correct for a in answers) / n,
+               "eval/answer_len": sum(len(a.output_ids) for a in answers) / n,
+               "eval/truncated": sum(a.finish_reason == "length" for a in answers) / n}
+        if self.recipe.eap_alphas:
+            row.update(self._eap(answers[: self.recipe.eap_n]))
+        return row
+
+    def _eap_scores(self, model, answers: list[Answer], cut: int) -> torch.Tensor:
+        from ..eap import build_graph, collate, edge_scores, truncation_inputs
+
+        graph = build_graph(model)
+        items = [truncation_inputs(a.prompt_ids, a.output_ids, cut) for a in answers]
+        out = []
+        for i in range(0, len(items), self.recipe.eap_batch_size):
+            ids, loss_mask, attn = collate(items[i : i + self.recipe.eap_batch_size], self.tokenizer.pad_token_id)
+            out.append(edge_scores(model, ids, loss_mask, attn, graph, self.recipe.eap_positions))
+        return torch.cat(out), graph.mask
+
+    def _metrics(self, W, mask) -> dict:
+        from ..eap import activation_intensity, distribution_kurtosis, information_complexity
+
+        return {"intensity": activation_intensity(W, mask),
+                "complexity": information_complexity(W, mask, bins=self.recipe.eap_bins),
+                "kurtosis": distribution_kurtosis(W, mask)}
+
+    def _eap(self, current: list[Answer]) -> dict:
+        """Mean over alphas of metric(current) - metric(initial), each model on its own greedy answers.
+
+        Both models answer the same fixed questions; Tbar = min of the two mean answer lengths (method.md 2.1) over
+        the questions both answered with at least one token, T_cut = max(int(alpha*Tbar), 1) for both. The
+        initial model's scores are cached per T_cut. All fixed questions enter (no correctness filter, which would
+        change the set between evaluations).
+        """
+        from ..eap import cut_length
+
+        init = self._initial_eap
+        if init["answers"] is None:
+            with self._initial() as model:
+                init["answers"] = current if self.step == 0 else self._greedy(model, self.eval_records[: self.recipe.eap_n])
+        pairs = [(c, i) for c, i in zip(current, init["answers"]) if c.output_ids and i.output_ids]
+        if len(pairs) < 2:
+            return {"eap/n": len(pairs)}
+        tbar = min(sum(len(c.output_ids) for c, _ in pairs), sum(len(i.output_ids) for _, i in pairs)) / len(pairs)
+        diffs = {m: [] for m in EAP_METRICS}
+        values = {m: [] for m in EAP_METRICS}
+        for alpha in self.recipe.eap_alphas:
+            cut = cut_length(alpha, tbar)
+            key = (cut, tuple(i.question_id for _, i in pairs))
+            W, mask = self._eap_scores(self._current(), [c for c, _ in pairs], cut)
+            cur = self._metrics(W, mask)
+            if key not in init["W"]:
+                if self.step == 0:
+                    init["W"][key] = cur
+                else:
+                    with self._initial() as model:
+                        init["W"][key] = self._metrics(*self._eap_scores(model, [i for _, i in pairs], cut))
+            for m in EAP_METRICS:
+                diffs[m].append(cur[m] - init["W"][key][m])
+                values[m].append(cur[m])
+        row = {f"eap/{m}_diff": sum(v) / len(v) for m, v in diffs.items()}
+        row.update({f"eap/{m}": sum(v) / len(v) for m, v in values.items()})
+        row.update({"eap/tbar": tbar, "eap/n": len(pairs)})
+        return row
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.output_dir / "checkpoints" if self.output_dir else None
+
+    def _state(self) -> dict:
+        init = self._initial_eap["answers"]
+        return {"recipe_hash": self.hash, "recipe": self.recipe_json, "questions_drawn": self.questions_drawn,
+                "history": self.history,
+                "initial_answers": [asdict(a) for a in init] if init is not None else None}
+
+    def save(self) -> Path | None:
+        if self.checkpoint_dir is None:
+            return None
+        return save_checkpoint(self.checkpoint_dir, self.step, self.model, self.optimizer, self.scheduler, self._state(),
+                               self.recipe.keep_checkpoints)
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Continue from ``path`` or the newest checkpoint in the output folder; False when there is none."""
+        if path is None:
+            found = checkpoints(self.checkpoint_dir) if self.checkpoint_dir else []
+            if not found:
+                return False
+            path = found[-1]
+        state = load_checkpoint(Path(path), self.model, self.optimizer, self.scheduler, self.hash, self.recipe_json)
+        self.step, self.questions_drawn, self.history = state["step"], state["questions_drawn"], state["history"]
+        if state.get("initial_answers") is not None:
+            self._initial_eap["answers"] = [Answer(**a) for a in state["initial_answers"]]
+        self.log(f"[grpo] resumed from {path} at step {self.step}")
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def _record(self, row: dict) -> None:
+        self.history.append(row)
+        if self.tracker is not None:
+            self.tracker.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def train(self) -> list[dict]:
+        r = self.recipe
+        if r.resume:
+            self.resume()
+        start = time.time()
+        if self.step == 0 and not self.history and self.evaluating:
+            t0 = time.time()
+            row = {"step": 0, **self.evaluate()}
+            row["time/eval_s"] = time.time() - t0
+            self._record(row)
+            self._progress(row)
+        while self.step < r.steps:
+            t0 = time.time()
+            groups, stats = self.collect()
+            t1 = time.time()
+            stats.update(self.update(groups))
+            self.step += 1
+            t2 = time.time()
+            row = {"step": self.step, **stats, "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
+                   "time/step_s": t2 - t0}
+            if self.evaluating and (self.step % r.eval_every == 0 or self.step == r.steps):
+                row.update(self.evaluate())
+                row["time/eval_s"] = time.time() - t2
+            self._record(row)
+            self._progress(row)
+            if (r.save_every and self.step % r.save_every == 0) or self.step == r.steps:
+                self.save()
+            self.write_history()
+        self.log(f"[grpo] {r.steps} steps done ({time.time() - start:.0f} s this session)")
+        self.write_history()
+        return self.history
+
+    def _progress(self, row: dict) -> None:
+        keys = [("train/reward_mean", "reward"), ("train/accuracy", "train_acc"), ("train/answer_len", "len"),
+                ("train/zero_var_frac", "zero_var"), ("train/clip_frac", "clip"), ("eval/accuracy", "eval_acc"),
+                ("eap/intensity_diff", "d_int"), ("time/step_s", "s")]
+        parts = [f"{name}={row[k]:.3g}" for k, name in keys if isinstance(row.get(k), (int, float))]
+        self.log(f"[grpo] step {row['step']}/{self.recipe.steps} " + " ".join(parts))
+
+    def write_history(self) -> None:
+        """grpo_history.json and .csv in the output folder (one row per step; eval columns every eval_every)."""
+        if self.output_dir is None:
+            return
+        atomic_write_json(self.output_dir / "grpo_history.json", self.history)
+        columns = ["step"] + sorted({k for row in self.history for k in row} - {"step"})
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(columns)
+        for row in self.history:
+            writer.writerow([_cell(row.get(c)) for c in columns])
+        atomic_write_bytes(self.output_dir / "grpo_history.csv", buf.getvalue().encode())
+
+    # ------------------------------------------------------------------ result
+    def final_model(self):
+        """The trained model as a plain HF model (LoRA merged), in the dtype it was loaded in."""
+        model = self.model.merge_and_unload() if self.recipe.lora.r > 0 else self.model
+        return model.to(self.save_dtype).eval()
+
+
+def _cell(v):
+    if isinstance(v, float) and math.isnan(v):
+        return ""
+    return "" if v is None else v

@@ -1,0 +1,72 @@
+"""Interval helpers shared by the probe, ablation and variability experiments (all at 95% unless asked).
+
+- ``bootstrap_ci``: percentile bootstrap of a statistic of one sample (paired differences go in as one sample).
+- ``wilson_ci``: Wilson score interval of a proportion (good at small n and near 0 or 1, unlike the Wald interval).
+- ``t_interval``: Student-t interval of a mean.
+- ``cv_interval``: t-interval of a mean over repeated k-fold CV scores with the Nadeau-Bengio variance correction:
+  fold scores share training data, so their plain variance understates the uncertainty of the mean.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+from scipy import stats
+
+
+def bootstrap_ci(values, stat: Callable = np.mean, n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(values)``; (nan, nan) for an empty sample."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    boots = np.array([stat(x[i]) for i in idx])
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(boots, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def wilson_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of k successes in n trials; (nan, nan) when n = 0."""
+    if n == 0:
+        return math.nan, math.nan
+    z = stats.norm.ppf(1 - (1 - level) / 2)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of a Student-t interval; the bounds are nan with fewer than two finite values."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(1 - (1 - level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return mean, mean - half, mean + half
+
+
+def cv_interval(scores, test_fraction: float, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) over the k*r fold scores of a repeated k-fold CV, Nadeau-Bengio corrected.
+
+    Variance of the mean = (1/m + n_test/n_train) * s^2 with m finite scores (Nadeau & Bengio 2003; Bouckaert &
+    Frank 2004), t with m - 1 degrees of freedom. ``test_fraction`` = n_test / n (1/k for k folds).
+    """
+    x = np.asarray(scores, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan, math.nan
+    ratio = test_fraction / (1 - test_fraction)
+    half = stats.t.ppf(1 - (1 - level) / 2, x.size - 1) * math.sqrt((1 / x.size + ratio) * x.var(ddof=1))
+    return mean, mean - half, mean + half
