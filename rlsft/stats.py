@@ -43,15 +43,7 @@ def wilson_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high) of a Student-t interval; the bounds are nan with fewer than two finite values."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if x.size < 2:
-        return mean, math.nan, math.nan
-    half = stats.t.ppf(1 - (1 - level) / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-    return mean, mean - half, mean + half
+    return cv_interval(values, test_fraction=0.0, level=level)  # no train/test overlap term: the plain t interval
 
 
 def cv_interval(scores, test_fraction: float, level: float = 0.95) -> tuple[float, float, float]:
