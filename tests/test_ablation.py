@@ -192,20 +192,20 @@ def test_end_to_end_tiny(tmp_path):
     env = {**os.environ, "RLSFT_CACHE_DIR": str(tmp_path / "cache")}
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "launch.py", "experiment=ablation", "model_pair=tiny", "dataset.n=4",
-           "ablation.control.n=3", "generation.max_new_tokens=6", "ablation.modes=[skip,contract,mean]",
+           "ablation.control.n=3", "generation.max_new_tokens=6", "ablation.modes=[skip,mean]",
            "logger=disabled", f"hydra.run.dir={run_dir}"]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     saved = json.loads((run_dir / "ablation.json").read_text())
     for stage in ("sft", "rl"):
-        for mode in ("skip", "contract", "mean"):
+        for mode in ("skip", "mean"):
             for ds, n in (("arithmetic", 4), ("factual", 3)):
                 layers = saved[stage]["modes"][mode][ds]["layers"]
                 assert [m["layer"] for m in layers] == [0, 1] and all(m["n"] == n for m in layers)
         assert len(saved[stage]["representation"]["factual"]["cka"]) == 2
     assert (run_dir / "ablation_layers.png").exists()
-    # every ablated generation is cached: 2 stages x 2 datasets x (1 baseline + 3 modes x 2 layers)
-    assert len(list((tmp_path / "cache" / "generations").iterdir())) == 2 * 2 * 7
+    # every ablated generation is cached: 2 stages x 2 datasets x (1 baseline + 2 modes x 2 layers)
+    assert len(list((tmp_path / "cache" / "generations").iterdir())) == 2 * 2 * 5
     bad = subprocess.run(cmd[:-1] + ["ablation.layers=[5]", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "ablation.layers [5] out of range" in bad.stderr
