@@ -71,7 +71,7 @@ def block_hooks(model, fn: Callable, layers=None) -> Iterator[None]:
         def hook(module, args, kwargs, output):
             h = output[0] if isinstance(output, tuple) else output
             new = fn(i, _block_input(args, kwargs), h)
-            if new is None:
+            if not isinstance(new, torch.Tensor):  # an observer (returns None or anything else) changes nothing
                 return None
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
@@ -93,8 +93,8 @@ class BlockStats:
 
     mean_out: np.ndarray  # mean block output over prompt tokens
     mean_delta: np.ndarray  # mean block contribution (output - input) over prompt tokens
-    one_minus_cos: np.ndarray  # mean over tokens of 1 - cos(input, output)
-    cka: np.ndarray  # linear CKA between input and output over a token subsample
+    one_minus_cos: np.ndarray  # mean over tokens (not the first) of 1 - cos(input, output)
+    cka: np.ndarray  # linear CKA between input and output over a token subsample (not the first)
 
 
 def intervention(mode: str, alpha: float = 0.3, stats: BlockStats | None = None, layer: int = 0) -> Callable:
@@ -147,19 +147,22 @@ def block_statistics(model, sequences: list[tuple[list[int], int]], batch_size: 
                      pad_id: int = 0, seed: int = 0) -> BlockStats:
     """One pass over ``(token ids, prompt length)`` sequences (right padded): block means and change per block.
 
-    Means are over prompt tokens (what every ablated generation reads first); the representational change is over
-    all tokens (prompt and answer), CKA on a seeded subsample of at most ``max_tokens`` tokens.
+    Means are over prompt tokens (what every ablated generation reads first). The representational change is over
+    all tokens (prompt and answer) but the first of each sequence, CKA on a seeded subsample of at most
+    ``max_tokens`` of them: the first token is an attention sink whose massive activation (~100x the median norm
+    in SmolLM2's middle layers) would otherwise make linear CKA ~1 for every block.
     """
     layers = decoder_layers(model)
     n_layers, d = len(layers), model.config.hidden_size
     device = next(model.parameters()).device
-    total = sum(len(s) for s, _ in sequences)
-    keep = np.zeros(total, dtype=bool)
-    keep[np.random.default_rng(seed).choice(total, size=min(max_tokens, total), replace=False)] = True
+    starts = np.cumsum([0] + [len(s) for s, _ in sequences])
+    candidates = np.setdiff1d(np.arange(starts[-1]), starts[:-1])  # every token but the first of each sequence
+    keep = np.zeros(starts[-1], dtype=bool)
+    keep[np.random.default_rng(seed).choice(candidates, size=min(max_tokens, len(candidates)), replace=False)] = True
     sum_out = torch.zeros(n_layers, d, dtype=torch.float64)
     sum_delta = torch.zeros(n_layers, d, dtype=torch.float64)
     sum_cos = torch.zeros(n_layers, dtype=torch.float64)
-    n_prompt, n_all = 0, 0
+    n_prompt, n_rest = 0, 0
     xs, hs = [[] for _ in range(n_layers)], [[] for _ in range(n_layers)]
     offset = 0
     for start in range(0, len(sequences), batch_size):
@@ -167,22 +170,24 @@ def block_statistics(model, sequences: list[tuple[list[int], int]], batch_size: 
         width = max(len(s) for s, _ in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         real = torch.zeros((len(chunk), width), dtype=torch.bool)
+        rest = torch.zeros((len(chunk), width), dtype=torch.bool)
         prompt = torch.zeros((len(chunk), width), dtype=torch.bool)
         sub = torch.zeros((len(chunk), width), dtype=torch.bool)
         for b, (seq, p) in enumerate(chunk):
             ids[b, : len(seq)] = torch.tensor(seq)
             real[b, : len(seq)] = True
+            rest[b, 1 : len(seq)] = True
             prompt[b, :p] = True
             sub[b, : len(seq)] = torch.from_numpy(keep[offset : offset + len(seq)])
             offset += len(seq)
 
-        on_prompt, on_real, on_sub = prompt.to(device), real.to(device), sub.to(device)
+        on_prompt, on_rest, on_sub = prompt.to(device), rest.to(device), sub.to(device)
 
         def collect(i, x, h):  # sums on the model's device; only the CKA subsample moves to the CPU
             x, h = x.float(), h.float()
             sum_out[i] += h[on_prompt].sum(0).double().cpu()
             sum_delta[i] += (h - x)[on_prompt].sum(0).double().cpu()
-            cos = torch.nn.functional.cosine_similarity(x[on_real], h[on_real], dim=-1)
+            cos = torch.nn.functional.cosine_similarity(x[on_rest], h[on_rest], dim=-1)
             sum_cos[i] += float((1 - cos).double().sum())
             xs[i].append(x[on_sub].cpu())
             hs[i].append(h[on_sub].cpu())
@@ -190,14 +195,14 @@ def block_statistics(model, sequences: list[tuple[list[int], int]], batch_size: 
         with block_hooks(model, collect):
             decoder_body(model)(input_ids=ids.to(device), attention_mask=real.long().to(device), use_cache=False)
         n_prompt += int(prompt.sum())
-        n_all += int(real.sum())
+        n_rest += int(rest.sum())
     cka = [linear_cka(torch.cat(xs[i]), torch.cat(hs[i])) for i in range(n_layers)]
     return BlockStats((sum_out / max(n_prompt, 1)).float().numpy(), (sum_delta / max(n_prompt, 1)).float().numpy(),
-                      (sum_cos / max(n_all, 1)).numpy(), np.array(cka))
+                      (sum_cos / max(n_rest, 1)).numpy(), np.array(cka))
 
 
 # ----------------------------------------------------------------------------------------------- caching
-STATS_VERSION = 1
+STATS_VERSION = 2
 
 
 def block_stats_key(model_fingerprint: dict, precision: str, gens: list[dict], max_tokens: int, seed: int) -> str:
