@@ -23,19 +23,19 @@ def _lines(path):
 
 
 def test_generation_killed_halfway_resumes_without_redoing_finished_answers(tmp_path, cache_dir):
-    proc = _start(tmp_path / "a", "dataset.arithmetic.count=40")
+    proc = _start(tmp_path / "a", "dataset.arithmetic.count=40", "model_pair.max_new_tokens=400")
     deadline = time.time() + 120
     partial = []
     while time.time() < deadline and len(partial) < 6:
         partial = [p for p in cache_dir.glob("generations/*/records.partial.jsonl") if len(_lines(p)) >= 6]
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert partial, "generation never got going"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = len(_lines(partial[0]))
     assert 6 <= done_before < 40
 
-    rerun = _start(tmp_path / "b", "dataset.arithmetic.count=40")
+    rerun = _start(tmp_path / "b", "dataset.arithmetic.count=40", "model_pair.max_new_tokens=400")
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     counts = [tuple(map(int, m)) for m in re.findall(r"(\d+) answers cached, (\d+) to generate", out + err)]
