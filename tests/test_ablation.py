@@ -3,16 +3,13 @@ against independent computations, and an end-to-end run on the tiny pair."""
 
 import copy
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
+from conftest import launch
 from rlsft.ablation import MODES, ablate, block_hooks, block_statistics, decoder_layers, linear_cka
 from rlsft.errors import RlsftError
 from rlsft.experiments.ablation import compare, default_layers
@@ -20,7 +17,6 @@ from rlsft.generate import Sampling, generate_batch
 from rlsft.models import build_tiny_model
 from rlsft.stats import bootstrap_ci, wilson_ci
 
-ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
 
 
@@ -189,12 +185,11 @@ def test_compare_drop_and_flips():
 
 
 def test_end_to_end_tiny(tmp_path):
-    env = {**os.environ, "RLSFT_CACHE_DIR": str(tmp_path / "cache")}
+    env = {"RLSFT_CACHE_DIR": str(tmp_path / "cache")}
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "launch.py", "experiment=ablation", "model_pair=tiny", "dataset.n=4",
-           "ablation.control.n=3", "generation.max_new_tokens=6", "ablation.modes=[skip,mean]",
-           "logger=disabled", f"hydra.run.dir={run_dir}"]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    args = ["experiment=ablation", "model_pair=tiny", "dataset.n=4", "ablation.control.n=3",
+            "generation.max_new_tokens=6", "ablation.modes=[skip,mean]", "logger=disabled"]
+    out = launch(*args, f"hydra.run.dir={run_dir}", env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     saved = json.loads((run_dir / "ablation.json").read_text())
     for stage in ("sft", "rl"):
@@ -206,6 +201,5 @@ def test_end_to_end_tiny(tmp_path):
     assert (run_dir / "ablation_layers.png").exists()
     # every ablated generation is cached: 2 stages x 2 datasets x (1 baseline + 2 modes x 2 layers)
     assert len(list((tmp_path / "cache" / "generations").iterdir())) == 2 * 2 * 5
-    bad = subprocess.run(cmd[:-1] + ["ablation.layers=[5]", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    bad = launch(*args, "ablation.layers=[5]", f"hydra.run.dir={tmp_path / 'bad'}", env=env, timeout=300)
     assert bad.returncode == 2 and "ablation.layers [5] out of range" in bad.stderr

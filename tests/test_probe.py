@@ -2,9 +2,6 @@
 when answers lack the position, the nested grouped CV on planted signals, intervals against scipy, end to end."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
+from conftest import launch
 from rlsft.data import arithmetic_records
 from rlsft.errors import RlsftError
 from rlsft.generate import Sampling, generate_answers
@@ -21,7 +19,6 @@ from rlsft.probe import (auroc, boxed_brace_index, cached_features, check_classe
                          probe_layers)
 from rlsft.stats import cv_interval
 
-ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)
 ALL = ["before_answer", "before_answer_no_prompt", "question_end", "answer_mean"]
 
@@ -218,14 +215,13 @@ def _labelled_dataset(path: Path, cache: Path, n: int = 24) -> Path:
 
 def test_end_to_end_tiny(tmp_path):
     data = _labelled_dataset(tmp_path / "questions.jsonl", tmp_path / "scratch")
-    env = {**os.environ, "RLSFT_CACHE_DIR": str(tmp_path / "cache")}
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "launch.py", "experiment=probe", "model_pair=tiny", "dataset.source=local",
+    cmd = ["experiment=probe", "model_pair=tiny", "dataset.source=local",
            f"dataset.path={data}", "dataset.answer_format=text", "dataset.name=tinytext",
            "probe.positions=[question_end,answer_mean,before_answer]", "probe.folds=3", "probe.inner_folds=2",
            "probe.repeats=1", "probe.Cs=[0.1,10]", "probe.n_jobs=1", "generation.max_new_tokens=6",
            "logger=disabled", f"hydra.run.dir={run_dir}"]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = launch(*cmd, env={"RLSFT_CACHE_DIR": str(tmp_path / "cache")}, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     saved = json.loads((run_dir / "probe.json").read_text())
     for stage in ("sft", "rl"):

@@ -2,19 +2,14 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import launch
 from rlsft.stats import t_interval
 from rlsft.variability import BIN_LABELS, accuracy_bin, bin_summary, corrected_cv, question_stats
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_corrected_cv_against_scipy():
@@ -61,11 +56,10 @@ def test_question_stats_bins_and_truncation():
 
 
 def test_end_to_end_tiny(tmp_path):
-    env = {**os.environ, "RLSFT_CACHE_DIR": str(tmp_path / "cache")}
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "launch.py", "experiment=variability", "model_pair=tiny", "dataset.n=4",
-           "variability.n_samples=3", "generation.max_new_tokens=6", "logger=disabled", f"hydra.run.dir={run_dir}"]
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = launch("experiment=variability", "model_pair=tiny", "dataset.n=4", "variability.n_samples=3",
+                 "generation.max_new_tokens=6", "logger=disabled", f"hydra.run.dir={run_dir}",
+                 env={"RLSFT_CACHE_DIR": str(tmp_path / "cache")}, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     saved = json.loads((run_dir / "variability.json").read_text())
     assert saved["sampling"]["n_samples"] == 3 and saved["sampling"]["temperature"] == 0.7
