@@ -205,7 +205,11 @@ def fingerprint(spec: Any) -> dict:
         return _FINGERPRINTS[src](spec)
     fp = {k: v for k, v in spec.items() if k not in ("dtype", "device", "name") and v not in (None, "", {})}
     if src == "local" or src == "gguf":
-        path = gguf_location(spec)[0] / gguf_location(spec)[1] if src == "gguf" else Path(spec["path"]).expanduser()
+        if src == "gguf":
+            folder, name = gguf_location(spec)
+            path = folder / name
+        else:
+            path = Path(spec["path"]).expanduser()
         files = sorted(p for p in (path.iterdir() if path.is_dir() else [path]) if p.is_file())
         fp["files"] = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
     if src != "tiny":

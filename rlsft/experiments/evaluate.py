@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from scipy.stats import binomtest
 
-from .common import RunContext
+from .common import RunContext, markdown_table
 
 
 def run(cfg, ctx: RunContext) -> dict:
@@ -26,7 +26,5 @@ def run(cfg, ctx: RunContext) -> dict:
         ctx.release(stage)
     ctx.write_table("accuracy", columns, rows)
     ctx.write_json("accuracy.json", results)
-    from .common import markdown_table
-
     print(markdown_table(columns, rows))
     return results
