@@ -18,17 +18,25 @@ RAW_TEMPLATES = {
     ),
     "plain": "{q}",
 }
-TEMPLATES = (*RAW_TEMPLATES, "chat")
+# Chat templates: the tokenizer's own chat template around the question and an instruction.
+# ``chat_brief`` asks for a one-sentence answer: small instruct models (SmolLM2-135M) ramble past any CPU-sized token
+# budget under the step-by-step instruction, so an SFT stage and its RL-trained stage would answer at very different
+# lengths and method.md 2.1's length filter would leave no question to attribute.
+CHAT_INSTRUCTIONS = {
+    "chat": INSTRUCTION,
+    "chat_brief": "Answer in one sentence, and put your final answer within \\boxed{}.",
+}
+TEMPLATES = (*RAW_TEMPLATES, *CHAT_INSTRUCTIONS)
 
 
 def render_prompt(template: str, question: str, tokenizer=None) -> tuple[str, bool]:
     """The prompt text and whether the tokenizer should add its special tokens when encoding it."""
     if template in RAW_TEMPLATES:
         return RAW_TEMPLATES[template].replace("{q}", question), True
-    if template == "chat":
+    if template in CHAT_INSTRUCTIONS:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise RlsftError("template 'chat' needs a tokenizer with a chat template; pick another template")
-        messages = [{"role": "user", "content": f"{question}\n{INSTRUCTION}"}]
+            raise RlsftError(f"template {template!r} needs a tokenizer with a chat template; pick another template")
+        messages = [{"role": "user", "content": f"{question}\n{CHAT_INSTRUCTIONS[template]}"}]
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), False
     raise RlsftError(f"unknown prompt template {template!r}; expected one of {list(TEMPLATES)}")
 

@@ -11,7 +11,7 @@ from rlsft.tracking import read_offline_run
 
 def test_evaluate_end_to_end_writes_tables_provenance_and_wandb(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
-    res = launch("model_pair=tiny", "dataset.arithmetic.count=6", f"hydra.run.dir={run_dir}")
+    res = launch("experiment=evaluate", "model_pair=tiny", "dataset.arithmetic.count=6", f"hydra.run.dir={run_dir}")
     assert res.returncode == 0, res.stderr
     acc = json.loads((run_dir / "accuracy.json").read_text())
     answers = [json.loads(line) for p in cache_dir.glob("generations/*/records.jsonl") for line in open(p)]
@@ -30,9 +30,9 @@ def test_evaluate_end_to_end_writes_tables_provenance_and_wandb(tmp_path, cache_
 
     # Run again into the same folder: the finished run is returned, not recomputed or overwritten.
     before = (run_dir / "result.json").stat().st_mtime_ns
-    again = launch("model_pair=tiny", "dataset.arithmetic.count=6", f"hydra.run.dir={run_dir}")
+    again = launch("experiment=evaluate", "model_pair=tiny", "dataset.arithmetic.count=6", f"hydra.run.dir={run_dir}")
     assert again.returncode == 0 and (run_dir / "result.json").stat().st_mtime_ns == before
-    other = launch("model_pair=tiny", "dataset.arithmetic.count=5", f"hydra.run.dir={run_dir}")
+    other = launch("experiment=evaluate", "model_pair=tiny", "dataset.arithmetic.count=5", f"hydra.run.dir={run_dir}")
     assert other.returncode == 2 and "already holds a different finished run" in other.stderr
 
 

@@ -19,7 +19,7 @@ from ..eap import (build_graph, collate, cut_length, edge_scores, estimate_memor
                    relative_change, sample_diversity, select_samples, summarize, truncation_inputs)
 from ..errors import RlsftError
 from ..models import fingerprint
-from .common import RunContext
+from .common import RunContext, markdown_table
 
 log = logging.getLogger(__name__)
 SCORES_VERSION = 1
@@ -160,6 +160,13 @@ def run(cfg, ctx: RunContext) -> dict:
     ctx.write_json("eap_metrics.json", {"selection": counts, "alphas": summaries,
                                         "stages": {"sft": sft.name, "rl": rl.name}})
     figures(ctx, per_alpha, summaries, sft.name, rl.name)
+    print(f"{cfg.dataset.name}: {sft.name} {counts[f'{sft.name}_correct']}/{counts['questions']} correct, "
+          f"{rl.name} {counts[f'{rl.name}_correct']}/{counts['questions']}; {len(selection.ids)} questions selected "
+          f"(Tbar {selection.tbar:.1f} tokens)")
+    print(markdown_table(["alpha", "T_cut", "metric", sft.name, rl.name, f"{rl.name} - {sft.name} [95% CI]"],
+                         [[float(a), s["cut_len"], m, s[m]["sft"], s[m]["rl"],
+                           f"{s[m]['diff']:.4g} [{s[m]['diff_ci'][0]:.4g}, {s[m]['diff_ci'][1]:.4g}]"]
+                          for a, s in summaries.items() for m in METRICS]))
     return {"selection": counts, "alphas": {a: {m: {k: s[m][k] for k in ("sft", "rl", "diff")} for m in METRICS}
                                             for a, s in summaries.items()}}
 
