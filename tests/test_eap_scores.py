@@ -203,6 +203,17 @@ def test_batched_with_padding_equals_one_sample_at_a_time(pad):
         assert_close(W[b : b + 1], Wb, rtol=1e-6)
 
 
+def test_returned_losses_are_the_models_own_mean_nll_and_scores_unchanged():
+    model = tiny("qwen2")
+    ids, lm, am = batch(lengths=(12, 7, 10), prompt=(5, 3, 6), pad="left")
+    W, losses = edge_scores(model, ids, lm, am, return_losses=True)
+    with torch.no_grad():
+        expected = ref_losses(model, ids, lm, am)
+    assert losses.dtype == torch.float32 and losses.shape == (3,)
+    assert_close(losses, expected, rtol=1e-6)
+    assert torch.equal(W, edge_scores(model, ids, lm, am))
+
+
 @pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated")
 @pytest.mark.parametrize("attn_inputs", ["qkv", "joint"])
 @pytest.mark.parametrize("reentrant", [False, True])

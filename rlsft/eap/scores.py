@@ -227,7 +227,7 @@ class EdgeRecorder:
         return (self.W * self.graph.mask.to(self.W.device)).float()
 
 
-def edge_scores(model, input_ids, loss_mask, attention_mask=None, graph=None, positions="all") -> torch.Tensor:
+def edge_scores(model, input_ids, loss_mask, attention_mask=None, graph=None, positions="all", return_losses=False):
     """EAP scores [batch, n_src, n_dst] (fp32, on CPU, zero off the graph's mask) for one batch.
 
     input_ids, loss_mask, attention_mask: [batch, seq]. `loss_mask[b, t]` is True where token t of sample b is scored
@@ -235,6 +235,8 @@ def edge_scores(model, input_ids, loss_mask, attention_mask=None, graph=None, po
     positions: "all" sums over every real position (the paper); "answer" only over the positions whose token is scored,
     i.e. where `loss_mask` is True (the answer tokens themselves; the last prompt position, which predicts the first
     answer token, is not included).
+    return_losses: also return each sample's loss [batch] (the scores scale with its gradient, so a model that is
+    near-certain of its own tokens has small scores whatever its circuits; worth reporting beside them).
     """
     arch = architecture(model)
     graph = graph if graph is not None else build_graph(model)
@@ -276,7 +278,8 @@ def edge_scores(model, input_ids, loss_mask, attention_mask=None, graph=None, po
             embeds = model.get_submodule(arch["embed"])(input_ids).detach().requires_grad_(True)
             losses = sample_losses(model, input_ids, loss_mask, attention_mask, inputs_embeds=embeds)
             losses.sum().backward()
-        return recorder.result().cpu()
+        scores = recorder.result().cpu()
+        return (scores, losses.detach().float().cpu()) if return_losses else scores
     finally:
         for m, mode in modes.items():
             m.training = mode

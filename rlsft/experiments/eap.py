@@ -22,7 +22,7 @@ from ..models import fingerprint
 from .common import RunContext, markdown_table
 
 log = logging.getLogger(__name__)
-SCORES_VERSION = 1
+SCORES_VERSION = 2  # 2: per-sample loss saved beside the scores
 METRICS = ["activation_intensity", "information_complexity", "distribution_kurtosis"]
 
 
@@ -73,14 +73,17 @@ def scores_for(ctx: RunContext, stage, answers: list[dict], cut_len: int) -> dic
             for i in tqdm(range(0, len(items), cfg.batch_size), desc=f"edge_scores [{stage.name}]", disable=None):
                 batch = items[i : i + cfg.batch_size]
                 ids, loss_mask, attention = collate(batch, pad_id=tok.pad_token_id, side="left")
-                mats.append(edge_scores(model, ids, loss_mask, attention, graph=graph, positions=cfg.positions))
+                scores, loss = edge_scores(model, ids, loss_mask, attention, graph=graph, positions=cfg.positions,
+                                           return_losses=True)
+                mats.append(scores)
+                losses.append(loss)
             W = torch.cat(mats).numpy().astype(np.float32)
             with atomic_path(path) as tmp:
                 np.savez_compressed(tmp, W=W, mask=graph.mask.numpy(), sources=np.array(graph.sources),
                                     targets=np.array(graph.targets), ids=np.array([a["id"] for a in answers]),
                                     answer_len=np.array([it.answer_len for it in items]),
                                     shorter_than_cut=np.array([it.shorter_than_cut for it in items]),
-                                    cut_len=cut_len)
+                                    loss=torch.cat(losses).numpy(), cut_len=cut_len)
     data = np.load(path)
     return {k: data[k] for k in data.files} | {"path": path}
 
@@ -126,7 +129,8 @@ def run(cfg, ctx: RunContext) -> dict:
             res = scores_for(ctx, stage, answers, cut)
             shutil.copyfile(res["path"], ctx.run_dir / f"eap_scores_{stage.name}_alpha{alpha:g}.npz")
             W[stage.name] = res["W"]
-            info[stage.name] = {"shorter_than_cut": int(res["shorter_than_cut"].sum())}
+            info[stage.name] = {"shorter_than_cut": int(res["shorter_than_cut"].sum()),
+                                "self_entropy": float(res["loss"].mean())}
             mask, sources = res["mask"], [str(s) for s in res["sources"]]
             targets = [str(x) for x in res["targets"]]
         for stage in (sft, rl):
@@ -136,7 +140,9 @@ def run(cfg, ctx: RunContext) -> dict:
         diversity = {name: sample_diversity(W[name], mask) for name in W}
         summary["sample_diversity"] = {"sft": diversity[sft.name], "rl": diversity[rl.name],
                                        "diff": diversity[rl.name] - diversity[sft.name]}
-        summary.update(cut_len=cut, shorter_than_cut=info)
+        summary.update(cut_len=cut, shorter_than_cut={k: v["shorter_than_cut"] for k, v in info.items()},
+                       self_entropy={"sft": info[sft.name]["self_entropy"], "rl": info[rl.name]["self_entropy"],
+                                     "diff": info[rl.name]["self_entropy"] - info[sft.name]["self_entropy"]})
         summaries[f"{alpha:g}"] = summary
         per_alpha[alpha] = (W, mask, sources, targets)
         for stage in (sft, rl):
@@ -145,14 +151,14 @@ def run(cfg, ctx: RunContext) -> dict:
             for m in METRICS:
                 lo, hi = summary[m][f"{side}_ci"]
                 row += [summary[m][side], lo, hi]
-            row += [diversity[stage.name], info[stage.name]["shorter_than_cut"]]
+            row += [diversity[stage.name], info[stage.name]["self_entropy"], info[stage.name]["shorter_than_cut"]]
             rows.append(row)
         ctx.tracker.log({f"alpha={alpha:g}/{m}/{side}": summary[m][side] for m in METRICS for side in ("sft", "rl")}
                         | {f"alpha={alpha:g}/{m}/diff": summary[m]["diff"] for m in METRICS})
     columns = ["dataset", "alpha", "cut_len", "stage", "n"]
     for m in METRICS:
         columns += [m, f"{m}_lo", f"{m}_hi"]
-    columns += ["sample_diversity", "shorter_than_cut"]
+    columns += ["sample_diversity", "self_entropy", "shorter_than_cut"]
     ctx.write_table("eap_summary", columns, rows)
     diff_rows = [[cfg.dataset.name, float(a), m, s[m]["diff"], *s[m]["diff_ci"]]
                  for a, s in summaries.items() for m in METRICS]
@@ -163,10 +169,14 @@ def run(cfg, ctx: RunContext) -> dict:
     print(f"{cfg.dataset.name}: {sft.name} {counts[f'{sft.name}_correct']}/{counts['questions']} correct, "
           f"{rl.name} {counts[f'{rl.name}_correct']}/{counts['questions']}; {len(selection.ids)} questions selected "
           f"(Tbar {selection.tbar:.1f} tokens)")
+    def difference(stat: dict) -> str:
+        ci = f" [{stat['diff_ci'][0]:.4g}, {stat['diff_ci'][1]:.4g}]" if "diff_ci" in stat else ""
+        return f"{stat['diff']:.4g}{ci}"
+
+    # self_entropy: the mean loss the scores are gradients of (no interval: a diagnostic, not a metric)
     print(markdown_table(["alpha", "T_cut", "metric", sft.name, rl.name, f"{rl.name} - {sft.name} [95% CI]"],
-                         [[float(a), s["cut_len"], m, s[m]["sft"], s[m]["rl"],
-                           f"{s[m]['diff']:.4g} [{s[m]['diff_ci'][0]:.4g}, {s[m]['diff_ci'][1]:.4g}]"]
-                          for a, s in summaries.items() for m in METRICS]))
+                         [[float(a), s["cut_len"], m, s[m]["sft"], s[m]["rl"], difference(s[m])]
+                          for a, s in summaries.items() for m in [*METRICS, "self_entropy"]]))
     return {"selection": counts, "alphas": {a: {m: {k: s[m][k] for k in ("sft", "rl", "diff")} for m in METRICS}
                                             for a, s in summaries.items()}}
 
@@ -182,7 +192,8 @@ def figures(ctx: RunContext, per_alpha: dict, summaries: dict, sft: str, rl: str
         rel = relative_change(W[sft], W[rl], mask)
         fig, ax = plt.subplots(figsize=(max(6, len(targets) / 6), max(4, len(sources) / 6)))
         lim = np.nanpercentile(np.abs(rel), 99) or 1.0
-        im = ax.imshow(np.ma.masked_invalid(rel), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        cmap = plt.get_cmap("RdBu_r").with_extremes(bad="lightgrey")  # masked cells (not edges) in grey, as titled
+        im = ax.imshow(np.ma.masked_invalid(rel), cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
         ax.set_xticks(range(len(targets)), targets, rotation=90, fontsize=5)
         ax.set_yticks(range(len(sources)), sources, fontsize=5)
         ax.set_xlabel("target node")
