@@ -155,7 +155,7 @@ def test_recipe_keys_and_presets():
     with pytest.raises(RlsftError, match="tempreature"):
         as_recipe({"tempreature": 0.5})
     r = as_recipe({"preset": "smollm2_arith", "steps": 3})
-    assert r.steps == 3 and r.train["source"] == "arithmetic" and r.template == "chat"
+    assert r.steps == 3 and r.train["source"] == "arithmetic" and r.template == "chat_brief"
     assert as_recipe("smollm2_arith").steps != 3
     with pytest.raises(RlsftError, match="preset 'nope' not found"):
         as_recipe("nope")
