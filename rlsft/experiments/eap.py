@@ -166,19 +166,27 @@ def run(cfg, ctx: RunContext) -> dict:
     ctx.write_json("eap_metrics.json", {"selection": counts, "alphas": summaries,
                                         "stages": {"sft": sft.name, "rl": rl.name}})
     figures(ctx, per_alpha, summaries, sft.name, rl.name)
-    print(f"{cfg.dataset.name}: {sft.name} {counts[f'{sft.name}_correct']}/{counts['questions']} correct, "
-          f"{rl.name} {counts[f'{rl.name}_correct']}/{counts['questions']}; {len(selection.ids)} questions selected "
-          f"(Tbar {selection.tbar:.1f} tokens)")
+    print(console_summary(cfg.dataset.name, counts, summaries, sft.name, rl.name))
+    return {"selection": counts, "alphas": {a: {m: {k: s[m][k] for k in ("sft", "rl", "diff")} for m in METRICS}
+                                            for a, s in summaries.items()}}
+
+
+def console_summary(dataset: str, counts: dict, summaries: dict, sft: str, rl: str) -> str:
+    """What a run prints: accuracies, the selection, and per alpha each metric with RL - SFT and its 95% interval.
+
+    ``self_entropy`` (the mean loss whose gradients the scores are) is shown beside the metrics, without an interval:
+    it is a diagnostic, not a metric.
+    """
     def difference(stat: dict) -> str:
         ci = f" [{stat['diff_ci'][0]:.4g}, {stat['diff_ci'][1]:.4g}]" if "diff_ci" in stat else ""
         return f"{stat['diff']:.4g}{ci}"
 
-    # self_entropy: the mean loss the scores are gradients of (no interval: a diagnostic, not a metric)
-    print(markdown_table(["alpha", "T_cut", "metric", sft.name, rl.name, f"{rl.name} - {sft.name} [95% CI]"],
-                         [[float(a), s["cut_len"], m, s[m]["sft"], s[m]["rl"], difference(s[m])]
-                          for a, s in summaries.items() for m in [*METRICS, "self_entropy"]]))
-    return {"selection": counts, "alphas": {a: {m: {k: s[m][k] for k in ("sft", "rl", "diff")} for m in METRICS}
-                                            for a, s in summaries.items()}}
+    head = (f"{dataset}: {sft} {counts[f'{sft}_correct']}/{counts['questions']} correct, {rl} "
+            f"{counts[f'{rl}_correct']}/{counts['questions']}; {counts['n_selected']} questions selected "
+            f"(Tbar {counts['tbar']:.1f} tokens)\n")
+    return head + markdown_table(["alpha", "T_cut", "metric", sft, rl, f"{rl} - {sft} [95% CI]"],
+                                 [[float(a), s["cut_len"], m, s[m]["sft"], s[m]["rl"], difference(s[m])]
+                                  for a, s in summaries.items() for m in [*METRICS, "self_entropy"]])
 
 
 def figures(ctx: RunContext, per_alpha: dict, summaries: dict, sft: str, rl: str) -> None:
