@@ -7,6 +7,7 @@ run rather than starting a duplicate); runs of one sweep share a group; the job 
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ class Tracker:
         if self.run is not None:
             import wandb
 
-            self.run.log({name: wandb.Table(columns=columns, data=rows)})
+            self.run.log({name: wandb.Table(columns=columns, data=table_rows(rows))})
 
     def log_image(self, name: str, path: str | Path) -> None:
         if self.run is not None:
@@ -56,6 +57,23 @@ class Tracker:
         if self.run is not None:
             self.run.finish(exit_code=1 if failed else 0)
             self.run = None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Number) and not isinstance(value, bool)
+
+
+def table_rows(rows: list[list[Any]]) -> list[list[Any]]:
+    """Rows W&B can type: in a column that holds numbers, a text cell (``n/a``, ``none``: a missing value) is None.
+
+    ``wandb.Table`` fixes each column's type from the values it sees, so one ``n/a`` before a number fails the whole
+    table ("Number not assignable to None or String"); None is the missing value every W&B type accepts. The CSV and
+    markdown copies keep the text.
+    """
+    if not rows:
+        return rows
+    numeric = [any(_is_number(row[j]) for row in rows) for j in range(len(rows[0]))]
+    return [[None if numeric[j] and not _is_number(v) else v for j, v in enumerate(row)] for row in rows]
 
 
 # ----------------------------------------------------------------------------------------------- reading runs back
@@ -124,3 +142,15 @@ def read_offline_run(run_dir: str | Path) -> dict:
             elif kind == "exit":
                 out["exit_code"] = record.exit.exit_code
     return out
+
+
+def read_offline_table(run_dir: str | Path, name: str) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of the W&B table ``name`` logged by the offline run under ``run_dir`` (its last logging)."""
+    import json
+
+    runs = sorted(Path(run_dir).glob("wandb/offline-run-*"))
+    logged = [row[f"{name}.path"] for row in read_offline_run(run_dir)["history"] if f"{name}.path" in row]
+    if not runs or not logged:
+        raise FileNotFoundError(f"no W&B table {name!r} in the offline run under {run_dir}")
+    table = json.loads((runs[-1] / "files" / logged[-1]).read_text())
+    return table["columns"], table["data"]

@@ -32,3 +32,28 @@ def launch(*overrides, cwd=None, env=None, timeout=600):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "launch.py"), *overrides], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def labelled_dataset(path: Path, cache: Path, n: int = 24) -> Path:
+    """Questions whose text-graded gold is a word the tiny sft (i % 3 == 0) or rl (i % 3 == 1) model writes first,
+    so each stage is right on about a third: the probes get both classes from random models."""
+    import json
+
+    from rlsft.data import arithmetic_records
+    from rlsft.generate import Sampling, generate_answers
+    from rlsft.grading import _norm_text
+    from rlsft.models import fingerprint, load_model
+
+    records = arithmetic_records(n, digits=1, style="word")
+    words = []
+    for seed in (0, 1):  # conf/model_pair/tiny.yaml
+        spec = {"source": "tiny", "tiny": {"arch": "llama", "layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2,
+                                           "seed": seed, "intermediate": None}}
+        gens = generate_answers(lambda: load_model(spec, device="cpu"), records, "chat", Sampling(max_new_tokens=6),
+                                fingerprint(spec), str(cache))
+        words.append([(_norm_text(g["text"].strip().splitlines()[0] if g["text"].strip() else "").split() or ["zz"])[0]
+                      for g in gens])
+    rows = [{"id": r.id, "question": r.question, "answer": words[i % 3][i] if i % 3 < 2 else "zzzz"}
+            for i, r in enumerate(records)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path

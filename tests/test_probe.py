@@ -2,19 +2,15 @@
 when answers lack the position, the nested grouped CV on planted signals, intervals against scipy, end to end."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
-from conftest import launch
-from rlsft.data import arithmetic_records
+from conftest import labelled_dataset, launch
 from rlsft.errors import RlsftError
-from rlsft.generate import Sampling, generate_answers
-from rlsft.grading import _norm_text
-from rlsft.models import build_tiny_model, build_tiny_tokenizer, fingerprint, load_model
+from rlsft.models import build_tiny_model, build_tiny_tokenizer
 from rlsft.probe import (auroc, boxed_brace_index, cached_features, check_classes, extract_features, outer_splits,
                          probe_layers)
 from rlsft.stats import cv_interval
@@ -195,26 +191,8 @@ def test_cv_interval_against_scipy():
     assert lo < n_lo
 
 
-def _labelled_dataset(path: Path, cache: Path, n: int = 24) -> Path:
-    """Questions whose text-graded gold is a word the tiny sft (i % 3 == 0) or rl (i % 3 == 1) model writes first,
-    so each stage is right on about a third: the probes get both classes from random models."""
-    records = arithmetic_records(n, digits=1, style="word")
-    words = []
-    for seed in (0, 1):  # conf/model_pair/tiny.yaml
-        spec = {"source": "tiny", "tiny": {"arch": "llama", "layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2,
-                                           "seed": seed, "intermediate": None}}
-        gens = generate_answers(lambda: load_model(spec, device="cpu"), records, "chat", Sampling(max_new_tokens=6),
-                                fingerprint(spec), str(cache))
-        words.append([(_norm_text(g["text"].strip().splitlines()[0] if g["text"].strip() else "").split() or ["zz"])[0]
-                      for g in gens])
-    rows = [{"id": r.id, "question": r.question, "answer": words[i % 3][i] if i % 3 < 2 else "zzzz"}
-            for i, r in enumerate(records)]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
 def test_end_to_end_tiny(tmp_path):
-    data = _labelled_dataset(tmp_path / "questions.jsonl", tmp_path / "scratch")
+    data = labelled_dataset(tmp_path / "questions.jsonl", tmp_path / "scratch")
     run_dir = tmp_path / "run"
     cmd = ["experiment=probe", "model_pair=tiny", "dataset.source=local",
            f"dataset.path={data}", "dataset.answer_format=text", "dataset.name=tinytext",
