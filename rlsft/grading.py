@@ -11,9 +11,21 @@ from __future__ import annotations
 import re
 import threading
 
-from math_verify import parse, verify
-
 from .errors import RlsftError
+
+
+# math-verify is imported on first use: rlsft.data and the GRPO trainer import this module, and a bare GPU node
+# (benchmarks/gpu_check.py) has torch and transformers but no math-verify.
+def parse(*args, **kwargs):
+    from math_verify import parse as _parse
+
+    return _parse(*args, **kwargs)
+
+
+def verify(*args, **kwargs):
+    from math_verify import verify as _verify
+
+    return _verify(*args, **kwargs)
 
 GOLD_FORMATS = ("gsm8k", "boxed", "dollar", "plain", "text")
 
