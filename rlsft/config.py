@@ -40,7 +40,11 @@ class ModelSpec:
     tiny: TinySpec = field(default_factory=TinySpec)
     dtype: Optional[str] = None
     base: Any = None  # source=derived: the spec of the model that is trained
-    recipe: Any = None  # source=derived: the training recipe (a grpo section)
+    recipe: Any = None  # source=derived: the training recipe (a grpo section, or an arm's: rlsft.arms)
+    target: Any = None  # source=vector: theta_target + scale * (theta_plus - theta_minus) (rlsft.arms.vector)
+    plus: Any = None
+    minus: Any = None
+    scale: float = 1.0
 
 
 @dataclass
@@ -67,6 +71,7 @@ class ArithmeticConfig:
     n_ops: int = 1
     style: str = "bare"
     ops: str = "+-"
+    unique: bool = False  # distinct questions only (repeats are correlated trials for an accuracy interval)
 
 
 @dataclass
@@ -279,7 +284,8 @@ def _validate_probe_ablation_variability(cfg: Any) -> None:
 
 
 def _validate_grpo(cfg: Any) -> None:
-    """The grpo section and the recipe of every derived stage (rlsft.grpo.config.check_recipe)."""
+    """The grpo section and the recipe of every derived stage (its arm's checks: rlsft.arms.check_derived_recipe)."""
+    from .arms import check_derived_recipe
     from .grpo.config import as_recipe, check_recipe
 
     check_recipe(as_recipe(cfg.grpo))
@@ -287,4 +293,7 @@ def _validate_grpo(cfg: Any) -> None:
         if stage.model.source == "derived":
             _check(stage.model.base is not None and stage.model.recipe is not None,
                    f"stage {stage.name!r}: a derived model needs `base` and `recipe`")
-            check_recipe(as_recipe(stage.model.recipe))
+            check_derived_recipe(stage.model.recipe)
+        if stage.model.source == "vector":
+            _check(None not in (stage.model.target, stage.model.plus, stage.model.minus),
+                   f"stage {stage.name!r}: a vector model needs `target`, `plus` and `minus` model specs")

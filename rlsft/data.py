@@ -93,11 +93,12 @@ _NAMES = ["Tom", "Sara", "Ali", "Mia", "Ben", "Lena", "Omar", "Kate"]
 
 
 def arithmetic_records(n: int, digits: int = 2, n_ops: int = 1, style: str = "bare", seed: int = 0,
-                       ops: str = "+-") -> list[Record]:
+                       ops: str = "+-", unique: bool = False) -> list[Record]:
     """Synthetic integer arithmetic with exact answers; difficulty from digits, number of operations, style.
 
     ``style='bare'``: "What is 23 + 45 - 7?"; ``style='word'``: a one-sentence-per-operation word problem.
     Subtractions never go below zero, so every answer is a non-negative integer. Deterministic per seed.
+    ``unique``: draws repeating an earlier question are skipped until ``n`` distinct questions are drawn.
     """
     if n < 1 or digits < 1 or n_ops < 1:
         raise RlsftError(f"arithmetic: n, digits and n_ops must be >= 1 (got n={n}, digits={digits}, n_ops={n_ops})")
@@ -107,8 +108,10 @@ def arithmetic_records(n: int, digits: int = 2, n_ops: int = 1, style: str = "ba
         raise RlsftError(f"arithmetic: ops must be made of '+', '-', '*', got {ops!r}")
     rng = random.Random(seed)
     lo, hi = 10 ** (digits - 1) if digits > 1 else 0, 10**digits - 1
-    records = []
-    for i in range(n):
+    records, seen = [], set()
+    for i in range(100 * n):
+        if len(records) == n:
+            break
         value = rng.randint(lo, hi)
         terms, expr = [value], str(value)
         name, item = rng.choice(_NAMES), rng.choice(_WORD_ITEMS)
@@ -125,8 +128,14 @@ def arithmetic_records(n: int, digits: int = 2, n_ops: int = 1, style: str = "ba
             story.append({"+": f"{name} gets {x} more.", "-": f"{name} gives away {x}.",
                           "*": f"Then the number of {item} is multiplied by {x}."}[op])
         question = f"What is {expr}?" if style == "bare" else " ".join(story) + f" How many {item} does {name} have now?"
+        if unique and question in seen:
+            continue
+        seen.add(question)
         records.append(Record(f"arith-{seed}-{i}", question, str(value),
                               {"grader": "math", "digits": digits, "n_ops": n_ops, "style": style, "expr": expr}))
+    if len(records) < n:
+        raise RlsftError(f"arithmetic: only {len(records)} distinct questions found for count={n} (unique=true); "
+                         f"lower count or raise digits / n_ops")
     return records
 
 
@@ -225,7 +234,7 @@ def load_records(cfg: Any) -> list[Record]:
     source = cfg.source
     if source == "arithmetic":
         a = cfg.arithmetic
-        records = arithmetic_records(a.count, a.digits, a.n_ops, a.style, cfg.seed, a.ops)
+        records = arithmetic_records(a.count, a.digits, a.n_ops, a.style, cfg.seed, a.ops, a.unique)
     elif source == "templates":
         records = template_records(cfg.per_template, cfg.seed)
     elif source == "factual":

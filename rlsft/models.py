@@ -28,7 +28,7 @@ TINY_ARCHS = ("llama", "mistral", "qwen2")
 _SOURCES: dict[str, Callable[..., tuple[Any, Any]]] = {}
 _FINGERPRINTS: dict[str, Callable[[dict], dict]] = {}
 # Sources provided by other modules, imported on first use so a bare ``load_model`` call finds them too.
-_PLUGINS = {"derived": "rlsft.grpo"}
+_PLUGINS = {"derived": "rlsft.grpo", "vector": "rlsft.arms"}
 
 
 def register_source(name: str, loader: Callable[..., tuple[Any, Any]],

@@ -25,18 +25,24 @@ def dataset_section(section: Any, where: str):
 
 def recipe_data(recipe: GRPOConfig, default_dataset: Any = None) -> tuple[list[Record], list[Record]]:
     """(train, held-out) records. ``train`` defaults to ``default_dataset``; without an ``eval`` section,
-    ``eval_n`` questions are held out of the training set (a seeded draw, never trained on)."""
+    ``eval_n`` questions are held out of the training set (a seeded draw, never trained on); with one, the training
+    records asking any of its questions are left out. The training arms (rlsft.arms) split the same way."""
     if recipe.train is None and default_dataset is None:
         raise RlsftError("grpo.train is not set: a recipe needs a training dataset section (e.g. {name: ..., "
                          "source: arithmetic, ...}); a derived model's recipe must name its own")
     train_cfg = dataset_section(recipe.train, "grpo.train") if recipe.train is not None else default_dataset
     train = load_records(train_cfg)
     if recipe.eval is not None:
-        evals = subset(load_records(dataset_section(recipe.eval, "grpo.eval")), recipe.eval_n, recipe.seed)
-        overlap = {(r.question, r.answer) for r in evals} & {(r.question, r.answer) for r in train}
-        if overlap:
-            print(f"[grpo] warning: {len(overlap)} held-out questions also occur in the training set")
-        return train, evals
+        every_eval = load_records(dataset_section(recipe.eval, "grpo.eval"))
+        evals = subset(every_eval, recipe.eval_n, recipe.seed)
+        # never train on an evaluation question: drop them from the training set (synthetic sets share questions)
+        held = {r.question for r in every_eval}
+        kept = [r for r in train if r.question not in held]
+        if not kept:
+            raise RlsftError(f"grpo: every training question is also an evaluation question ({len(train)} records)")
+        if len(kept) < len(train):
+            print(f"[grpo] {len(train) - len(kept)} training records ask an evaluation question: left out of training")
+        return kept, evals
     # hold out whole questions: a synthetic set repeats question texts, and a repeat must not leak into training
     texts = sorted({r.question for r in train})
     if len(texts) <= recipe.eval_n:

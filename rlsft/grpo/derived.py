@@ -30,8 +30,13 @@ def _parts(spec: dict) -> tuple[dict, GRPOConfig]:
 
 def derived_key(spec: dict) -> str:
     """Cache key: the base's fingerprint and every recipe key that changes the weights (``steps`` included)."""
+    from ..arms import arm_of
     from ..models import fingerprint
 
+    if arm_of(spec.get("recipe")) != "grpo":  # sft / rft / dpo recipes: rlsft.arms
+        from ..arms.derived import arm_key
+
+        return arm_key(spec)
     base, recipe = _parts(spec)
     d = recipe_dict(recipe)
     weights = {k: v for k, v in d.items() if k not in NON_TRAINING_KEYS or k == "steps"}
@@ -42,7 +47,12 @@ def load_derived(spec: dict, device: str = "auto", dtype: str | None = None, cac
     from ..models import load_model
     from .data import recipe_data
     from .trainer import GRPOTrainer
+    from ..arms import arm_of
 
+    if arm_of(spec.get("recipe")) != "grpo":  # sft / rft / dpo recipes: rlsft.arms
+        from ..arms.derived import load_arm
+
+        return load_arm(spec, device=device, dtype=dtype, cache_dir=cache_dir)
     base, recipe = _parts(spec)
     cache = Path(cache_dir or os.environ.get("RLSFT_CACHE_DIR") or "~/.cache/rlsft").expanduser()
     key = derived_key(spec)

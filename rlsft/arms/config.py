@@ -1,0 +1,112 @@
+"""The recipe of a supervised or preference training arm (method.md section 8): one dataclass for ``sft``, ``rft`` and
+``dpo``, with the data fields named and split exactly as the GRPO recipe's, so every arm trains on the same questions.
+
+A recipe is everything that determines the trained weights; its hash keys the derived-model cache. Keys in
+``NON_TRAINING_KEYS`` (how often to save) do not enter it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import RlsftError
+
+ARM_VERSION = 1  # bump when a change alters what a recipe trains (invalidates the arms' derived-model caches)
+KINDS = ("sft", "rft", "dpo")
+
+
+@dataclass
+class ArmConfig:
+    kind: str = "sft"  # sft: reference answers | rft: the base's correct samples | dpo: (correct, incorrect) base pairs
+
+    # ---------------------------------------------------------------- data (as in GRPOConfig: same split, same questions)
+    train: Any = None  # a dataset section for the training questions
+    eval: Any = None  # a dataset section never trained on (its questions are removed from `train`)
+    eval_n: int = 64  # held-out questions (taken out of `train` when `eval` is None)
+    template: Optional[str] = None  # prompt template; None: chat
+    seed: int = 0
+
+    # ---------------------------------------------------------------- sampling from the base (rft, dpo)
+    samples: int = 4  # k answers per training question
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    generation_batch_size: int = 64
+
+    # ---------------------------------------------------------------- objective and optimisation
+    beta: float = 0.1  # dpo: the DPO temperature (method.md 8)
+    pairs_per_question: int = 1  # dpo: (correct, incorrect) pairs per question at most
+    epochs: float = 1.0
+    batch_size: int = 8  # sequences (dpo: pairs) per optimizer step
+    lr: float = 1e-5
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+    # ---------------------------------------------------------------- checkpoints (not part of the cache key)
+    save_every: int = 10  # optimizer steps between checkpoints; 0 = none (a killed run restarts)
+
+
+NON_TRAINING_KEYS = ("save_every",)
+PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "arms"
+
+
+def is_preset(name: Any) -> bool:
+    return isinstance(name, str) and (PRESET_DIR / f"{name}.yaml").is_file()
+
+
+def preset(name: str) -> dict:
+    """The recipe ``conf/arms/<name>.yaml`` as a dict."""
+    from omegaconf import OmegaConf
+
+    if not is_preset(name):
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise RlsftError(f"training-arm recipe preset {name!r} not found in {PRESET_DIR}; known: {known}")
+    return OmegaConf.to_container(OmegaConf.load(PRESET_DIR / f"{name}.yaml"), resolve=True)  # type: ignore
+
+
+def as_arm_recipe(section: Any) -> ArmConfig:
+    """An ArmConfig from a preset name, ``{preset: name, ...overrides}`` or a dict; unknown keys rejected by name."""
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(section, ArmConfig):
+        return section
+    if isinstance(section, DictConfig):
+        section = OmegaConf.to_container(section, resolve=True)
+    section = {"preset": section} if isinstance(section, str) else dict(section or {})
+    layers = [preset(section.pop("preset"))] if section.get("preset") else []
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ArmConfig), *layers, section)
+    except OmegaConfBaseException as exc:
+        raise RlsftError(f"training-arm recipe: {str(exc).splitlines()[0]}") from None
+    recipe = OmegaConf.to_object(merged)
+    check_arm_recipe(recipe)  # type: ignore[arg-type]
+    return recipe  # type: ignore[return-value]
+
+
+def arm_recipe_dict(recipe: ArmConfig) -> dict:
+    return asdict(recipe)
+
+
+def check_arm_recipe(r: ArmConfig) -> None:
+    """Range checks, one message each."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise RlsftError(f"{r.kind} recipe: {msg}")
+
+    need(r.kind in KINDS, f"unknown kind {r.kind!r}; expected one of {list(KINDS)}")
+    need(r.train is not None, "`train` (a dataset section) is not set")
+    need(r.eval_n >= 1, f"eval_n must be >= 1, got {r.eval_n}")
+    need(r.samples >= 1, f"samples must be >= 1, got {r.samples}")
+    need(r.temperature > 0, f"temperature must be > 0 (the base is sampled), got {r.temperature}")
+    need(0 < r.top_p <= 1, f"top_p must be in (0, 1], got {r.top_p}")
+    need(r.max_new_tokens >= 1 and r.generation_batch_size >= 1, "max_new_tokens and generation_batch_size must be >= 1")
+    need(r.beta > 0, f"beta must be > 0, got {r.beta}")
+    need(r.pairs_per_question >= 1, f"pairs_per_question must be >= 1, got {r.pairs_per_question}")
+    need(r.epochs > 0 and r.batch_size >= 1 and r.lr > 0, "epochs, batch_size and lr must be positive")
+    need(r.warmup_steps >= 0 and r.max_grad_norm >= 0 and r.save_every >= 0,
+         "warmup_steps, max_grad_norm and save_every must be >= 0")
