@@ -94,3 +94,20 @@ def test_truncation_inputs_and_collate():
     assert lm.tolist()[1] == [False, False, False, True, True] and am.tolist()[1] == [0, 0, 1, 1, 1]
     ids, lm, am = collate([t, short], pad_id=None, side="right")
     assert ids.tolist()[1] == [1, 9, 8, 0, 0] and am.dtype == torch.long
+
+
+def test_shared_selection_of_several_models_by_hand():
+    from rlsft.eap.selection import select_shared
+
+    a = {"q1": 10, "q2": 10, "q3": 2, "q4": 10}
+    b = {"q1": 10, "q2": 14, "q3": 2, "q4": 30}
+    c = {"q1": 12, "q2": 10, "q3": 3, "q4": 10}
+    # Tbar = min(32/4, 56/4, 35/4) = 8, window [4, 12]; t = 32/3, 34/3, 7/3, 50/3; spread/t = 0.1875, 0.353
+    sel = select_shared({"a": a, "b": b, "c": c}, beta=0.5, gamma=1.5, delta=0.5)
+    assert (sel.ids, sel.tbar, sel.n_correct, sel.n_in_window, sel.n_balanced) == (["q1", "q2"], 8.0, 4, 2, 2)
+    assert select_shared({"a": a, "b": b, "c": c}, delta=0.3).ids == ["q1"]
+    two = select_shared({"a": a, "b": b}, beta=0.2, gamma=2.5, delta=0.9, n=2, seed=1)
+    ref = select_samples(a, b, beta=0.2, gamma=2.5, delta=0.9, n=2, seed=1)
+    assert (two.ids, two.tbar, two.n_balanced) == (ref.ids, ref.tbar, ref.n_balanced)
+    with pytest.raises(ValueError, match=r"same question ids.*\['q4'\].*\(c\)"):
+        select_shared({"a": a, "b": b, "c": {k: v for k, v in c.items() if k != "q4"}})

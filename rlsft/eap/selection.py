@@ -56,6 +56,38 @@ def select_samples(sft_lengths: dict, rl_lengths: dict, beta: float = 0.5, gamma
     return Selection(chosen, tbar, t_min, t_max, len(ids), len(in_window), len(balanced), params)
 
 
+def select_shared(lengths: dict, beta: float = 0.5, gamma: float = 1.5, delta: float = 0.5, n: int = 100,
+                  seed: int = 0) -> Selection:
+    """method.md 2.1 for several models on one shared selection (eap.reference with eap.compare).
+
+    ``lengths`` is {model: {question id: answer length}} over the same questions. Tbar = min over models of the mean
+    length; a question's t = its mean length over the models must lie in [beta*Tbar, gamma*Tbar], and the spread
+    (longest - shortest) / t must be at most delta. With two models this is ``select_samples``' rule exactly.
+    """
+    names = list(lengths)
+    _check("lengths", f"{len(names)} models", len(names) >= 2, "at least two models")
+    first = lengths[names[0]]
+    for name in names[1:]:
+        if set(lengths[name]) != set(first):
+            only = sorted(set(first) ^ set(lengths[name]), key=str)[:5]
+            raise ValueError(f"every model's lengths must hold the same question ids; e.g. {only} differ ({name})")
+    if len(names) == 2:
+        return select_samples(first, lengths[names[1]], beta, gamma, delta, n, seed)
+    per_q = {q: [lengths[m][q] for m in names] for q in first}
+    # the pairwise rule's checks, on the shortest and longest answer of each question
+    select_samples({q: min(v) for q, v in per_q.items()}, {q: max(v) for q, v in per_q.items()}, beta, gamma, delta,
+                   n, seed)
+    ids = sorted(first, key=str)
+    tbar = min(sum(lengths[m][q] for q in ids) / len(ids) for m in names)
+    t_min, t_max = beta * tbar, gamma * tbar
+    mean = {q: sum(v) / len(v) for q, v in per_q.items()}
+    in_window = [q for q in ids if t_min <= mean[q] <= t_max]
+    balanced = [q for q in in_window if (max(per_q[q]) - min(per_q[q])) / mean[q] <= delta]
+    chosen = balanced if len(balanced) <= n else sorted(random.Random(seed).sample(balanced, n), key=str)
+    params = dict(beta=beta, gamma=gamma, delta=delta, n=n, seed=seed)
+    return Selection(chosen, tbar, t_min, t_max, len(ids), len(in_window), len(balanced), params)
+
+
 def cut_length(alpha: float, tbar: float) -> int:
     """T_cut = max(int(alpha * Tbar), 1): how many generated tokens both models are scored on."""
     _check("alpha", alpha, 0 < alpha <= 1, "in (0, 1]")
