@@ -1,5 +1,7 @@
 """The one entrypoint: `python launch.py [group=option ...] [-m for sweeps]` (see README.md)."""
 
+import sys
+
 import hydra
 
 from rlsft.config import register_configs
@@ -16,3 +18,6 @@ def main(cfg):
 
 if __name__ == "__main__":
     main()
+    from rlsft.run import exit_status
+
+    sys.exit(exit_status())  # a multirun with a failed task: 2 (rlsft.run.SweepSummary)

@@ -134,6 +134,7 @@ class RunConfig:
     device: str = "auto"
     dtype: Optional[str] = None
     seed: int = 0
+    verbose: bool = False  # libraries' own progress bars and INFO logs (transformers, matplotlib, ...)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The entrypoint's body: validate, set up the run folder and provenance, track, dispatch, report errors.
 
-Bad input raises ``RlsftError``; here it becomes one line on stderr and exit status 2 (in a multirun it is
-re-raised so the launcher marks that job failed and the sweep's exit status says so).
+Bad input raises ``RlsftError``; here it becomes one line on stderr and exit status 2. In a multirun the task records
+it (``error.txt``, its log) and ends normally; ``SweepSummary`` then prints one ``error:`` line per failed task and the
+sweep exits with status 2. Every run ends with the line naming where its results are.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from .cache import atomic_write_bytes, atomic_write_json
@@ -65,7 +67,18 @@ def _sweep_info():
 
 
 def main(cfg) -> dict:
+    """One job. Everything it prints is also kept in its ``launch.log`` (rlsft.console.tee_console)."""
+    from .console import hydra_log_file, quiet_libraries, tee_console
+
+    quiet_libraries(bool(cfg.run.get("verbose", False)))
+    with tee_console(hydra_log_file()):
+        return _main(cfg)
+
+
+def _main(cfg) -> dict:
     multirun, sweep_dir, choices = _sweep_info()
+    run_dir = Path(cfg.paths.run_dir)
+    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # a requeued job starts clean
     tracker = None
     failed = True
     try:
@@ -75,7 +88,6 @@ def main(cfg) -> dict:
         from .tracking import Tracker
 
         experiment = get_experiment(cfg.run.experiment)
-        run_dir = Path(cfg.paths.run_dir)
         resolved_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         if (run_dir / "result.json").exists():
             # A finished run is never overwritten. The same job run again (a SLURM requeue after it finished)
@@ -102,18 +114,65 @@ def main(cfg) -> dict:
         result = experiment(cfg, ctx)
         atomic_write_json(run_dir / "result.json", result)
         failed = False
+        print(f"report: {result['index']}" if cfg.run.experiment == "report" else f"results: {run_dir}", flush=True)
         return result
     except RlsftError as exc:
+        _record_error(run_dir, str(exc))
         if multirun:
+            # The task ends normally with its error recorded: the sweep's end (SweepSummary) lists every failed
+            # task as one line and exits 2, where Hydra would print a traceback of the first one only.
             log.error("error: %s", exc)
-            raise
-        print(f"error: {exc}", file=sys.stderr)
+            return {"error": str(exc)}
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    except Exception:
+    except Exception as exc:
         # The submitit launcher only carries the exception object back to the sweep: keep the traceback in the
         # job's own log.
         log.exception("job failed")
+        _record_error(run_dir, f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if tracker is not None:
             tracker.finish(failed=failed)
+
+
+ERROR_FILE = "error.txt"
+
+
+def _record_error(run_dir: Path, message: str) -> None:
+    """The failure as one line in the job folder, where the sweep summary and the report read it."""
+    if run_dir.is_dir():
+        atomic_write_bytes(run_dir / ERROR_FILE, (message.splitlines() or [""])[0].encode() + b"\n")
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun (in the launching process): one line per failed task, the sweep folder and the
+    report's path, and exit status 2 when a task failed (read by ``exit_status``)."""
+
+    failed = 0
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from .report import build_report, sweep_tasks
+
+        sweep = Path(config.hydra.sweep.dir)
+        tasks = sweep_tasks(sweep)
+        bad = [t for t in tasks if t["status"] != "finished"]
+        SweepSummary.failed = len(bad)
+        counts = {}
+        for t in tasks:
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+        print(f"sweep: {len(tasks)} tasks, " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), flush=True)
+        for t in bad:
+            print(f"error: task {t['job']} ({' '.join(t['overrides'])}): {t['status']}"
+                  f"{': ' + t['error'] if t['error'] else ''}", file=sys.stderr, flush=True)
+        print(f"results: {sweep}", flush=True)
+        try:
+            report = build_report(sweep)
+            print(f"report: {report['index']}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - the sweep's results stand without their report
+            print(f"report: not written ({type(exc).__name__}: {exc})", flush=True)
+
+
+def exit_status() -> int:
+    """2 when the multirun that just ended had a task that did not finish, else 0."""
+    return 2 if SweepSummary.failed else 0

@@ -91,6 +91,27 @@ class RunContext:
         return path
 
 
+# One colour per stage in every figure (tab10 shades): the paper's sft/rl pair first, then the families' stages.
+STAGE_COLORS = {"sft": "#1f77b4", "rl": "#d62728", "base": "#7f7f7f", "instruct": "#2ca02c", "think_sft": "#17becf",
+                "think_dpo": "#9467bd", "think": "#ff7f0e", "rlzero_math": "#8c564b"}
+_SPARE = ["#e377c2", "#bcbd22", "#aec7e8", "#ff9896", "#98df8a", "#c5b0d5"]
+
+
+def stage_color(stage: str) -> str:
+    """The colour of a stage, the same in every figure (unknown names get a fixed spare colour by their hash)."""
+    if stage in STAGE_COLORS:
+        return STAGE_COLORS[stage]
+    import hashlib
+
+    return _SPARE[int(hashlib.sha1(stage.encode()).hexdigest(), 16) % len(_SPARE)]
+
+
+def stage_order(stages) -> list[str]:
+    """Stages in legend order: the known ones as listed in STAGE_COLORS (sft before rl), then the rest by name."""
+    known = list(STAGE_COLORS)
+    return sorted(set(stages), key=lambda s: (known.index(s) if s in known else len(known), s))
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"

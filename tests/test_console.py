@@ -1,0 +1,116 @@
+"""What a user sees: one line per error (also in a sweep), the run's log, where results went; the documented
+example commands compose."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, launch
+
+DOCS = [ROOT / "README.md", ROOT / "docs" / "cluster.md", *sorted((ROOT / "conf").rglob("*.yaml")),
+        ROOT / "rlsft" / "grpo" / "README.md"]
+
+
+def example_commands() -> list[tuple[str, list[str]]]:
+    """Every `python launch.py ...` of the docs and the config comments, continuation lines joined, placeholders
+    (`...`, `<recipe>`) left out."""
+    found = []
+    for path in DOCS:
+        text = path.read_text()
+        if path.suffix == ".yaml":
+            text = "\n".join(re.sub(r"^\s*#\s?", "", line) for line in text.splitlines() if line.lstrip().startswith("#"))
+        text = re.sub(r"\\\n\s*", " ", text)
+        for cmd in re.findall(r"python launch\.py[^`\n#(;]*", text):
+            if "..." in cmd or "<" in cmd:
+                continue
+            args = [a for a in shlex.split(cmd)[2:] if a not in ("-m", "--multirun")]
+            found.append((f"{path.relative_to(ROOT)}: {cmd.strip()}", args))
+    return found
+
+
+def covering_jobs(args: list[str]) -> list[list[str]]:
+    """Jobs of a sweep in which every swept value occurs once (not the whole product: 32 jobs for the paper's)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values = []
+    for o in OverridesParser.create().parse_overrides(args):
+        key = o.get_key_element()
+        values.append([f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+                      else [o.input_line])
+    n = max((len(v) for v in values), default=1)
+    return [[v[i % len(v)] for v in values] for i in range(n)]
+
+
+def test_every_documented_command_composes_and_validates():
+    """Catches an example that names a key the schema does not have (`seed=0,1` instead of `dataset.seed=0,1`)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from rlsft.config import register_configs, validate
+
+    register_configs()
+    commands = example_commands()
+    assert len(commands) >= 8 and any("slurm_local" in c for c, _ in commands)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for where, args in commands:
+            for job in covering_jobs(args):
+                try:
+                    cfg = compose("config", overrides=job, return_hydra_config=True)
+                    validate(cfg)
+                    OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+                except Exception as exc:  # noqa: BLE001 - any failure is the documented command's failure
+                    pytest.fail(f"{where}\n  job {job}: {type(exc).__name__}: {exc}")
+
+
+TINY_EAP = ["experiment=eap", "model_pair=tiny", "dataset.arithmetic.count=6", "eap.n_boot=200"]
+
+
+def test_sweep_with_failing_tasks_is_one_line_each_and_the_report_lists_every_task(tmp_path, cache_dir):
+    """A 4-task sweep (default offline W&B logger): one task finishes, one raises RlsftError in the experiment (no
+    question both models got right), two fail validation (alpha 2) before writing their resolved config.
+
+    Catches: Hydra's traceback for an RlsftError of a sweep task (exit 1); a failed task's launch.log without its
+    error line, a finished one's without the printed table; a report that finds tasks by config_resolved.yaml only
+    (missing the validation failures) or shows W&B's copies of the figures; a sweep that does not say where its
+    results and report are."""
+    sweep = tmp_path / "sweep"
+    res = launch("-m", *TINY_EAP, "eap.require_correct=false,true", "truncation.alpha=0.1,2.0",
+                 f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and "Error executing job" not in res.stderr, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3, res.stderr
+    assert sum("no question of arithmetic was answered correctly by both models" in e for e in errors) == 1
+    assert sum("truncation.alpha must be in (0, 1], got 2.0" in e for e in errors) == 2
+    lines = res.stdout.strip().splitlines()
+    assert lines[-2] == f"results: {sweep}" and lines[-1] == f"report: {sweep / 'report' / 'index.html'}"
+
+    # Each task's log holds what its console showed: the table and the last line, or the error line.
+    logs = {n: (sweep / str(n) / "launch.log").read_text() for n in range(4)}
+    assert "| activation_intensity" in logs[0] or "activation_intensity" in logs[0]
+    assert f"results: {sweep / '0'}" in logs[0]
+    # Hydra numbers the product with the last override fastest: (false, 0.1), (false, 2.0), (true, 0.1), (true, 2.0)
+    assert "error: no question of arithmetic" in logs[2]
+    assert all("error: truncation.alpha must be in (0, 1], got 2.0" in logs[n] for n in (1, 3))
+    assert not (sweep / "1" / "config_resolved.yaml").exists()
+
+    tasks = (sweep / "report" / "tasks.csv").read_text().splitlines()
+    assert [t.split(",")[:2] for t in tasks[1:]] == [["0", "finished"], ["1", "failed"], ["2", "failed"],
+                                                      ["3", "failed"]]
+    page = (sweep / "report" / "index.html").read_text()
+    assert "tasks: 1 of 4 finished" in page and page.count("truncation.alpha must be in (0, 1], got 2.0") == 2
+    wandb_images = list(sweep.glob("0/wandb/*/files/media/images/*.png"))
+    assert wandb_images, "the offline W&B run copied no figure: the check below would prove nothing"
+    shown = re.findall(r'<img src="([^"]+)"', page)
+    assert shown and not [s for s in shown if "wandb" in s], shown
+    assert len(shown) == len(set(Path(s).name for s in shown))
+
+
+def test_single_run_error_line_is_in_its_log_and_success_names_the_folder(tmp_path, cache_dir):
+    """The missing-file run's log held nothing: now it holds the `error:` line the console showed."""
+    bad = launch("model_pair=tiny", "dataset=gsm8k", "dataset.path=/no/such/file.jsonl",
+                 f"hydra.run.dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: data file not found")
+    assert "error: data file not found: /no/such/file.jsonl" in (tmp_path / "bad" / "launch.log").read_text()
