@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from .console import progress
 
 from .cache import ResumableJsonl, locked, stage_dir, stage_key
 from .data import Record
@@ -92,7 +92,7 @@ def generate_answers(load: Callable[[], tuple[Any, Any]], records: list[Record],
         log.info("%s: %d answers cached, %d to generate (%s)", desc, len(done), len(todo), folder)
         if todo:
             model, tokenizer = load()
-            bar = tqdm(total=len(todo), desc=desc, unit="answer", disable=None)
+            bar = progress(total=len(todo), desc=desc, unit="answer")
             tokens, start = 0, time.time()
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i : i + batch_size]

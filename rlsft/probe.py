@@ -115,7 +115,9 @@ def extract_features(model, tokenizer, gens: list[dict], positions, batch_size: 
     items = sorted(jobs.items(), key=lambda item: len(item[0][1]))  # similar lengths together: little padding
     body = decoder_body(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(items), batch_size):
+    from .console import progress
+
+    for start in progress(desc="probe features", unit="batch", iterable=range(0, len(items), batch_size)):
         chunk = items[start : start + batch_size]
         width = max(len(seq) for (_, seq), _ in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
@@ -315,15 +317,19 @@ def fit_layer(X: np.ndarray, y: np.ndarray, groups: np.ndarray, splits, Cs, inne
     return LayerScores(bacc, auc, inner, Cbest)
 
 
-def _all_layers(X, y, groups, splits, Cs, inner_folds, seed, n_jobs) -> list[LayerScores]:
+def _all_layers(X, y, groups, splits, Cs, inner_folds, seed, n_jobs, desc: str = "probe") -> list[LayerScores]:
     from joblib import Parallel, delayed
+
+    from .console import progress
 
     n_layers = X.shape[1]
     jobs = (delayed(fit_layer)(np.ascontiguousarray(X[:, l]), y, groups, splits, Cs, inner_folds, seed)
             for l in range(n_layers))
     if n_jobs == 1 or n_layers == 1:
-        return [job[0](*job[1], **job[2]) for job in jobs]
-    return list(Parallel(n_jobs=n_jobs)(jobs))
+        done = (job[0](*job[1], **job[2]) for job in jobs)
+    else:  # results in layer order as they come, so progress shows while the pool works
+        done = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
+    return list(progress(total=n_layers, desc=desc, unit="layer", iterable=done))
 
 
 def probe_layers(X: np.ndarray, y, groups, folds: int = 5, inner_folds: int = 3, repeats: int = 2,
@@ -338,12 +344,13 @@ def probe_layers(X: np.ndarray, y, groups, folds: int = 5, inner_folds: int = 3,
                          f"{len(groups)}")
     check_classes(y, groups, folds, inner_folds, what)
     splits = outer_splits(y, groups, folds, repeats, seed)
-    layers = _all_layers(X, y, groups, splits, Cs, inner_folds, seed, n_jobs)
+    desc = "probe" + (what.split(":")[0] + "]" if what else "")
+    layers = _all_layers(X, y, groups, splits, Cs, inner_folds, seed, n_jobs, desc)
     control = None
     if shuffle_control:
         y_perm = np.random.default_rng(seed).permutation(y)
         control = _all_layers(X, y_perm, groups, outer_splits(y_perm, groups, folds, repeats, seed + 10_000), Cs,
-                              inner_folds, seed, n_jobs)
+                              inner_folds, seed, n_jobs, desc + " shuffled labels")
     inner = np.stack([s.inner for s in layers])  # [L, F]
     pick = np.nanargmax(np.where(np.isnan(inner), -np.inf, inner), axis=0)
     F = np.arange(inner.shape[1])

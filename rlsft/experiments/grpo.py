@@ -43,7 +43,8 @@ def run(cfg, ctx: RunContext) -> dict:
                                         recipe_hash(recipe), "recipe": recipe_dict(recipe),
                                         "n_train": len(train), "n_eval": len(held_out)})
     print(f"[grpo] {stage.name} of {cfg.model_pair.name}: {len(train)} training questions, {len(held_out)} held out, "
-          f"T={recipe.temperature}, loss at T={'T' if recipe.loss_temperature else 1}")
+          f"answers sampled at temperature {recipe.temperature}, loss scores tokens at "
+          + (f"that temperature (logits / {recipe.temperature})" if recipe.loss_temperature else "T=1 (raw logits)"))
     start = time.time()
     trainer = GRPOTrainer(model, tokenizer, recipe, train, held_out, template, output_dir=ctx.run_dir,
                           tracker=ctx.tracker)

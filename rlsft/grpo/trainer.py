@@ -399,6 +399,10 @@ class GRPOTrainer:
         if r.resume:
             self.resume()
         start = time.time()
+        if self.step < r.steps:  # the first step line can take minutes: say what is happening meanwhile
+            self.log(f"[grpo] {r.steps - self.step} steps to go; each samples {r.batch_questions} questions x "
+                     f"{r.num_generations} answers, then updates the weights (a line per step)"
+                     + (", held-out accuracy first" if self.step == 0 and not self.history and self.evaluating else ""))
         if self.step == 0 and not self.history and self.evaluating:
             t0 = time.time()
             row = {"step": 0, **self.evaluate()}
