@@ -236,11 +236,23 @@ def eap_part(model_name: str, length: str):
     return run
 
 
+def find_patched_losses():
+    """rlsft.eap's patched_losses, or None before it lands (a patching module that fails to import is an error)."""
+    import importlib.util
+
+    import rlsft.eap
+
+    if importlib.util.find_spec("rlsft.eap.patching") is not None:
+        from rlsft.eap.patching import patched_losses
+
+        return patched_losses
+    return getattr(rlsft.eap, "patched_losses", None)
+
+
 def patch_ig_part(ctx: Context, rows: list) -> None:
     """patched_losses (half the edges kept, zero baseline) and EAP-IG (5 steps) at 2k vs a plain forward."""
-    import rlsft.eap as eap_pkg
-
-    has_patch = hasattr(eap_pkg, "patched_losses")
+    patched_losses = find_patched_losses()
+    has_patch = patched_losses is not None
     has_ig = "method" in inspect.signature(edge_scores).parameters
     if not (has_patch or has_ig):
         raise NotAvailable("rlsft.eap has neither patched_losses nor edge_scores(method='eap_ig') yet")
@@ -264,7 +276,7 @@ def patch_ig_part(ctx: Context, rows: list) -> None:
 
         def patched():
             with torch.no_grad():
-                return eap_pkg.patched_losses(model, *args, graph=graph, keep=keep)
+                return patched_losses(model, *args, graph=graph, keep=keep)
 
         cases.append(("patched_losses, half the edges kept", patched))
     if has_ig:

@@ -76,12 +76,19 @@ def test_smoke_run_measures_every_part(tmp_path):
     parts = {p["name"]: p for p in report["parts"]}
     assert list(parts) == ["bf16_vs_fp32", "grpo_3b", "generate_7b", "patch_ig_7b_2k", "eap_7b_2k", "eap_8b_2k",
                            "eap_8b_8k", "eap_7b_8k"]
+    import importlib.util
+    import inspect
+
     import rlsft.eap
 
-    expected_patch = "ok" if hasattr(rlsft.eap, "patched_losses") else "n/a"
+    has_patch = importlib.util.find_spec("rlsft.eap.patching") is not None or hasattr(rlsft.eap, "patched_losses")
+    has_ig = "method" in inspect.signature(rlsft.eap.edge_scores).parameters
+    expected_patch = "ok" if has_patch or has_ig else "n/a"
     for name, p in parts.items():
         assert p["status"] == (expected_patch if name == "patch_ig_7b_2k" else "ok"), (name, p["error"])
         assert f"| {name} | {p['status']} |" in out.stdout
+    for row in parts["patch_ig_7b_2k"]["rows"][1:]:  # after the plain forward: each engine's losses or scores
+        assert row.get("finite", True) and row.get("time_vs_forward", 1) > 0, row
 
     for name in ("eap_7b_2k", "eap_8b_2k", "eap_8b_8k", "eap_7b_8k"):
         (row,) = parts[name]["rows"]
