@@ -28,30 +28,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .architectures import decoder_body, decoder_layers
 from .errors import RlsftError
 
 MODES = ("zero", "mean", "mean_delta", "skip", "contract")
-
-
-def decoder_layers(model) -> torch.nn.ModuleList:
-    """The decoder blocks of a native HF causal LM (``model.model.layers`` for Llama, Mistral, Qwen2, ...)."""
-    for get in (lambda m: m.model.layers, lambda m: m.get_decoder().layers, lambda m: m.transformer.h):
-        try:
-            layers = get(model)
-        except AttributeError:
-            continue
-        if isinstance(layers, torch.nn.ModuleList):
-            return layers
-    raise RlsftError(f"cannot find the decoder blocks of {type(model).__name__}")
-
-
-def decoder_body(model):
-    """The model without its LM head: reading hidden states needs no vocabulary-sized logits (for a 150k vocabulary
-    and long answers those would cost more memory than the rest of the forward)."""
-    try:
-        return model.get_decoder()
-    except (AttributeError, NotImplementedError):
-        return model
 
 
 def _block_input(args, kwargs) -> torch.Tensor:

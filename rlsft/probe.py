@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .ablation import block_hooks, decoder_body, decoder_layers
+from .ablation import block_hooks
+from .architectures import decoder_body, decoder_layers
 from .cache import atomic_path, locked, stage_dir, stage_key
 from .errors import RlsftError
 from .stats import cv_interval

@@ -1,76 +1,106 @@
-"""edge_scores against central finite differences on tiny random decoders, edge by edge.
+"""edge_scores against central finite differences on tiny random decoders of every registered family, edge by edge.
 
-The reference perturbs target v's input only: a pre-hook on q_proj (k_proj, v_proj) replaces its input by
-input_layernorm(resid + s*eps*O_u); for m{l} the input of post_attention_layernorm, for logits the input of the final
-norm, for joint a{l} the input of input_layernorm. O_u comes from a clean run; the loss from the model's own logits.
+The reference perturbs target v's input only, written here from each family's block layout (FAMILIES, independent of
+rlsft's registry): for q (k, v) the projection's input becomes attn_norm(resid + s*eps*O_u) (resid + s*eps*O_u
+where q/k/v read the raw residual; only q's slice of a fused qkv_proj), for m{l} the MLP path's input, for logits the
+final norm's input, for joint a{l} the attention path's input. O_u comes from a clean run (the test checks that the
+sources it reads sum to the residual stream); the loss from the model's own logits.
 """
+
+import importlib
 
 import pytest
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from transformers.models.llama import modeling_llama
-from transformers.models.llama.modeling_llama import repeat_kv
-from transformers.models.mistral import modeling_mistral
-from transformers.models.qwen2 import modeling_qwen2
-
+from rlsft.architectures import ARCHITECTURES
 from rlsft.eap import build_graph, edge_scores, estimate_memory, make_graph
 from rlsft.eap.scores import EdgeRecorder
+from rlsft.errors import RlsftError
 
-ARCHS = {
-    "llama": (LlamaConfig, LlamaForCausalLM),
-    "mistral": (MistralConfig, MistralForCausalLM),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+# How each family's block reads and writes the residual stream. attn_norm: the norm between the residual and q, k, v
+# (None: they read the residual itself); attn_in: what reads the residual on the attention path; writes: the modules
+# whose outputs are added to the residual; mlp_in: what reads the residual on the MLP path; fused: one qkv_proj.
+PRE = dict(attn_norm="input_layernorm", attn_in="input_layernorm", writes=("self_attn.o_proj", "mlp"),
+           mlp_in="post_attention_layernorm", fused=False)
+POST = dict(attn_norm=None, attn_in="self_attn", writes=("post_attention_layernorm", "post_feedforward_layernorm"),
+            mlp_in="mlp", fused=False)
+SANDWICH = dict(PRE, writes=("post_attention_layernorm", "post_feedforward_layernorm"),
+                mlp_in="pre_feedforward_layernorm")
+SLIDING = ["sliding_attention", "full_attention"]
+# Per family: its layout and the options switched on in its own config class (tied embeddings as the family ships them).
+FAMILIES = {
+    "llama": (PRE, {}),
+    "mistral": (PRE, dict(sliding_window=4)),
+    "qwen2": (PRE, {}),
+    "qwen3": (PRE, dict(use_sliding_window=True, sliding_window=4, max_window_layers=1, tie_word_embeddings=True)),
+    "qwen3_moe": (PRE, dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=24, norm_topk_prob=True)),
+    "olmo2": (POST, {}),
+    "olmo3": (POST, dict(sliding_window=4, layer_types=SLIDING)),
+    "gemma3_text": (SANDWICH, dict(sliding_window=4, layer_types=SLIDING, final_logit_softcapping=2.0,
+                                   query_pre_attn_scalar=8, tie_word_embeddings=True)),
+    "phi3": (dict(PRE, fused=True), dict(sliding_window=4)),
 }
+MODELING = [importlib.import_module(f"transformers.models.{m}.modeling_{m}")
+            for m in ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "olmo2", "olmo3", "gemma3", "phi3")]
 
 
 def _norm_forward(self, x):
-    """RMSNorm as in HF but in fp64 when the input is fp64 (HF computes it in fp32, which limits the tests)."""
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    h = x.to(dtype)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-    return self.weight * h.to(x.dtype)
+    """RMSNorm as in HF (Gemma's with 1 + w) but in fp64 when the input is fp64 (HF computes it in fp32)."""
+    h = x.to(torch.promote_types(x.dtype, torch.float32))
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + getattr(self, "variance_epsilon", getattr(self, "eps", 0)))
+    w = 1 + self.weight if type(self).__name__.startswith("Gemma") else self.weight
+    return (w * h).to(x.dtype)
 
 
-def _eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+def _eager_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, softcap=None, **kwargs):
     """HF's eager attention with the softmax in fp64 for an fp64 model (HF's is fp32)."""
-    key = repeat_kv(key, module.num_key_value_groups)
-    value = repeat_kv(value, module.num_key_value_groups)
-    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+    weights = torch.matmul(query, key.transpose(2, 3)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if softcap is not None:
+        weights = softcap * torch.tanh(weights / softcap)
     if attention_mask is not None:
-        weights = weights + attention_mask
+        weights = weights + attention_mask[:, :, :, : key.shape[-2]]
     weights = torch.softmax(weights, -1, dtype=torch.promote_types(query.dtype, torch.float32)).to(query.dtype)
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def _router_forward(self, hidden_states):
+    """Qwen3-MoE's top-k router with its softmax in fp64 for an fp64 model (HF's is fp32)."""
+    logits = torch.nn.functional.linear(hidden_states.reshape(-1, self.hidden_dim), self.weight)
+    probs = torch.softmax(logits, -1, dtype=torch.promote_types(logits.dtype, torch.float32))
+    top, index = torch.topk(probs, self.top_k, dim=-1)
+    if self.norm_topk_prob:
+        top = top / top.sum(-1, keepdim=True)
+    return logits, top.to(logits.dtype), index
 
 
 @pytest.fixture(autouse=True)
 def fp64_exact(monkeypatch):
     """Make an fp64 model compute in fp64 throughout, so finite differences can be checked tightly."""
-    for module in (modeling_llama, modeling_mistral, modeling_qwen2):
+    for module in MODELING:
         monkeypatch.setattr(module, "eager_attention_forward", _eager_attention)
-    for cls in (modeling_llama.LlamaRMSNorm, modeling_mistral.MistralRMSNorm, modeling_qwen2.Qwen2RMSNorm):
-        monkeypatch.setattr(cls, "forward", _norm_forward)
+        for name, obj in vars(module).items():
+            if name.endswith("RMSNorm") and isinstance(obj, type):
+                monkeypatch.setattr(obj, "forward", _norm_forward)
+    monkeypatch.setattr(MODELING[4].Qwen3MoeTopKRouter, "forward", _router_forward)
+
+
+def test_every_registered_family_has_a_reference_layout():
+    assert set(FAMILIES) == set(ARCHITECTURES)
 
 
 def tiny(arch="llama", dtype=torch.float64, seed=0):
     """2 layers, hidden 32, 4 heads, 2 kv heads (GQA), vocab 50; weights large enough that the model is not linear."""
-    config_cls, model_cls = ARCHS[arch]
-    config = config_cls(
-        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
-    )
+    options = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=8, max_position_embeddings=64, tie_word_embeddings=False,
+                   pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    config = AutoConfig.for_model(arch, **{**options, **FAMILIES[arch][1]})
     config._attn_implementation = "eager"
+    config._experts_implementation = "eager"  # the grouped-mm kernel has no fp64
     torch.manual_seed(seed)
-    model = model_cls(config).to(dtype)
+    model = AutoModelForCausalLM.from_config(config).to(dtype)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -104,40 +134,46 @@ def ref_losses(model, ids, lm, am):
     return -(logp * m).sum(1) / m.sum(1)
 
 
-def source_outputs(model, ids, am):
-    """Clean-run outputs of every source, in graph order."""
-    layers = model.model.layers
-    mods = [model.model.embed_tokens] + [m for blk in layers for m in (blk.self_attn.o_proj, blk.mlp)]
-    outs, handles = [], []
+def pre_hook(module, fn):
+    """Pass a module's first input (positional or hidden_states=) through fn."""
+
+    def hook(mod, args, kwargs):
+        if args:
+            return (fn(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def source_outputs(model, ids, am, with_residual=False):
+    """Clean-run outputs of every source, in graph order (and the residual stream the final norm reads)."""
+    layout = FAMILIES[model.config.model_type][0]
+    mods = [model.model.embed_tokens] + [blk.get_submodule(w) for blk in model.model.layers for w in layout["writes"]]
+    outs, handles, resid = [], [], {}
     for m in mods:
         handles.append(m.register_forward_hook(lambda mod, a, o: outs.append(o.detach())))
+    handles.append(pre_hook(model.model.norm, lambda x: resid.setdefault("x", x)))
     pos = (am.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         model(input_ids=ids, attention_mask=am, position_ids=pos)
     for h in handles:
         h.remove()
-    return outs
+    return (outs, resid["x"]) if with_residual else outs
 
 
 def perturbed_losses(model, ids, lm, am, target, delta):
     """Losses with `delta` added to the residual as read by `target` only."""
-    blk = lambda l: model.model.layers[int(l)]  # noqa: E731
-    handles = []
+    layout = FAMILIES[model.config.model_type][0]
+    add = lambda x: x + delta  # noqa: E731
     if target == "logits":
-        handles.append(model.model.norm.register_forward_pre_hook(lambda m, a: (a[0] + delta,)))
+        handles = [pre_hook(model.model.norm, add)]
     elif target.startswith("m"):
-        norm = blk(target[1:]).post_attention_layernorm
-        handles.append(norm.register_forward_pre_hook(lambda m, a: (a[0] + delta,)))
-    elif "." not in target:  # joint a{l}: the attention block's whole input, not the residual skip
-        norm = blk(target[1:]).input_layernorm
-        handles.append(norm.register_forward_pre_hook(lambda m, a: (a[0] + delta,)))
+        handles = [pre_hook(model.model.layers[int(target[1:])].get_submodule(layout["mlp_in"]), add)]
+    elif "." not in target:  # joint a{l}: the attention path's whole input, not the residual skip
+        handles = [pre_hook(model.model.layers[int(target[1:])].get_submodule(layout["attn_in"]), add)]
     else:
         layer, proj = target[1:].split(".")
-        b = blk(layer)
-        resid = {}
-        handles.append(b.input_layernorm.register_forward_pre_hook(lambda m, a: resid.update(x=a[0])))
-        proj_mod = getattr(b.self_attn, f"{proj}_proj")
-        handles.append(proj_mod.register_forward_pre_hook(lambda m, a: (b.input_layernorm(resid["x"] + delta),)))
+        handles = perturb_projection(model, model.model.layers[int(layer)], proj, layout, delta)
     try:
         with torch.no_grad():
             return ref_losses(model, ids, lm, am)
@@ -146,15 +182,40 @@ def perturbed_losses(model, ids, lm, am, target, delta):
             h.remove()
 
 
+def perturb_projection(model, block, proj, layout, delta):
+    """Hooks that make one of q, k, v read resid + delta (through the attention norm where the family has one)."""
+    norm = block.get_submodule(layout["attn_norm"]) if layout["attn_norm"] else None
+    resid = {}
+    handles = [pre_hook(norm, lambda x: resid.setdefault("x", x))] if norm is not None else []
+    read = lambda x: norm.forward(resid["x"] + delta) if norm is not None else x + delta  # noqa: E731
+    if not layout["fused"]:
+        return handles + [pre_hook(block.self_attn.get_submodule(f"{proj}_proj"), read)]
+    cfg, attn = model.config, block.self_attn
+    sizes = [cfg.num_attention_heads * attn.head_dim] + [cfg.num_key_value_heads * attn.head_dim] * 2
+    start = sum(sizes[: "qkv".index(proj)])
+    part = slice(start, start + sizes["qkv".index(proj)])
+
+    def only_this_slice(mod, args, out):
+        out = out.clone()
+        out[..., part] = torch.nn.functional.linear(read(args[0]), mod.weight[part])
+        return out
+
+    return handles + [attn.qkv_proj.register_forward_hook(only_this_slice)]
+
+
 def finite_difference_scores(model, ids, lm, am, graph, positions="all", eps=1e-5):
+    """W[:, u, v] = (L(-eps O_u) - L(+eps O_u)) / 2 eps at target v; one forward per target and sign, every source
+    u of v perturbed in its own copy of the batch."""
     weight = (am.bool() if positions == "all" else lm & am.bool()).double()[:, :, None]
     outs = source_outputs(model, ids, am)
     W = torch.zeros(len(ids), graph.n_src, graph.n_dst, dtype=torch.float64)
-    for u, v in graph.mask.nonzero().tolist():
-        O = outs[u] * weight
-        minus = perturbed_losses(model, ids, lm, am, graph.targets[v], -eps * O)
-        plus = perturbed_losses(model, ids, lm, am, graph.targets[v], eps * O)
-        W[:, u, v] = (minus - plus) / (2 * eps)
+    for v, target in enumerate(graph.targets):
+        us = graph.mask[:, v].nonzero()[:, 0].tolist()
+        O = torch.cat([outs[u] * weight for u in us])  # copy c of the batch carries source us[c]
+        copies = [x.repeat(len(us), 1) for x in (ids, lm, am)]
+        minus = perturbed_losses(model, *copies, target, -eps * O)
+        plus = perturbed_losses(model, *copies, target, eps * O)
+        W[:, us, v] = ((minus - plus) / (2 * eps)).view(len(us), len(ids)).T
     return W
 
 
@@ -164,8 +225,18 @@ def assert_close(a, b, rtol=1e-5):
     assert (a - b).abs().max() <= rtol * scale, f"max err {(a - b).abs().max():.3e} vs scale {scale:.3e}"
 
 
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_reference_sources_sum_to_the_residual_stream(arch):
+    """The reference's sources are exactly what the blocks add: embedding + every write = the final norm's input."""
+    model = tiny(arch)
+    ids, lm, am = batch()
+    outs, resid = source_outputs(model, ids, am, with_residual=True)
+    assert len(outs) == 2 * model.config.num_hidden_layers + 1
+    assert torch.allclose(sum(outs), resid, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("positions", ["all", "answer"])
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_matches_finite_differences_on_every_edge(arch, positions):
     model = tiny(arch)
     ids, lm, am = batch()
@@ -299,7 +370,7 @@ def test_unsupported_architecture_is_refused():
     config = GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=4, n_positions=64)
     model = GPT2LMHeadModel(config)
     ids, lm, am = batch()
-    with pytest.raises(ValueError, match="edge_scores supports llama, mistral, qwen2; got gpt2"):
+    with pytest.raises(RlsftError, match=f"'gpt2' is not supported; supported: {', '.join(ARCHITECTURES)}$"):
         edge_scores(model, ids, lm, am)
 
 

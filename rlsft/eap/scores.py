@@ -18,36 +18,10 @@ from contextlib import contextmanager
 
 import torch
 
+from ..architectures import ARCHITECTURES, architecture  # noqa: F401  (ARCHITECTURES re-exported)
 from .graph import Graph, build_graph
 
-# Where each supported architecture keeps its modules. The three share one layout; another family that differs only in
-# names is one more entry. A block must read the residual through `attn_norm` (feeding q, k, v only) and `mlp_norm`
-# (feeding the MLP only), and add `attn_out`'s and `mlp`'s outputs back to it. `attn_norm` must be an HF RMSNorm
-# (`weight`, `variance_epsilon`): its VJP is written out in `_rms_norm_vjp`.
-_HF_DECODER = dict(
-    body="model",
-    embed="model.embed_tokens",
-    layers="model.layers",
-    final_norm="model.norm",
-    lm_head="lm_head",
-    attn_norm="input_layernorm",
-    q="self_attn.q_proj",
-    k="self_attn.k_proj",
-    v="self_attn.v_proj",
-    attn_out="self_attn.o_proj",
-    mlp_norm="post_attention_layernorm",
-    mlp="mlp",
-)
-ARCHITECTURES = {"llama": _HF_DECODER, "mistral": _HF_DECODER, "qwen2": _HF_DECODER}
 POSITIONS = ("all", "answer")
-
-
-def architecture(model) -> dict:
-    """The module map of `model`, or a ValueError naming its unsupported architecture."""
-    model_type = getattr(model.config, "model_type", type(model).__name__)
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"edge_scores supports {', '.join(ARCHITECTURES)}; got {model_type}")
-    return ARCHITECTURES[model_type]
 
 
 def sample_losses(model, input_ids, loss_mask, attention_mask, inputs_embeds=None) -> torch.Tensor:
@@ -67,22 +41,37 @@ def sample_losses(model, input_ids, loss_mask, attention_mask, inputs_embeds=Non
     scored = loss_mask[:, 1:]  # token t is predicted at position t-1
     logits = lm_head(hidden[:, :-1][scored])
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 (fp64 stays fp64)
+    cap = getattr(model.config, arch["logit_softcap"], None) if arch["logit_softcap"] else None
+    if cap:  # Gemma's final soft-capping, part of the model's own logits
+        logits = cap * torch.tanh(logits / cap)
     nll = -logits.log_softmax(-1).gather(-1, input_ids[:, 1:][scored][:, None])[:, 0]
     sample = scored.nonzero()[:, 0]
     total = torch.zeros(len(input_ids), dtype=nll.dtype, device=nll.device).index_add(0, sample, nll)
     return total / scored.sum(1).to(total)
 
 
-def _rms_norm_vjp(norm, x, G):
-    """Gradients wrt the residual `x` [batch, seq, d] through an RMSNorm, given gradients `G` [batch, n, seq, d] wrt
-    its output (one slice per reader, e.g. q, k, v): the norm's VJP, closed form, in G's dtype.
+def _norm_vjp(norm, x, G):
+    """Gradients wrt the residual `x` [batch, seq, d] through `norm`, given gradients `G` [batch, n, seq, d] wrt its
+    output (one slice per reader: q, k, v), in G's dtype.
 
-    n = w * x * r with r = (mean(x^2) + eps)^-1/2, so dL/dx = r * (g*w) - x * r^3 * mean(g*w*x).
+    Autograd's VJP of the norm's own `forward` at `x`, so any norm works (RMSNorm, Gemma's `1 + w` RMSNorm, LayerNorm);
+    `forward` is called directly, so no hook on the norm sees this recomputation.
     """
-    x = x.to(G.device, G.dtype)[:, None]
-    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    gw = G * norm.weight.to(G.device, G.dtype)
-    return r * (gw - x * (r * r) * (gw * x).mean(-1, keepdim=True))
+    with torch.enable_grad():
+        xs = x.to(G.device, G.dtype)[:, None].expand_as(G).detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(norm.forward(xs), xs, G)
+    return grad
+
+
+def _first_input(fn):
+    """A `with_kwargs` forward pre-hook passing a module's first input (positional or `hidden_states=`) through `fn`."""
+
+    def hook(mod, args, kwargs):
+        if args:
+            return (fn(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+
+    return hook
 
 
 class EdgeRecorder:
@@ -105,7 +94,7 @@ class EdgeRecorder:
         self.W = torch.zeros(batch, graph.n_src, graph.n_dst, dtype=self.dtype, device=positions_weight.device)
         self.src = None  # [batch, n_src, seq, d] in the model's dtype, allocated at the first source
         self.written = [False] * graph.n_src
-        self.resid = {}  # layer -> residual stream read by input_layernorm (for the q/k/v VJPs)
+        self.resid = {}  # layer -> residual stream read by the attention norm (for the q/k/v VJPs)
         self.hooked = set()  # targets whose gradient hook is registered (once per call, see _read)
         self.norm_of = {}  # target column -> the norm its gradient must be pulled back through (q, k, v)
         self.pending = {}  # group -> [batch, n, seq, d] gradients of its targets, until all have arrived
@@ -121,6 +110,7 @@ class EdgeRecorder:
         """Copy a source output into the buffer, once (a checkpointed layer runs its forward again in backward)."""
         if self.written[index]:
             return
+        out = out[0] if isinstance(out, tuple) else out
         if self.src is None:
             b, t, d = out.shape
             self.src = torch.empty(b, self.graph.n_src, t, d, dtype=out.dtype, device=self.W.device)
@@ -137,12 +127,25 @@ class EdgeRecorder:
         reentrant checkpointing the recompute (the first forward runs without grad, though a view of a tensor that
         requires grad still says requires_grad there).
         """
+        return self._hook_once([col], x, norm, lambda g: self._on_grad(col, g))
+
+    def _read_fused(self, cols, out, weight, sizes, norm=None):
+        """A fused projection (Phi-3's qkv_proj, output [q | k | v]): each target's gradient wrt the projection's
+        input is its own output slice's gradient times its own weight rows, so q, k and v each see only their path."""
+
+        def split(g):
+            for col, g_part, w_part in zip(cols, g.split(sizes, -1), weight.detach().split(sizes, 0)):
+                self._on_grad(col, g_part.to(self.dtype) @ w_part.to(g.device, self.dtype))
+
+        return self._hook_once(cols, out, norm, split)
+
+    def _hook_once(self, cols, x, norm, on_grad):
         x = x.view_as(x)
-        if torch.is_grad_enabled() and x.requires_grad and col not in self.hooked:
-            self.hooked.add(col)
+        if torch.is_grad_enabled() and x.requires_grad and cols[0] not in self.hooked:
+            self.hooked.update(cols)
             if norm is not None:
-                self.norm_of[col] = norm
-            x.register_hook(lambda g: self._on_grad(col, g))
+                self.norm_of.update(dict.fromkeys(cols, norm))
+            x.register_hook(on_grad)
         return x
 
     # -- backward: pull each gradient back to the residual stream and fold it into W --------------------------------
@@ -165,7 +168,7 @@ class EdgeRecorder:
         """W[:, u, v] = -sum_{t,d} dL/dH_v * O_u for the group's targets v and every source u before them."""
         via = [i for i, c in enumerate(cols) if c in self.norm_of]  # q, k, v: back through their shared norm
         if via:
-            G[:, via] = _rms_norm_vjp(self.norm_of[cols[via[0]]], resid, G[:, via])
+            G[:, via] = _norm_vjp(self.norm_of[cols[via[0]]], resid, G[:, via])
         if not self.keep_all:
             G.masked_fill_(~self.keep[:, None], 0)
         batch, n = G.shape[:2]
@@ -178,42 +181,52 @@ class EdgeRecorder:
             self.W[:, u : u + step, cols] = -torch.bmm(S, G)
 
     # -- hooks ---------------------------------------------------------------------------------------------------------
+    def _hook_block(self, model, block, l, handles):
+        """Hook one block's two sources and its targets (q, k, v or joint a{l}; m{l}), appending to `handles`."""
+        a, get = self.arch, block.get_submodule
+        col = {name: i for i, name in enumerate(self.graph.targets)}
+        pre = lambda mod, fn: mod.register_forward_pre_hook(_first_input(fn), with_kwargs=True)  # noqa: E731
+        source = lambda path, i: get(path).register_forward_hook(lambda m, args, out: self._keep_source(i, out))  # noqa
+        attn_norm = get(a["attn_norm"]) if a["attn_norm"] else None  # None: q, k, v read the residual itself
+
+        def keep_resid(x):
+            self.resid.setdefault(l, x.detach())
+            return x
+
+        if self.graph.attn_inputs == "joint":
+            handles.append(pre(attn_norm or get(a["attn"]), lambda x: self._read(col[f"a{l}"], x)))
+        else:
+            names = [col[f"a{l}.{p}"] for p in "qkv"]
+            if attn_norm is not None:  # q, k, v read through the shared norm: its VJP at this residual in _fold
+                handles.append(pre(attn_norm, keep_resid))
+            if a["qkv"]:
+                cfg = model.config
+                head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+                sizes = [cfg.num_attention_heads * head_dim] + [cfg.num_key_value_heads * head_dim] * 2
+                fused = get(a["qkv"])
+                hook = lambda m, args, out: self._read_fused(names, out, fused.weight, sizes, attn_norm)  # noqa
+                handles.append(fused.register_forward_hook(hook))
+            else:
+                for p, c in zip("qkv", names):
+                    handles.append(pre(get(a[p]), lambda x, c=c: self._read(c, x, attn_norm)))
+        handles.append(source(a["attn_out"], 1 + 2 * l))
+        mlp_in = get(a["mlp_norm"]) if a["mlp_norm"] else get(a["mlp"])
+        handles.append(pre(mlp_in, lambda x: self._read(col[f"m{l}"], x)))
+        handles.append(source(a["mlp_out"], 2 + 2 * l))
+
     @contextmanager
     def attach(self, model):
         """Install the hooks for the duration of the block; they are removed in `finally`."""
         a = self.arch
-        layers = model.get_submodule(a["layers"])
-        qkv = self.graph.attn_inputs == "qkv"
-        cols = {name: i for i, name in enumerate(self.graph.targets)}
+        logits = self.graph.targets.index("logits")
         handles = []
-
-        def source(index):
-            return lambda mod, args, out: self._keep_source(index, out)
-
-        def target(name, norm=None):
-            return lambda mod, args: (self._read(cols[name], args[0], norm), *args[1:])
-
-        def keep_resid(layer):
-            def hook(mod, args):
-                self.resid.setdefault(layer, args[0].detach())
-
-            return hook
-
         try:
-            handles.append(model.get_submodule(a["embed"]).register_forward_hook(source(0)))
-            for l, block in enumerate(layers):
-                attn_norm = block.get_submodule(a["attn_norm"])
-                if qkv:
-                    handles.append(attn_norm.register_forward_pre_hook(keep_resid(l)))
-                    for p in "qkv":
-                        hook = target(f"a{l}.{p}", attn_norm)  # read through the shared norm: VJP in _fold
-                        handles.append(block.get_submodule(a[p]).register_forward_pre_hook(hook))
-                else:
-                    handles.append(attn_norm.register_forward_pre_hook(target(f"a{l}")))
-                handles.append(block.get_submodule(a["attn_out"]).register_forward_hook(source(1 + 2 * l)))
-                handles.append(block.get_submodule(a["mlp_norm"]).register_forward_pre_hook(target(f"m{l}")))
-                handles.append(block.get_submodule(a["mlp"]).register_forward_hook(source(2 + 2 * l)))
-            handles.append(model.get_submodule(a["final_norm"]).register_forward_pre_hook(target("logits")))
+            handles.append(model.get_submodule(a["embed"]).register_forward_hook(
+                lambda m, args, out: self._keep_source(0, out)))
+            for l, block in enumerate(model.get_submodule(a["layers"])):
+                self._hook_block(model, block, l, handles)
+            handles.append(model.get_submodule(a["final_norm"]).register_forward_pre_hook(
+                _first_input(lambda x: self._read(logits, x)), with_kwargs=True))
             yield self
         finally:
             for h in handles:
