@@ -1,4 +1,5 @@
-"""Token variability (method.md 6): the CV formula, the bins and the t-intervals against scipy; an end-to-end run."""
+"""Token variability (method.md 6): the CV formula, the bins and the intervals against scipy, the interval's coverage
+by simulation, the split-half binning against a population where the paper's binning is circular; end to end."""
 
 import json
 import math
@@ -9,7 +10,7 @@ from scipy import stats
 
 from conftest import launch
 from rlsft.stats import t_interval
-from rlsft.variability import BIN_LABELS, accuracy_bin, bin_summary, corrected_cv, question_stats
+from rlsft.variability import BIN_LABELS, accuracy_bin, bin_summary, corrected_cv, cv_mean_interval, question_stats
 
 
 def test_corrected_cv_against_scipy():
@@ -36,13 +37,21 @@ def test_t_interval_against_scipy():
     assert math.isnan(t_interval([0.3])[1]) and t_interval([0.3])[0] == 0.3
 
 
-def _answer(qid, n_tokens, correct, reason="eos"):
-    return {"id": qid, "output_ids": [1] * n_tokens, "correct": correct, "finish_reason": reason}
+def _answer(qid, n_tokens, correct, reason="eos", sample=0):
+    return {"id": qid, "sample": sample, "output_ids": [1] * n_tokens, "correct": correct, "finish_reason": reason}
+
+
+def _numbered(gens):
+    seen = {}
+    for g in gens:
+        g["sample"] = seen[g["id"]] = seen.get(g["id"], -1) + 1
+    return gens
 
 
 def test_question_stats_bins_and_truncation():
-    gens = [_answer("a", 10, True), _answer("a", 20, True), _answer("a", 30, False), _answer("a", 50, True, "length"),
-            _answer("b", 10, False), _answer("b", 12, False), _answer("b", 14, False), _answer("b", 16, False)]
+    gens = _numbered([
+        _answer("a", 10, True), _answer("a", 20, True), _answer("a", 30, False), _answer("a", 50, True, "length"),
+        _answer("b", 10, False), _answer("b", 12, False), _answer("b", 14, False), _answer("b", 16, False)])
     rows = {r.id: r for r in question_stats(gens)}
     assert rows["a"].accuracy == 0.75 and rows["a"].bin == 3 and rows["a"].truncated == 1
     assert rows["a"].cv == pytest.approx(corrected_cv([10, 20, 30, 50]))
@@ -53,6 +62,74 @@ def test_question_stats_bins_and_truncation():
     assert [b["bin"] for b in bins] == list(BIN_LABELS)
     assert bins[3]["questions"] == 1 and bins[3]["truncated_share"] == 0.25 and bins[0]["truncated_share"] == 0
     assert bins[1]["questions"] == 0 and math.isnan(bins[1]["mean_cv"])
+    # one question in a bin: its CV is the mean, and there is no interval (None, shown as n/a), not nan
+    assert bins[3]["mean_cv"] == pytest.approx(rows["a"].cv) and bins[3]["ci_low"] is None
+    assert bins[3]["ci_high"] is None
+
+
+def test_split_halves_by_hand():
+    """Bin on samples 0..n/2-1, CVs (all, and within correct answers) on the rest, whatever the order given."""
+    gens = [_answer("q", 30, True, sample=5), _answer("q", 10, False, sample=0), _answer("q", 40, True, sample=3),
+            _answer("q", 12, False, sample=1), _answer("q", 20, False, sample=4), _answer("q", 14, True, sample=2)]
+    (row,) = question_stats(gens)
+    assert row.accuracy == 0.5 and row.bin == 2  # paper: 3 of 6 over all samples
+    assert row.bin_split == 1  # samples 0, 1, 2: one correct of three
+    assert row.cv_split == pytest.approx(corrected_cv([40, 20, 30]))  # samples 3, 4, 5
+    assert row.cv_correct_split == pytest.approx(corrected_cv([40, 30]))
+    assert row.cv == pytest.approx(corrected_cv([10, 12, 14, 40, 20, 30]))
+    split = bin_summary([row], "split")
+    assert split[1]["questions"] == 1 and split[1]["mean_cv"] == pytest.approx(row.cv_split)
+    assert split[1]["mean_cv_correct"] == pytest.approx(row.cv_correct_split)
+
+
+def _alike_answers(rng, n):
+    """n answers of a question like every other: right half the time, wrong answers 40% longer."""
+    correct = rng.random(n) < 0.5
+    return np.round(rng.normal(100, 5, n) * np.where(correct, 1.0, 1.4)).astype(int), correct
+
+
+def test_split_halves_remove_the_circularity():
+    """Every question alike: the true CV of a question's 4 held-out answers does not depend on its bin (computed
+    here from 100k draws). Binning and CV on the same samples make the mixed middle bin look more variable than
+    it is; binning on one half and measuring the other gives the true value in every bin."""
+    rng = np.random.default_rng(0)
+    draws = np.array([_alike_answers(rng, 4)[0] for _ in range(100_000)], dtype=float)
+    truth = (draws.std(1, ddof=1) / draws.mean(1) * (1 + 1 / 16)).mean()
+    gens = []
+    for q in range(600):
+        lengths, correct = _alike_answers(rng, 8)
+        gens += [_answer(f"q{q}", int(n), bool(c), sample=s) for s, (n, c) in enumerate(zip(lengths, correct))]
+    rows = question_stats(gens)
+    paper, split = bin_summary(rows, "paper"), bin_summary(rows, "split")
+    assert paper[2]["mean_cv"] > 1.5 * paper[0]["mean_cv"]  # the artefact
+    for b in (0, 2, 4):
+        assert split[b]["ci_low"] < truth < split[b]["ci_high"], (b, truth, split[b])
+
+
+def _population_cvs(rng, n):
+    """Per-question CVs of 8 token counts, question scales and spreads varied: a skewed population near 0."""
+    mu, shape = rng.uniform(5, 60, n), rng.uniform(2, 30, n)
+    lengths = rng.gamma(shape[:, None], (mu / shape)[:, None], size=(n, 8)).round().clip(1)
+    return np.array([corrected_cv(x) for x in lengths])
+
+
+def test_cv_interval_is_non_negative_and_covers():
+    """Coverage of the mean CV from a known population (its mean from 200k questions): at least 0.88 at nominal 0.95
+    for 2, 5 and 30 questions per bin; never below 0 (the plain t interval went to -2.6 at n = 2)."""
+    rng = np.random.default_rng(1)
+    truth = _population_cvs(rng, 200_000).mean()
+    for n in (2, 5, 30):
+        hits = 0
+        for _ in range(400):
+            x = _population_cvs(rng, n)
+            mean, lo, hi = cv_mean_interval(x)
+            assert lo >= 0 and mean == pytest.approx(x.mean())
+            hits += lo <= truth <= hi
+        assert hits / 400 >= 0.88, (n, hits / 400)
+    # where the t interval stays above 0 it is exactly scipy's
+    x = np.array([0.31, 0.12, 0.25, 0.4, 0.18])
+    assert cv_mean_interval(x)[1:] == pytest.approx(stats.t.interval(0.95, 4, loc=x.mean(), scale=stats.sem(x)))
+    assert cv_mean_interval([0.3]) == (0.3, None, None) and math.isnan(cv_mean_interval([])[0])
 
 
 def test_end_to_end_tiny(tmp_path):
@@ -66,4 +143,6 @@ def test_end_to_end_tiny(tmp_path):
     for stage in ("sft", "rl"):
         assert saved["stages"][stage]["answers"] == 12
         assert sum(b["questions"] for b in saved["stages"][stage]["bins"]) == 4
+        assert sum(b["questions"] for b in saved["stages"][stage]["bins_split"]) == 4
+        assert all(b["ci_low"] is None for b in saved["stages"][stage]["bins"] if b["with_cv"] < 2)
     assert (run_dir / "variability_cv.png").exists() and (run_dir / "variability_bins.csv").exists()
