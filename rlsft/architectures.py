@@ -45,7 +45,9 @@ ARCHITECTURES: dict[str, dict] = {
     "mistral": _PRE_NORM,
     "qwen2": _PRE_NORM,
     "qwen3": _PRE_NORM,  # q_norm / k_norm act after the projections: inside the q and k paths, no change here
-    "qwen3_moe": dict(_PRE_NORM, tiny=dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)),
+    # a tiny one: 4 experts, and the per-expert loop (the grouped-mm kernel has no fp64)
+    "qwen3_moe": dict(_PRE_NORM, tiny=dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                           experts_implementation="eager")),
     "olmo2": _POST_NORM,
     "olmo3": _POST_NORM,
     # Gemma 3 text model: sandwich norms (pre and post around attention and MLP), scaled embedding, soft-capping.
