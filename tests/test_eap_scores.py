@@ -15,7 +15,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHea
 
 from rlsft.architectures import ARCHITECTURES
 from rlsft.eap import build_graph, edge_scores, estimate_memory, make_graph
-from rlsft.eap.scores import EdgeRecorder
+from rlsft.eap.scores import EdgeRecorder, mean_source_outputs, sample_losses
+from rlsft.eap.scores import source_outputs as source_outputs_engine
 from rlsft.errors import RlsftError
 
 # How each family's block reads and writes the residual stream. attn_norm: the norm between the residual and q, k, v
@@ -125,13 +126,21 @@ def batch(seed=1, lengths=(12, 9), prompt=(5, 4), pad="left"):
     return ids, lm, am
 
 
-def ref_losses(model, ids, lm, am):
-    """Per-sample mean NLL of the scored tokens, from the full model output (independent of rlsft)."""
+def ref_losses(model, ids, lm, am, target="nll", tau=1.0):
+    """Per-sample mean loss of the scored tokens, from the full model output (independent of rlsft).
+
+    nll: -log softmax(z / tau)[y]; margin: -(z[y] - log sum_{j != y} exp z[j]) / tau, the sum over j written out.
+    """
     pos = (am.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=am, position_ids=pos).logits[:, :-1].double()
-    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    z = model(input_ids=ids, attention_mask=am, position_ids=pos).logits[:, :-1].double() / tau
+    own = z.gather(-1, ids[:, 1:, None])[..., 0]
+    if target == "nll":
+        loss = -torch.log_softmax(z, -1).gather(-1, ids[:, 1:, None])[..., 0]
+    else:
+        others = torch.ones_like(z).scatter(-1, ids[:, 1:, None], 0.0)
+        loss = -(own - torch.log((z.exp() * others).sum(-1)))
     m = lm[:, 1:].double()
-    return -(logp * m).sum(1) / m.sum(1)
+    return (loss * m).sum(1) / m.sum(1)
 
 
 def pre_hook(module, fn):
@@ -161,22 +170,22 @@ def source_outputs(model, ids, am, with_residual=False):
     return (outs, resid["x"]) if with_residual else outs
 
 
-def perturbed_losses(model, ids, lm, am, target, delta):
-    """Losses with `delta` added to the residual as read by `target` only."""
+def perturbed_losses(model, ids, lm, am, node, delta, **loss):
+    """Losses with `delta` added to the residual as read by `node` only."""
     layout = FAMILIES[model.config.model_type][0]
     add = lambda x: x + delta  # noqa: E731
-    if target == "logits":
+    if node == "logits":
         handles = [pre_hook(model.model.norm, add)]
-    elif target.startswith("m"):
-        handles = [pre_hook(model.model.layers[int(target[1:])].get_submodule(layout["mlp_in"]), add)]
-    elif "." not in target:  # joint a{l}: the attention path's whole input, not the residual skip
-        handles = [pre_hook(model.model.layers[int(target[1:])].get_submodule(layout["attn_in"]), add)]
+    elif node.startswith("m"):
+        handles = [pre_hook(model.model.layers[int(node[1:])].get_submodule(layout["mlp_in"]), add)]
+    elif "." not in node:  # joint a{l}: the attention path's whole input, not the residual skip
+        handles = [pre_hook(model.model.layers[int(node[1:])].get_submodule(layout["attn_in"]), add)]
     else:
-        layer, proj = target[1:].split(".")
+        layer, proj = node[1:].split(".")
         handles = perturb_projection(model, model.model.layers[int(layer)], proj, layout, delta)
     try:
         with torch.no_grad():
-            return ref_losses(model, ids, lm, am)
+            return ref_losses(model, ids, lm, am, **loss)
     finally:
         for h in handles:
             h.remove()
@@ -203,7 +212,7 @@ def perturb_projection(model, block, proj, layout, delta):
     return handles + [attn.qkv_proj.register_forward_hook(only_this_slice)]
 
 
-def finite_difference_scores(model, ids, lm, am, graph, positions="all", eps=1e-5):
+def finite_difference_scores(model, ids, lm, am, graph, positions="all", eps=1e-5, **loss):
     """W[:, u, v] = (L(-eps O_u) - L(+eps O_u)) / 2 eps at target v; one forward per target and sign, every source
     u of v perturbed in its own copy of the batch."""
     weight = (am.bool() if positions == "all" else lm & am.bool()).double()[:, :, None]
@@ -213,8 +222,8 @@ def finite_difference_scores(model, ids, lm, am, graph, positions="all", eps=1e-
         us = graph.mask[:, v].nonzero()[:, 0].tolist()
         O = torch.cat([outs[u] * weight for u in us])  # copy c of the batch carries source us[c]
         copies = [x.repeat(len(us), 1) for x in (ids, lm, am)]
-        minus = perturbed_losses(model, *copies, target, -eps * O)
-        plus = perturbed_losses(model, *copies, target, eps * O)
+        minus = perturbed_losses(model, *copies, target, -eps * O, **loss)
+        plus = perturbed_losses(model, *copies, target, eps * O, **loss)
         W[:, us, v] = ((minus - plus) / (2 * eps)).view(len(us), len(ids)).T
     return W
 
@@ -247,6 +256,18 @@ def test_matches_finite_differences_on_every_edge(arch, positions):
     assert_close(W, W_fd)
     assert (W[:, ~graph.mask] == 0).all()
     assert (W[:, graph.mask] != 0).float().mean() > 0.9  # the check is not vacuous
+
+
+@pytest.mark.parametrize("target,tau", [("nll", 0.3), ("margin", 2.5)])
+def test_margin_target_and_temperature_match_finite_differences(target, tau):
+    model = tiny("mistral")
+    ids, lm, am = batch()
+    graph = build_graph(model)
+    W, losses = edge_scores(model, ids, lm, am, target=target, tau=tau, return_losses=True)
+    with torch.no_grad():
+        assert_close(losses, ref_losses(model, ids, lm, am, target, tau), rtol=1e-6)
+    assert_close(W, finite_difference_scores(model, ids, lm, am, graph, target=target, tau=tau))
+    assert not torch.allclose(W, edge_scores(model, ids, lm, am), rtol=1e-2)  # the option changes the scores
 
 
 def test_joint_matches_finite_differences_and_sum_of_qkv():
@@ -306,27 +327,53 @@ def test_gradient_checkpointing_gives_the_same_scores(reentrant, attn_inputs):
     assert not model.training
 
 
-def test_bf16_model_scores_in_fp32_and_chunking_does_not_matter():
+def bf16_reference(model, ids, lm, am):
+    """Losses and logits-column scores of a bf16 model with lm_head in fp64, written out here: the final norm's input
+    and the sources from a plain forward, then autograd through the bf16 final norm and an fp64 lm_head."""
+    captured = {}
+    h = model.model.norm.register_forward_pre_hook(lambda m, a: captured.update(x=a[0].detach()))
+    try:
+        outs = source_outputs(model, ids, am)
+    finally:
+        h.remove()
+    x = captured["x"].requires_grad_(True)
+    with torch.enable_grad():
+        hidden = model.model.norm(x)[:, :-1]
+        logits = hidden.double() @ model.lm_head.weight.double().T
+        nll = torch.logsumexp(logits, -1) - logits.gather(-1, ids[:, 1:, None])[..., 0]
+        m = lm[:, 1:].double()
+        losses = (nll * m).sum(1) / m.sum(1)
+        losses.sum().backward()
+    g = x.grad.double() * am[:, :, None]
+    return losses.detach(), torch.stack([-(g * o.double()).sum((1, 2)) for o in outs], 1)
+
+
+def test_bf16_model_runs_lm_head_in_fp32():
+    """Catches lm_head run in bf16 (logits cast after it): at logit magnitudes ~20-30 that errs by percents."""
     model = tiny("llama", dtype=torch.float32)
-    ids, lm, am = batch()
-    W32 = edge_scores(model, ids, lm, am)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8)  # logits of magnitude ~20-30, as in real models
     model = model.to(torch.bfloat16)
+    ids, lm, am = batch()
+    W, losses = edge_scores(model, ids, lm, am, return_losses=True)
+    ref_loss, ref_W = bf16_reference(model, ids, lm, am)
+    assert W.dtype == torch.float32
+    assert_close(losses, ref_loss, rtol=1e-4)
+    assert_close(W[:, :, -1], ref_W, rtol=2e-3)
+
+
+def test_chunking_does_not_matter():
+    model = tiny("llama", dtype=torch.float32).to(torch.bfloat16)
+    ids, lm, am = batch()
     W16 = edge_scores(model, ids, lm, am)
-    assert W16.dtype == torch.float32
     graph = build_graph(model)
-    a, b = W16[:, graph.mask], W32[:, graph.mask]
-    assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.95
     # one source per matmul (chunk_bytes=1) gives the same scores as the default chunking
     rec = EdgeRecorder(model, graph, am, chunk_bytes=1)
     with rec.attach(model), torch.enable_grad():
-        pos = (am.cumsum(-1) - 1).clamp(min=0)
         for p in model.parameters():
             p.requires_grad_(False)
         emb = model.model.embed_tokens(ids).requires_grad_(True)
-        logits = model(inputs_embeds=emb, attention_mask=am, position_ids=pos).logits[:, :-1].float()
-        nll = -torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
-        m = lm[:, 1:].float()
-        ((nll * m).sum(1) / m.sum(1)).sum().backward()
+        sample_losses(model, ids, lm.bool(), am, inputs_embeds=emb).sum().backward()
     assert torch.allclose(rec.result(), W16, rtol=1e-4, atol=1e-6 * W16.abs().max())
 
 
@@ -390,9 +437,100 @@ def test_input_validation():
         edge_scores(model, ids, none, am)
     with pytest.raises(ValueError, match="layers"):
         edge_scores(model, ids, lm, am, graph=make_graph(3))
+    with pytest.raises(ValueError, match="target must be one of"):
+        edge_scores(model, ids, lm, am, target="kl")
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        edge_scores(model, ids, lm, am, tau=0.0)
 
 
 def test_estimate_memory_grows_with_length():
     config = tiny("qwen2").config
     small, large = (estimate_memory(config, n, 1, torch.bfloat16) for n in (128, 1024))
     assert 0 < small < large
+
+
+# -- EAP-IG (method.md 2.7) -------------------------------------------------------------------------------------------
+def ig_reference(model, ids, lm, am, B, m, nodes=("m0", "logits")):
+    """W^IG[:, u, v] for targets `nodes`, written out: gradients of each target's private input (a clone that feeds its
+    norm only) at x_j = x' + (j/m)(x - x'), x' = B[input], averaged over j, against O_u - B_u of the real input."""
+    outs = source_outputs(model, ids, am)
+    real = am[:, :, None].double()
+    x = model.model.embed_tokens(ids).detach()
+    norms = {"logits": model.model.norm}
+    norms.update({f"m{i}": b.post_attention_layernorm for i, b in enumerate(model.model.layers)})
+    grads = {n: 0 for n in nodes}
+    for j in range(1, m + 1):
+        taken = {}
+
+        def take(name):
+            def hook(mod, args):
+                taken[name] = args[0].clone()
+                taken[name].retain_grad()
+                return (taken[name],)
+
+            return hook
+
+        hooks = [norms[n].register_forward_pre_hook(take(n)) for n in nodes]
+        try:
+            with torch.enable_grad():
+                emb = (B[0] + (j / m) * (x - B[0])).requires_grad_(True)
+                pos = (am.cumsum(-1) - 1).clamp(min=0)
+                z = model(inputs_embeds=emb, attention_mask=am, position_ids=pos).logits[:, :-1].double()
+                nll = -torch.log_softmax(z, -1).gather(-1, ids[:, 1:, None])[..., 0]
+                mm = lm[:, 1:].double()
+                ((nll * mm).sum(1) / mm.sum(1)).sum().backward()
+        finally:
+            for h in hooks:
+                h.remove()
+        for n in nodes:
+            grads[n] = grads[n] + taken[n].grad / m
+    return {n: torch.stack([-((o - b) * real * grads[n]).sum((1, 2)) for o, b in zip(outs, B)], 1) for n in nodes}
+
+
+def test_eap_ig_matches_a_written_out_integral_and_one_step_is_eap():
+    model = tiny("qwen2")
+    ids, lm, am = batch()
+    graph = build_graph(model)
+    B = mean_source_outputs(model, [(ids, am)], graph).double()
+    W = edge_scores(model, ids, lm, am, method="eap_ig", ig_steps=3, baseline="mean", baseline_acts=B)
+    ref = ig_reference(model, ids, lm, am, B, 3)
+    for name, Wref in ref.items():
+        v = graph.targets.index(name)
+        k = graph.n_preceding(name)
+        assert_close(W[:, :k, v], Wref[:, :k], rtol=1e-6)
+    for baseline, acts in [("zero", None), ("mean", B),
+                           ("input", source_outputs_engine(model, ids, am, graph, torch.zeros(2, 12, 32).double()))]:
+        one = edge_scores(model, ids, lm, am, method="eap_ig", ig_steps=1, baseline=baseline, baseline_acts=acts)
+        eap = edge_scores(model, ids, lm, am, method="eap", baseline=baseline, baseline_acts=acts)
+        assert_close(one, eap, rtol=1e-6)
+    assert not torch.allclose(W, edge_scores(model, ids, lm, am, baseline="mean", baseline_acts=B), rtol=1e-2)
+
+
+def test_eap_ig_converges_as_steps_grow_and_is_batch_independent():
+    model = tiny("llama")
+    ids, lm, am = batch(lengths=(12, 7, 10), prompt=(5, 3, 6))
+    graph = build_graph(model)
+    B = mean_source_outputs(model, [(ids, am)], graph)
+    sums = {m: edge_scores(model, ids, lm, am, method="eap_ig", ig_steps=m, baseline="mean", baseline_acts=B)[:, :, -1]
+            .sum(1) for m in (1, 2, 4, 16)}
+    print({m: [round(x, 5) for x in s.tolist()] for m, s in sums.items()})  # sum over edges into logits, per sample
+    err = {m: (sums[m] - sums[16]).abs().max().item() for m in (1, 2, 4)}
+    print(err)
+    assert err[4] < err[2] < err[1] and err[4] < 0.25 * err[1]
+    W = edge_scores(model, ids, lm, am, method="eap_ig", ig_steps=2, baseline="mean", baseline_acts=B)
+    for b in range(len(ids)):
+        r = am[b].bool()
+        Wb = edge_scores(model, ids[b : b + 1, r], lm[b : b + 1, r], method="eap_ig", ig_steps=2, baseline="mean",
+                         baseline_acts=B)
+        assert_close(W[b : b + 1], Wb, rtol=1e-6)
+
+
+def test_eap_ig_bad_input():
+    model = tiny("llama")
+    ids, lm, am = batch()
+    for kwargs, message in [(dict(method="eap_ig", ig_steps=0), "ig_steps must be an integer >= 1; got 0"),
+                            (dict(method="ig"), "method must be one of"),
+                            (dict(baseline="corrupt"), "baseline must be one of"),
+                            (dict(baseline="input", baseline_acts=torch.zeros(5, 32)), "needs baseline_acts of shape")]:
+        with pytest.raises(ValueError, match=message):
+            edge_scores(model, ids, lm, am, **kwargs)

@@ -1,6 +1,7 @@
 """Edge attribution patching between an SFT and an RL model (method.md section 2).
 
-select_samples -> cut_length / truncation_inputs / collate -> edge_scores -> metrics (summarize).
+select_samples -> cut_length / truncation_inputs / collate -> edge_scores -> metrics (summarize);
+patched_losses and faithfulness for the causal checks (2.7), calibrate_temperature for matched loss (2.6).
 """
 
 from .graph import Graph, build_graph, make_graph
@@ -14,5 +15,8 @@ from .metrics import (
     sample_diversity,
     summarize,
 )
-from .scores import ARCHITECTURES, edge_scores, estimate_memory, sample_losses
+from .calibration import calibrate_temperature, mean_self_entropy
+from .patching import patched_losses
+from .scores import (ARCHITECTURES, edge_scores, estimate_memory, mean_source_outputs, sample_losses,
+                     source_outputs)
 from .selection import Selection, TruncatedInput, collate, cut_length, select_samples, truncation_inputs

@@ -24,30 +24,73 @@ from .graph import Graph, build_graph
 POSITIONS = ("all", "answer")
 
 
-def sample_losses(model, input_ids, loss_mask, attention_mask, inputs_embeds=None) -> torch.Tensor:
-    """Per-sample loss [batch]: mean over scored tokens t of -log p(token_t | tokens_<t), log_softmax in fp32.
+TARGETS = ("nll", "margin")
 
-    Only the positions that predict a scored token go through lm_head, so the vocabulary-sized logits exist for the
-    scored tokens only. Position ids count real tokens, so left padding does not shift a sample's positions.
+
+def scored_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's logits [n, vocab] for the scored rows `hidden` [n, d], with lm_head itself in fp32 (fp64 stays fp64)
+    and the family's final soft-capping (Gemma) applied.
+
+    Casting bf16 logits to fp32 after lm_head is too late: at logit magnitudes of 20-35 the bf16 product already has
+    errors of a few percent in dL/dlogits. The fp32 copy of the weight lives for one call.
     """
     arch = architecture(model)
-    body, lm_head = model.get_submodule(arch["body"]), model.get_submodule(arch["lm_head"])
-    if inputs_embeds is None:
-        inputs_embeds = model.get_submodule(arch["embed"])(input_ids)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    hidden = body(
-        inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).last_hidden_state
-    scored = loss_mask[:, 1:]  # token t is predicted at position t-1
-    logits = lm_head(hidden[:, :-1][scored])
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 (fp64 stays fp64)
+    lm_head = model.get_submodule(arch["lm_head"])
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    bias = getattr(lm_head, "bias", None)
+    bias = None if bias is None else bias.to(dtype)
+    logits = torch.nn.functional.linear(hidden.to(dtype), lm_head.weight.to(dtype), bias)
     cap = getattr(model.config, arch["logit_softcap"], None) if arch["logit_softcap"] else None
     if cap:  # Gemma's final soft-capping, part of the model's own logits
         logits = cap * torch.tanh(logits / cap)
-    nll = -logits.log_softmax(-1).gather(-1, input_ids[:, 1:][scored][:, None])[:, 0]
-    sample = scored.nonzero()[:, 0]
-    total = torch.zeros(len(input_ids), dtype=nll.dtype, device=nll.device).index_add(0, sample, nll)
-    return total / scored.sum(1).to(total)
+    return logits
+
+
+def token_losses(logits: torch.Tensor, tokens: torch.Tensor, target: str = "nll", tau: float = 1.0) -> torch.Tensor:
+    """Per-token loss [n] from fp32 `logits` [n, vocab] divided by the temperature `tau` (method.md 2.2, 2.6).
+
+    nll: -log softmax(z)[y]. margin: -(z[y] - logsumexp_{j != y} z[j]), whose gradient does not vanish as p(y) -> 1.
+    """
+    z = logits / tau
+    own = z.gather(-1, tokens[:, None])[:, 0]
+    if target == "nll":
+        return z.logsumexp(-1) - own
+    if target == "margin":
+        return z.scatter(-1, tokens[:, None], float("-inf")).logsumexp(-1) - own
+    raise ValueError(f"target must be one of {TARGETS}; got {target!r}")
+
+
+def scored_hidden(model, input_ids, loss_mask, attention_mask, inputs_embeds=None):
+    """The final hidden states that predict a scored token [n, d], those tokens [n] and their sample index [n].
+
+    Position ids count real tokens, so left padding does not shift a sample's positions.
+    """
+    arch = architecture(model)
+    if inputs_embeds is None:
+        inputs_embeds = model.get_submodule(arch["embed"])(input_ids)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = model.get_submodule(arch["body"])(
+        inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    scored = loss_mask[:, 1:]  # token t is predicted at position t-1
+    return hidden[:, :-1][scored], input_ids[:, 1:][scored], scored.nonzero()[:, 0]
+
+
+def per_sample_mean(values, sample, batch: int) -> torch.Tensor:
+    """Mean of `values` [n] per sample index in `sample` [n]: [batch]."""
+    total = torch.zeros(batch, dtype=values.dtype, device=values.device).index_add(0, sample, values)
+    return total / torch.bincount(sample, minlength=batch).to(total)
+
+
+def sample_losses(model, input_ids, loss_mask, attention_mask, inputs_embeds=None, target="nll", tau=1.0):
+    """Per-sample loss [batch]: mean over scored tokens t of the token loss (`token_losses`) of token_t.
+
+    Only the positions that predict a scored token go through lm_head (in fp32), so the vocabulary-sized logits exist
+    for the scored tokens only.
+    """
+    hidden, tokens, sample = scored_hidden(model, input_ids, loss_mask, attention_mask, inputs_embeds)
+    logits = scored_logits(model, hidden)
+    return per_sample_mean(token_losses(logits, tokens, target, tau), sample, len(input_ids))
 
 
 def _norm_vjp(norm, x, G):
@@ -63,7 +106,7 @@ def _norm_vjp(norm, x, G):
     return grad
 
 
-def _first_input(fn):
+def first_input(fn):
     """A `with_kwargs` forward pre-hook passing a module's first input (positional or `hidden_states=`) through `fn`."""
 
     def hook(mod, args, kwargs):
@@ -78,10 +121,14 @@ class EdgeRecorder:
     """Hooks that fill `W` [batch, n_src, n_dst] during one forward and one backward of `model`.
 
     `positions_weight` [batch, seq] selects the positions summed over (1 where counted, 0 elsewhere: padding always 0).
+    `baseline` (from `baseline_tensor`, broadcastable to [batch, n_src, seq, d]) is subtracted from each source output
+    as it is kept, so W = -<dL/dH_v, O_u - B_u>. `sources` [batch, n_src, seq, d], if given, replaces the sources of
+    this forward (EAP-IG: O_u - B_u of the real input while the gradients come from an interpolated one).
     Use `attach(model)` as a context manager; the hooks are gone when it exits, whatever happened.
     """
 
-    def __init__(self, model, graph: Graph, positions_weight: torch.Tensor, chunk_bytes: int = 1 << 28):
+    def __init__(self, model, graph: Graph, positions_weight: torch.Tensor, chunk_bytes: int = 1 << 28,
+                 baseline=None, sources=None):
         self.arch = architecture(model)
         self.graph = graph
         # Scores are accumulated in fp32 (fp64 for an fp64 model, so tests can be tight), never in bf16.
@@ -92,8 +139,9 @@ class EdgeRecorder:
         self.chunk_bytes = chunk_bytes  # cap on the upcast copy of sources made per matmul (bf16 models)
         batch = positions_weight.shape[0]
         self.W = torch.zeros(batch, graph.n_src, graph.n_dst, dtype=self.dtype, device=positions_weight.device)
-        self.src = None  # [batch, n_src, seq, d] in the model's dtype, allocated at the first source
-        self.written = [False] * graph.n_src
+        self.src = sources  # [batch, n_src, seq, d] in the model's dtype, allocated at the first source
+        self.written = [sources is not None] * graph.n_src
+        self.baseline = baseline
         self.resid = {}  # layer -> residual stream read by the attention norm (for the q/k/v VJPs)
         self.hooked = set()  # targets whose gradient hook is registered (once per call, see _read)
         self.norm_of = {}  # target column -> the norm its gradient must be pulled back through (q, k, v)
@@ -115,6 +163,8 @@ class EdgeRecorder:
             b, t, d = out.shape
             self.src = torch.empty(b, self.graph.n_src, t, d, dtype=out.dtype, device=self.W.device)
         self.src[:, index] = out.detach().to(self.src.device)
+        if self.baseline is not None:
+            self.src[:, index] -= self.baseline[:, index].to(self.src)
         if not self.keep_all:
             self.src[:, index].masked_fill_(~self.keep, 0)  # padding may hold inf/nan, and 0 * nan is nan
         self.written[index] = True
@@ -185,7 +235,7 @@ class EdgeRecorder:
         """Hook one block's two sources and its targets (q, k, v or joint a{l}; m{l}), appending to `handles`."""
         a, get = self.arch, block.get_submodule
         col = {name: i for i, name in enumerate(self.graph.targets)}
-        pre = lambda mod, fn: mod.register_forward_pre_hook(_first_input(fn), with_kwargs=True)  # noqa: E731
+        pre = lambda mod, fn: mod.register_forward_pre_hook(first_input(fn), with_kwargs=True)  # noqa: E731
         source = lambda path, i: get(path).register_forward_hook(lambda m, args, out: self._keep_source(i, out))  # noqa
         attn_norm = get(a["attn_norm"]) if a["attn_norm"] else None  # None: q, k, v read the residual itself
 
@@ -226,7 +276,7 @@ class EdgeRecorder:
             for l, block in enumerate(model.get_submodule(a["layers"])):
                 self._hook_block(model, block, l, handles)
             handles.append(model.get_submodule(a["final_norm"]).register_forward_pre_hook(
-                _first_input(lambda x: self._read(logits, x)), with_kwargs=True))
+                first_input(lambda x: self._read(logits, x)), with_kwargs=True))
             yield self
         finally:
             for h in handles:
@@ -240,24 +290,15 @@ class EdgeRecorder:
         return (self.W * self.graph.mask.to(self.W.device)).float()
 
 
-def edge_scores(model, input_ids, loss_mask, attention_mask=None, graph=None, positions="all", return_losses=False):
-    """EAP scores [batch, n_src, n_dst] (fp32, on CPU, zero off the graph's mask) for one batch.
+METHODS = ("eap", "eap_ig")
+BASELINES = ("zero", "mean", "input")
 
-    input_ids, loss_mask, attention_mask: [batch, seq]. `loss_mask[b, t]` is True where token t of sample b is scored
-    (never t = 0, which has no prediction); padding (attention_mask 0, left or right) is never scored or summed.
-    positions: "all" sums over every real position (the paper); "answer" only over the positions whose token is scored,
-    i.e. where `loss_mask` is True (the answer tokens themselves; the last prompt position, which predicts the first
-    answer token, is not included).
-    return_losses: also return each sample's loss [batch] (the scores scale with its gradient, so a model that is
-    near-certain of its own tokens has small scores whatever its circuits; worth reporting beside them).
-    """
-    arch = architecture(model)
-    graph = graph if graph is not None else build_graph(model)
+
+def check_batch(model, graph, input_ids, loss_mask, attention_mask, scored=True):
+    """The batch as tensors on the model's device, or a ValueError saying what is wrong with it."""
     if graph.n_layers != model.config.num_hidden_layers:
         raise ValueError(f"graph has {graph.n_layers} layers; model has {model.config.num_hidden_layers}")
-    if positions not in POSITIONS:
-        raise ValueError(f"positions must be one of {POSITIONS}; got {positions!r}")
-    device = model.get_submodule(arch["embed"]).weight.device
+    device = model.get_submodule(architecture(model)["embed"]).weight.device
     input_ids = torch.as_tensor(input_ids, device=device)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, seq]; got shape {tuple(input_ids.shape)}")
@@ -271,33 +312,148 @@ def edge_scores(model, input_ids, loss_mask, attention_mask=None, graph=None, po
     if loss_mask[:, 0].any():
         raise ValueError("loss_mask[:, 0] must be False: the first token has no prediction to score")
     empty = (~loss_mask.any(1)).nonzero()[:, 0].tolist()
-    if empty:
+    if scored and empty:
         raise ValueError(f"every sample needs a scored token; samples {empty} have none")
+    return input_ids, loss_mask, attention_mask
 
-    weight = attention_mask if positions == "all" else loss_mask
-    recorder = EdgeRecorder(model, graph, weight)
+
+def check_loss(target, tau):
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}; got {target!r}")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0; got {tau}")
+
+
+def baseline_tensor(baseline, baseline_acts, graph, input_ids, d):
+    """The baseline outputs B_u (method.md 2.7) broadcastable to [batch, n_src, seq, d], or None for `zero`.
+
+    mean: `baseline_acts` [n_src, d] (from `mean_source_outputs`); input: [batch, n_src, seq, d], the source outputs
+    of a baseline input (`source_outputs(..., inputs_embeds=x')`).
+    """
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}; got {baseline!r}")
+    if baseline == "zero":
+        return None
+    shape = (graph.n_src, d) if baseline == "mean" else (*input_ids.shape[:1], graph.n_src, input_ids.shape[1], d)
+    if baseline_acts is None or tuple(baseline_acts.shape) != shape:
+        got = None if baseline_acts is None else tuple(baseline_acts.shape)
+        raise ValueError(f"baseline {baseline!r} needs baseline_acts of shape {shape}; got {got}")
+    B = torch.as_tensor(baseline_acts, device=input_ids.device)
+    return B[None, :, None] if baseline == "mean" else B
+
+
+@contextmanager
+def scoring_mode(model):
+    """Eval mode, no weight gradients; the model's modes and requires_grad flags come back whatever happens."""
     modes = {m: m.training for m in model.modules()}
     needs_grad = {p: p.requires_grad for p in model.parameters()}
     try:
         model.eval()
         # HF checkpoints a block only in training mode; flag the blocks themselves (not their dropout-carrying
         # children) so an enabled gradient checkpointing still saves memory while the model computes as in eval.
-        for block in model.get_submodule(arch["layers"]):
+        for block in model.get_submodule(architecture(model)["layers"]):
             if getattr(block, "gradient_checkpointing", False):
                 block.training = True
         for p in needs_grad:
             p.requires_grad_(False)  # activation gradients only: no weight gradients computed or stored
-        with recorder.attach(model), torch.enable_grad():
-            embeds = model.get_submodule(arch["embed"])(input_ids).detach().requires_grad_(True)
-            losses = sample_losses(model, input_ids, loss_mask, attention_mask, inputs_embeds=embeds)
-            losses.sum().backward()
-        scores = recorder.result().cpu()
-        return (scores, losses.detach().float().cpu()) if return_losses else scores
+        yield
     finally:
         for m, mode in modes.items():
             m.training = mode
         for p, flag in needs_grad.items():
             p.requires_grad_(flag)
+
+
+def source_outputs(model, input_ids, attention_mask, graph, inputs_embeds=None) -> torch.Tensor:
+    """Every source's output [batch, n_src, seq, d] (model dtype, zero at padding) from one no-grad forward."""
+    arch = architecture(model)
+    recorder = EdgeRecorder(model, graph, attention_mask)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    with recorder.attach(model), torch.no_grad():
+        if inputs_embeds is None:
+            inputs_embeds = model.get_submodule(arch["embed"])(input_ids)  # under the hooks: the `input` source
+        else:
+            recorder._keep_source(0, inputs_embeds)
+        model.get_submodule(arch["body"])(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                          position_ids=position_ids, use_cache=False)
+    return recorder.src
+
+
+def mean_source_outputs(model, batches, graph) -> torch.Tensor:
+    """The `mean` baseline [n_src, d] (fp32): each source's output averaged over all real positions of `batches`,
+    an iterable of (input_ids, attention_mask) [batch, seq]."""
+    total, count = 0, 0
+    with scoring_mode(model):
+        for input_ids, attention_mask in batches:
+            no_loss = torch.zeros_like(torch.as_tensor(input_ids))
+            ids, _, am = check_batch(model, graph, input_ids, no_loss, attention_mask, scored=False)
+            total = total + source_outputs(model, ids, am, graph).float().sum((0, 2))
+            count += int(am.sum())
+    return (total / count).cpu()
+
+
+def _score_pass(model, recorder, input_ids, loss_mask, attention_mask, embeds, target, tau):
+    """One forward + backward with the recorder's hooks; returns the per-sample losses. `embeds` None: the model's
+    own embeddings, computed under the hooks (so the `input` source is kept)."""
+    with recorder.attach(model), torch.enable_grad():
+        if embeds is None:
+            embeds = model.get_submodule(architecture(model)["embed"])(input_ids)
+        embeds = embeds.detach().requires_grad_(True)
+        losses = sample_losses(model, input_ids, loss_mask, attention_mask, embeds, target, tau)
+        losses.sum().backward()
+    return losses.detach()
+
+
+def edge_scores(model, input_ids, loss_mask, attention_mask=None, graph=None, positions="all", return_losses=False,
+                target="nll", tau=1.0, method="eap", ig_steps=5, baseline="zero", baseline_acts=None):
+    """EAP scores [batch, n_src, n_dst] (fp32, on CPU, zero off the graph's mask) for one batch.
+
+    input_ids, loss_mask, attention_mask: [batch, seq]. `loss_mask[b, t]` is True where token t of sample b is scored
+    (never t = 0, which has no prediction); padding (attention_mask 0, left or right) is never scored or summed.
+    positions: "all" sums over every real position (the paper); "answer" only over the positions whose token is scored,
+    i.e. where `loss_mask` is True (the answer tokens themselves; the last prompt position, which predicts the first
+    answer token, is not included).
+    return_losses: also return each sample's loss [batch] (the scores scale with its gradient, so a model that is
+    near-certain of its own tokens has small scores whatever its circuits; worth reporting beside them).
+    target, tau: the loss (`token_losses`: "nll" or "margin", logits divided by tau).
+    method: "eap" scores -<dL/dH_v, O_u - B_u> (2.4; B = 0 for baseline "zero"); "eap_ig" (2.7) uses the mean gradient
+    over `ig_steps` inputs on the line from the baseline's own embedding output B_input to the real one (ig_steps
+    forward+backward passes; the gradients are summed into W, so memory is that of one EAP pass). With ig_steps=1 it
+    is "eap" against the same baseline. baseline, baseline_acts: see `baseline_tensor`.
+    """
+    arch = architecture(model)
+    graph = graph if graph is not None else build_graph(model)
+    input_ids, loss_mask, attention_mask = check_batch(model, graph, input_ids, loss_mask, attention_mask)
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}; got {positions!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if method == "eap_ig" and not (isinstance(ig_steps, int) and ig_steps >= 1):
+        raise ValueError(f"ig_steps must be an integer >= 1; got {ig_steps!r}")
+    check_loss(target, tau)
+    embed = model.get_submodule(arch["embed"])
+    B = baseline_tensor(baseline, baseline_acts, graph, input_ids, embed.weight.shape[1])
+    weight = attention_mask if positions == "all" else loss_mask
+    args = (input_ids, loss_mask, attention_mask)
+    with scoring_mode(model):
+        if method == "eap":
+            recorder = EdgeRecorder(model, graph, weight, baseline=B)
+            losses = _score_pass(model, recorder, *args, None, target, tau)
+            scores = recorder.result()
+        else:
+            x = embed(input_ids)
+            D = source_outputs(model, input_ids, attention_mask, graph, x)
+            x0 = torch.zeros_like(x) if B is None else B[:, 0].to(x).expand_as(x)
+            if B is not None:
+                D -= B.to(D)
+                D.masked_fill_(~attention_mask.bool()[:, None, :, None], 0)
+            scores = 0
+            for j in range(1, ig_steps + 1):
+                recorder = EdgeRecorder(model, graph, weight, sources=D)
+                losses = _score_pass(model, recorder, *args, x0 + (j / ig_steps) * (x - x0), target, tau)
+                scores = scores + recorder.result() / ig_steps
+    scores = scores.float().cpu()
+    return (scores, losses.float().cpu()) if return_losses else scores
 
 
 def estimate_memory(config, seq_len: int, batch: int = 1, dtype=torch.bfloat16) -> int:

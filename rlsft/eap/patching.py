@@ -1,0 +1,147 @@
+"""Edge patching (method.md 2.7): the loss when every edge outside a kept set is replaced by its baseline.
+
+Target v reads `H_v - sum_{u removed into v} (O_u - B_u)`, with `O_u` from this same, patched, forward (a removed edge
+changes everything downstream of it). Same graph and module maps (rlsft.architectures) as `edge_scores`; q, k and v of
+a layer are separate targets: each projection reads the attention norm (if the family has one) of its own patched
+residual; a fused qkv projection is recomputed from the three. One forward per call,
+whatever `keep` is: the hooks keep every source's `O_u - B_u` (fp32) and give each target one weighted sum over the
+sources before it, so the extra cost is that buffer and n_dst matrix-vector products over the sources
+(benchmarks/bench_patching.py: about 1.1-1.3x a plain forward on SmolLM2).
+"""
+
+from contextlib import contextmanager
+
+import torch
+
+from .graph import Graph, build_graph
+from .scores import (architecture, baseline_tensor, check_batch, check_loss, first_input, sample_losses,
+                     scoring_mode)
+
+
+def check_keep(keep, graph: Graph) -> torch.Tensor:
+    """The removed edges [n_src, n_dst] (bool) for a kept set (None = keep all), or a ValueError."""
+    if keep is None:
+        return torch.zeros_like(graph.mask)
+    keep = torch.as_tensor(keep)
+    if keep.dtype != torch.bool or tuple(keep.shape) != (graph.n_src, graph.n_dst):
+        raise ValueError(f"keep must be a bool [{graph.n_src}, {graph.n_dst}] matrix over the graph; "
+                         f"got {keep.dtype} {tuple(keep.shape)}")
+    off = keep.cpu() & ~graph.mask
+    if off.any():
+        u, v = off.nonzero()[0].tolist()
+        raise ValueError(f"keep has {int(off.sum())} entries off the graph's mask, e.g. "
+                         f"{graph.sources[u]} -> {graph.targets[v]}")
+    return graph.mask & ~keep.cpu()
+
+
+class Patcher:
+    """Hooks that patch the removed edges during one forward. `removed` [n_src, n_dst] bool; `baseline` from
+    `baseline_tensor`; `real` [batch, seq] bool (padding positions are left as they are)."""
+
+    def __init__(self, model, graph: Graph, removed: torch.Tensor, baseline, real: torch.Tensor):
+        self.arch = architecture(model)
+        self.graph = graph
+        dtype = model.get_submodule(self.arch["embed"]).weight.dtype
+        self.dtype = torch.promote_types(dtype, torch.float32)
+        self.removed = removed.to(real.device, self.dtype)
+        self.patched_cols = set(removed.any(0).nonzero()[:, 0].tolist())  # targets with a removed edge
+        self.baseline = baseline
+        self.real = real[:, :, None]
+        self.diff = None  # [batch, n_src, seq, d]: O_u - B_u, zero at padding
+        self.resid = {}  # layer -> the residual read on the attention path (for q, k, v)
+
+    def _keep_source(self, index, out):
+        out = out[0] if isinstance(out, tuple) else out
+        if self.diff is None:
+            b, t, d = out.shape
+            self.diff = torch.zeros(b, self.graph.n_src, t, d, dtype=self.dtype, device=out.device)
+        d = out.detach().to(self.dtype)
+        if self.baseline is not None:
+            d = d - self.baseline[:, index].to(d)
+        self.diff[:, index] = d.masked_fill(~self.real, 0)
+
+    def _patched(self, col, x):
+        """x minus the sum of (O_u - B_u) over the sources removed into target `col`; x itself when none is."""
+        if col not in self.patched_cols:
+            return x
+        k = int(self.graph.mask[:, col].sum())
+        delta = torch.einsum("bktd,k->btd", self.diff[:, :k], self.removed[:k, col])
+        return (x.to(self.dtype) - delta).to(x.dtype)
+
+    def _hook_attention(self, model, block, layer, handles):
+        """q, k, v each read the attention norm (if any) of their own patched residual; a fused qkv projection is
+        recomputed slice by slice from the three inputs."""
+        a, get = self.arch, block.get_submodule
+        cols = [self.graph.targets.index(f"a{layer}.{p}") for p in "qkv"]
+        attn_norm = get(a["attn_norm"]) if a["attn_norm"] else None
+        read = (lambda x: attn_norm.forward(x)) if attn_norm is not None else (lambda x: x)  # forward: no hooks
+        own = lambda c: read(self._patched(c, self.resid[layer]))  # noqa: E731
+        handles.append(_pre(attn_norm or get(a["attn"]), lambda x: self.resid.__setitem__(layer, x) or x))
+        if a["qkv"]:
+            cfg, fused = model.config, get(a["qkv"])
+            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            sizes = [cfg.num_attention_heads * head_dim] + [cfg.num_key_value_heads * head_dim] * 2
+            biases = fused.bias.split(sizes) if fused.bias is not None else [None] * 3
+
+            def fused_hook(mod, args, out):
+                if not self.patched_cols.intersection(cols):
+                    return None
+                parts = zip(cols, fused.weight.split(sizes), biases)
+                return torch.cat([torch.nn.functional.linear(own(c), w, b) for c, w, b in parts], -1)
+
+            handles.append(fused.register_forward_hook(fused_hook))
+        else:
+            for p, c in zip("qkv", cols):
+                handles.append(_pre(get(a[p]), lambda x, c=c: own(c) if c in self.patched_cols else x))
+
+    @contextmanager
+    def attach(self, model):
+        a, cols = self.arch, {name: i for i, name in enumerate(self.graph.targets)}
+        handles = []
+
+        def source(module, index):
+            handles.append(module.register_forward_hook(lambda mod, args, out: self._keep_source(index, out)))
+
+        def target(module, name):
+            handles.append(_pre(module, lambda x: self._patched(cols[name], x)))
+
+        try:
+            source(model.get_submodule(a["embed"]), 0)
+            for layer, block in enumerate(model.get_submodule(a["layers"])):
+                get = block.get_submodule
+                if self.graph.attn_inputs == "qkv":
+                    self._hook_attention(model, block, layer, handles)
+                else:
+                    target(get(a["attn_norm"] or a["attn"]), f"a{layer}")
+                source(get(a["attn_out"]), 1 + 2 * layer)
+                target(get(a["mlp_norm"] or a["mlp"]), f"m{layer}")
+                source(get(a["mlp_out"]), 2 + 2 * layer)
+            target(model.get_submodule(a["final_norm"]), "logits")
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _pre(module, fn):
+    return module.register_forward_pre_hook(first_input(fn), with_kwargs=True)
+
+
+def patched_losses(model, input_ids, loss_mask, attention_mask=None, graph=None, keep=None, baseline="zero",
+                   baseline_acts=None, target="nll", tau=1.0) -> torch.Tensor:
+    """Per-sample loss [batch] (fp32, CPU) with every edge outside `keep` replaced by its baseline (method.md 2.7).
+
+    keep: bool [n_src, n_dst] within the graph's mask (None = every edge: the model's own loss). baseline: "zero",
+    "mean" (baseline_acts [n_src, d] from `mean_source_outputs`) or "input" (baseline_acts [batch, n_src, seq, d],
+    the source outputs of a baseline input). target, tau: as in `edge_scores`. Batch as in `edge_scores`.
+    """
+    graph = graph if graph is not None else build_graph(model)
+    input_ids, loss_mask, attention_mask = check_batch(model, graph, input_ids, loss_mask, attention_mask)
+    check_loss(target, tau)
+    removed = check_keep(keep, graph)
+    d = model.get_submodule(architecture(model)["embed"]).weight.shape[1]
+    B = baseline_tensor(baseline, baseline_acts, graph, input_ids, d)
+    patcher = Patcher(model, graph, removed, B, attention_mask.bool())
+    with scoring_mode(model), patcher.attach(model), torch.no_grad():
+        losses = sample_losses(model, input_ids, loss_mask, attention_mask, target=target, tau=tau)
+    return losses.float().cpu()

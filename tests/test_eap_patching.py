@@ -1,0 +1,130 @@
+"""patched_losses against independent computations written here with plain forward hooks on tiny fp64 decoders
+(Llama, Mistral, Qwen2; GQA): the model's own loss, one or two removed edges, every edge into logits removed."""
+
+import math
+
+import pytest
+import torch
+
+from rlsft.eap import build_graph
+from rlsft.eap.patching import patched_losses
+from rlsft.eap.scores import mean_source_outputs
+from test_eap_scores import batch, fp64_exact, perturbed_losses, ref_losses, source_outputs, tiny  # noqa: F401
+
+
+def close(a, b, rtol=1e-6):
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    assert (a - b).abs().max() <= rtol * b.abs().max(), f"{a} vs {b}"
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "olmo2", "gemma3_text", "phi3"])
+def test_keep_all_is_the_model_and_one_removed_edge_is_that_target_perturbed(arch):
+    model = tiny(arch)
+    ids, lm, am = batch()
+    graph = build_graph(model)
+    with torch.no_grad():
+        clean = ref_losses(model, ids, lm, am)
+    close(patched_losses(model, ids, lm, am), clean)
+    close(patched_losses(model, ids, lm, am, keep=graph.mask.clone(), baseline="mean",
+                         baseline_acts=torch.randn(graph.n_src, 32, dtype=torch.float64)), clean)
+    outs = source_outputs(model, ids, am)  # clean outputs: a source before v is not changed by patching v
+    real = am[:, :, None].double()
+    for u, v in [(0, 0), (1, 4), (2, 5), (2, 6), (3, 7), (0, 8), (4, 8)]:  # input->a0.q, a0->a1.q, ..., a1->m1
+        assert graph.mask[u, v]
+        keep = graph.mask.clone()
+        keep[u, v] = False
+        expected = perturbed_losses(model, ids, lm, am, graph.targets[v], -outs[u] * real)
+        close(patched_losses(model, ids, lm, am, keep=keep), expected)
+        assert (expected - clean).abs().max() > 1e-4  # the edge matters, so the check is not vacuous
+
+
+def test_removed_edges_use_the_patched_forwards_own_outputs():
+    """input -> a0.q and a0 -> logits removed: logits must lose a0's output *as changed by* the first removal."""
+    model = tiny("llama")
+    ids, lm, am = batch()
+    graph = build_graph(model)
+    keep = graph.mask.clone()
+    keep[0, graph.targets.index("a0.q")] = False
+    keep[1, graph.targets.index("logits")] = False
+    blk = model.model.layers[0]
+    emb, resid, a0 = {}, {}, {}
+    real = am[:, :, None].double()
+    hooks = [
+        model.model.embed_tokens.register_forward_hook(lambda m, a, o: emb.update(x=o)),
+        blk.input_layernorm.register_forward_pre_hook(lambda m, a: resid.update(x=a[0])),
+        blk.self_attn.q_proj.register_forward_pre_hook(
+            lambda m, a: (blk.input_layernorm(resid["x"] - emb["x"] * real),)),
+        blk.self_attn.o_proj.register_forward_hook(lambda m, a, o: a0.update(x=o)),
+        model.model.norm.register_forward_pre_hook(lambda m, a: (a[0] - a0["x"] * real,)),
+    ]
+    try:
+        with torch.no_grad():
+            expected = ref_losses(model, ids, lm, am)
+    finally:
+        for h in hooks:
+            h.remove()
+    close(patched_losses(model, ids, lm, am, keep=keep), expected)
+
+
+def test_removing_every_edge_into_logits_leaves_a_zero_final_residual():
+    model = tiny("qwen2")
+    ids, lm, am = batch()
+    graph = build_graph(model)
+    keep = graph.mask.clone()
+    keep[:, -1] = False
+    h = model.model.norm.register_forward_pre_hook(lambda m, a: (torch.zeros_like(a[0]),))
+    try:
+        with torch.no_grad():
+            expected = ref_losses(model, ids, lm, am)
+    finally:
+        h.remove()
+    close(patched_losses(model, ids, lm, am, keep=keep), expected)
+    uniform = torch.full((2,), math.log(50), dtype=torch.float64)
+    close(expected, uniform, rtol=1e-9)  # a zero residual gives zero logits: the uniform distribution
+
+
+def test_mean_baseline_is_the_mean_over_real_positions_and_replaces_the_source():
+    model = tiny("mistral")
+    ids, lm, am = batch(lengths=(12, 7, 10), prompt=(5, 3, 6))
+    graph = build_graph(model)
+    B = mean_source_outputs(model, [(ids[:2], am[:2]), (ids[2:], am[2:])], graph)
+    outs = source_outputs(model, ids, am)
+    real = am.bool()
+    expected = torch.stack([o[real].mean(0) for o in outs])
+    close(B, expected, rtol=1e-6)
+    u, v = 2, graph.targets.index("logits")
+    keep = graph.mask.clone()
+    keep[u, v] = False
+    delta = -(outs[u] - B[u].double()) * am[:, :, None].double()
+    close(patched_losses(model, ids, lm, am, keep=keep, baseline="mean", baseline_acts=B),
+          perturbed_losses(model, ids, lm, am, "logits", delta))
+
+
+@pytest.mark.parametrize("pad", ["left", "right"])
+def test_padding_and_batch_composition_do_not_change_a_samples_loss(pad):
+    model = tiny("llama")
+    ids, lm, am = batch(lengths=(12, 7, 10), prompt=(5, 3, 6), pad=pad)
+    graph = build_graph(model)
+    keep = graph.mask & (torch.rand(graph.mask.shape, generator=torch.Generator().manual_seed(0)) < 0.5)
+    B = torch.randn(graph.n_src, 32, dtype=torch.float64)
+    L = patched_losses(model, ids, lm, am, keep=keep, baseline="mean", baseline_acts=B)
+    for b in range(len(ids)):
+        r = am[b].bool()
+        close(L[b], patched_losses(model, ids[b : b + 1, r], lm[b : b + 1, r], keep=keep, baseline="mean",
+                                   baseline_acts=B)[0])
+    close(L[[2, 0]], patched_losses(model, ids[[2, 0]], lm[[2, 0]], am[[2, 0]], keep=keep, baseline="mean",
+                                    baseline_acts=B))
+
+
+def test_bad_input_is_one_clear_error():
+    model = tiny("llama")
+    ids, lm, am = batch()
+    graph = build_graph(model)
+    with pytest.raises(ValueError, match=r"keep must be a bool \[5, 9\]"):
+        patched_losses(model, ids, lm, am, keep=torch.ones(5, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="off the graph's mask, e.g. a0 -> a0.q"):
+        patched_losses(model, ids, lm, am, keep=torch.ones_like(graph.mask))
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        patched_losses(model, ids, lm, am, baseline="random")
+    with pytest.raises(ValueError, match=r"baseline 'mean' needs baseline_acts of shape \(5, 32\)"):
+        patched_losses(model, ids, lm, am, baseline="mean")
