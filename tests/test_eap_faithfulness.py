@@ -70,7 +70,7 @@ def test_held_out_losses_rank_on_the_other_half_only():
 
 
 def synthetic(rng, n, slope_sft=1 / 3, slope_rl=1 / 2.5):
-    """Per-question losses whose population curve is f(q) = min(1, slope * (log10 q + 3)): frac80 = 10^(0.8/slope - 3)."""
+    """Per-question losses with population curve f(q) = min(1, slope * (log10 q + 3)): frac80 = 10^(0.8/slope - 3)."""
     grid = log_grid(13)
     g = lambda s: np.minimum(1, s * (np.log10(grid) + 3))  # noqa: E731
     question = rng.lognormal(0, 0.5, n)  # question difficulty shared by both stages (pairing matters)

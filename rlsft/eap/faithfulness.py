@@ -94,7 +94,7 @@ def curve(losses: dict, half, rows=None) -> np.ndarray:
 
 
 def frac80(fractions, f, level: float = LEVEL) -> float:
-    """The smallest kept fraction where `f` reaches `level`, linear in log fraction between grid points (nan if never)."""
+    """The smallest kept fraction where `f` reaches `level`, linear in log fraction between grid points (nan: never)."""
     fractions, f = np.asarray(fractions, float), np.asarray(f, float)
     above = np.flatnonzero(f >= level)
     if len(above) == 0:
