@@ -9,7 +9,6 @@ the result table, the ``error:`` line) into the job's log file beside Hydra's lo
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 import time
@@ -49,10 +48,15 @@ def quiet_libraries(verbose: bool) -> None:
         import transformers.modeling_gguf_pytorch_utils as gguf_utils
         from tqdm.auto import tqdm
 
-        # The GGUF conversion bar is a bare tqdm that transformers' switch above does not reach.
-        gguf_utils.tqdm = tqdm if verbose else functools.partial(tqdm, disable=True)
+        # The GGUF conversion bar is a bare tqdm that transformers' switch above does not reach: a line every
+        # LINE_EVERY_S instead (none when it is quick).
+        gguf_utils.tqdm = tqdm if verbose else _gguf_lines
     except ImportError:
         pass
+
+
+def _gguf_lines(iterable, desc: str = "", **_):
+    return progress(desc="converting GGUF tensors", unit="tensor", iterable=iterable, bar=False)
 
 
 class LineProgress:
@@ -60,7 +64,7 @@ class LineProgress:
 
     def __init__(self, total: int | None, desc: str, unit: str, every: float = LINE_EVERY_S):
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
-        self.n, self.postfix = 0, ""
+        self.n, self.postfix, self.lines = 0, "", 0
         self.start = self.last = time.monotonic()
 
     def update(self, n: int = 1) -> None:
@@ -74,22 +78,24 @@ class LineProgress:
         self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
 
     def close(self) -> None:
-        if self.n:
+        if self.lines:  # a quick loop stays silent; a slow one says it finished
             self._line(done=True)
 
     def _line(self, done: bool = False) -> None:
+        self.lines += 1
         elapsed = time.monotonic() - self.start
         of = f"/{self.total}" if self.total is not None else ""
         rate = f", {self.n / elapsed:.3g} {self.unit}/s" if elapsed > 0 else ""
-        log.info("%s: %d%s %s%s, %.0f s%s%s", self.desc, self.n, of, self.unit, "" if not done else " done", elapsed,
+        log.info("%s: %d%s %s%s, %.0f s%s%s", self.desc, self.n, of, self.unit, " (done)" if done else "", elapsed,
                  rate, f" ({self.postfix})" if self.postfix else "")
 
 
-def progress(total: int | None = None, desc: str = "", unit: str = "it", iterable: Iterable | None = None):
-    """A tqdm bar on a terminal, otherwise ``LineProgress``; iterate it when ``iterable`` is given."""
+def progress(total: int | None = None, desc: str = "", unit: str = "it", iterable: Iterable | None = None,
+             bar: bool = True):
+    """A tqdm bar on a terminal (``bar``), otherwise ``LineProgress``; iterate it when ``iterable`` is given."""
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
         total = len(iterable)
-    if sys.stderr.isatty():
+    if bar and sys.stderr.isatty():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=desc, unit=unit)

@@ -211,7 +211,7 @@ def _shown(value) -> str:
 def _html_table(columns, rows) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_shown(v))}</td>" for v in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def metrics_vs_alpha(tables: dict, out: Path) -> list[Path]:
@@ -300,7 +300,7 @@ def build_report(root: str | Path, out: str | Path | None = None, tracker=None) 
             "table{border-collapse:collapse;font-size:12px;margin-bottom:1em}"
             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}th{background:#f2f2f2}"
             "tr.failed td,tr.unfinished td,tr.not-started td{background:#fde8e8}"
-            "figure{margin:1em 0}figcaption{font-size:12px;color:#555}</style></head><body>"
+            "div.wide{overflow-x:auto}figure{margin:1em 0}figcaption{font-size:12px;color:#555}</style></head><body>"
             f"<h1>rlsft report: {html.escape(str(root))}</h1>"
             f"<h2>tasks: {done} of {len(tasks)} finished</h2>{_task_table(task_rows)}"
             f"{''.join(sections)}<h2>figures</h2>{imgs}</body></html>")

@@ -114,3 +114,39 @@ def test_single_run_error_line_is_in_its_log_and_success_names_the_folder(tmp_pa
                  f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: data file not found")
     assert "error: data file not found: /no/such/file.jsonl" in (tmp_path / "bad" / "launch.log").read_text()
+
+
+def test_log_copy_keeps_what_the_console_showed_and_progress_lines_are_rate_limited(tmp_path, caplog):
+    """The log copy holds each line's final state (a bar's carriage-return rewrites collapsed), and without a
+    terminal a loop reports at most one line per interval plus a final one (none when it is quick)."""
+    import logging
+    import sys
+
+    from rlsft.console import LineProgress, tee_console
+
+    log = tmp_path / "launch.log"
+    with tee_console(log):
+        sys.stderr.write("bar 1/3\rbar 2/3\rbar 3/3\n")
+        print("| table |")
+        sys.stdout.write("no newline at the end")
+    assert log.read_text() == "bar 3/3\n| table |\nno newline at the end\n"
+
+    import rlsft.console as console
+
+    now = [0.0]
+    real = console.time.monotonic
+    console.time.monotonic = lambda: now[0]
+    try:
+        with caplog.at_level(logging.INFO, logger="rlsft"):
+            bar = LineProgress(5, "work", "item", every=10)  # starts at t=0
+            for t in (1, 2, 12, 13, 25):  # lines at t=12 (3 done) and t=25 (5 done)
+                now[0] = t
+                bar.update()
+            bar.close()  # and a final one
+            quick = LineProgress(3, "quick", "item", every=10)
+            quick.update(3)
+            quick.close()  # quick: silent
+    finally:
+        console.time.monotonic = real
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(",")[0] for line in lines] == ["work: 3/5 item", "work: 5/5 item", "work: 5/5 item (done)"]

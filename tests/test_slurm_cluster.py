@@ -220,3 +220,21 @@ def test_launch_py_job_requeued_mid_generation_resumes_from_the_cache(slurm_clus
     cached = [int(n) for n in __import__("re").findall(r"generate \[sft\]: (\d+) answers cached", log)]
     assert cached[0] == 0 and cached[1] >= 4, log  # first attempt from scratch, the requeued one resumed
     assert "restart 1" in slurm_logs(sweep)
+
+
+@pytest.mark.slurm
+def test_launch_py_sweep_with_a_failing_task_lists_both_in_the_report(slurm_cluster, tmp_path):
+    """A 2-task SLURM sweep whose second task fails validation (before it writes config_resolved.yaml): the sweep
+    ends with one error line for it, exit 2, and the report lists both tasks with their status and error line."""
+    sweep = tmp_path / "sweep"
+    out = run_sweep(sweep, "experiment=evaluate", "model_pair=tiny", "dataset.n=8", "logger=disabled",
+                    "truncation.alpha=0.1,2.0", app=REPO / "launch.py", env={"RLSFT_CACHE_DIR": str(tmp_path / "cache")})
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "error: task 1 (experiment=evaluate model_pair=tiny dataset.n=8 logger=disabled truncation.alpha=2.0): " \
+           "failed: truncation.alpha must be in (0, 1], got 2.0" in out.stderr, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == f"report: {sweep / 'report' / 'index.html'}"
+    assert not (sweep / "1" / "config_resolved.yaml").exists()
+    rows = [line.split(",") for line in (sweep / "report" / "tasks.csv").read_text().splitlines()[1:]]
+    assert [r[:2] for r in rows] == [["0", "finished"], ["1", "failed"]]
+    assert slurm_logs(sweep).count("[rlsft] job") == 2  # both ran as tasks of the SLURM array

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from ..data import Record, load_records
 from ..generate import Sampling, generate_answers
 from ..models import fingerprint, load_model
 from ..tracking import Tracker
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,8 +38,11 @@ class RunContext:
     def load_stage(self, stage: Any):
         """(model, tokenizer) of a stage, loaded once per run."""
         if stage.name not in self._models:
+            start = time.time()
+            log.info("loading the %s model (%s)", stage.name, self.model_spec(stage).get("source"))
             self._models[stage.name] = load_model(self.model_spec(stage), device=self.cfg.run.device,
                                                   dtype=self.cfg.run.dtype, cache_dir=self.cache_dir)
+            log.info("loaded the %s model in %.0f s", stage.name, time.time() - start)
         return self._models[stage.name]
 
     def release(self, stage: Any) -> None:
