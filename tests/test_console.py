@@ -30,6 +30,11 @@ def example_commands() -> list[tuple[str, list[str]]]:
     return found
 
 
+# Documented keys the schema does not have yet (reported in issue 15's note): a command using one must still fail to
+# compose; when the key lands, this test fails until the entry is removed.
+PENDING = {"eap.reference": "conf/model_pair/smollm2_arms.yaml documents eap.reference / eap.compare, not in EAPConfig"}
+
+
 def covering_jobs(args: list[str]) -> list[list[str]]:
     """Jobs of a sweep in which every swept value occurs once (not the whole product: 32 jobs for the paper's)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -55,13 +60,17 @@ def test_every_documented_command_composes_and_validates():
     assert len(commands) >= 8 and any("slurm_local" in c for c, _ in commands)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for where, args in commands:
+            pending = [k for k in PENDING if any(a.startswith(k + "=") for a in args)]
             for job in covering_jobs(args):
                 try:
                     cfg = compose("config", overrides=job, return_hydra_config=True)
                     validate(cfg)
                     OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
                 except Exception as exc:  # noqa: BLE001 - any failure is the documented command's failure
-                    pytest.fail(f"{where}\n  job {job}: {type(exc).__name__}: {exc}")
+                    if not pending:
+                        pytest.fail(f"{where}\n  job {job}: {type(exc).__name__}: {exc}")
+                else:
+                    assert not pending, f"{where} composes now: remove {pending} from PENDING"
 
 
 TINY_EAP = ["experiment=eap", "model_pair=tiny", "dataset.arithmetic.count=6", "eap.n_boot=200"]
