@@ -13,7 +13,7 @@ initialised from the real shapes below (cost does not depend on the weights' val
                  Qwen2.5-3B-size model with a synthetic reward: one warm-up step, then 2 timed steps split into
                  generation / scoring (reward + old-policy log-probs) / update, peak memory, 160 steps projected
   generate_7b    HF generate, batch 64, 512 new tokens, greedy, Qwen2-7B size: tokens/s
-  patch_ig_7b_2k patched_losses and EAP-IG at 2k tokens vs a plain forward ("n/a" until rlsft.eap has them)
+  patch_ig_7b_2k patched_losses, EAP and EAP-IG (5 steps) at 2k tokens vs a plain forward
   eap_*          edge_scores at 2k and 8k tokens (batch 1) vs a plain forward + activation-only backward, the ratios
                  of benchmarks/bench_eap.py, and estimate_memory beside the measured peak; Qwen2-7B at 8k runs last,
                  so an out-of-memory there loses nothing else
@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import inspect
 import itertools
 import json
 import math
@@ -51,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from bench_eap import baseline, make_batch  # noqa: E402  (the same baseline and batch, so the same ratios)
 
-from rlsft.eap import build_graph, edge_scores, estimate_memory, sample_losses  # noqa: E402
+from rlsft.eap import build_graph, edge_scores, estimate_memory, patched_losses, sample_losses  # noqa: E402
 
 GiB = 2**30
 BUDGET_S = 480  # the whole GPU run, startup included, must fit in 8 minutes
@@ -93,10 +92,6 @@ GPU = Scale("cuda", torch.bfloat16, {"2k": 2048, "8k": 8192}, 2, {}, torch.bfloa
 SMOKE = Scale("cpu", torch.bfloat16, {"2k": 64, "8k": 128}, 1,
               dict(batch_questions=2, num_generations=2, max_new_tokens=8, mini_batches=2, micro_batch_size=2),
               torch.float32, (4, 8, 8), (3, 32), smoke=True)
-
-
-class NotAvailable(Exception):
-    """The part's engine is not in this checkout (e.g. patched_losses before it lands)."""
 
 
 class PartTimeout(Exception):
@@ -236,62 +231,32 @@ def eap_part(model_name: str, length: str):
     return run
 
 
-def find_patched_losses():
-    """rlsft.eap's patched_losses, or None before it lands (a patching module that fails to import is an error)."""
-    import importlib.util
-
-    import rlsft.eap
-
-    if importlib.util.find_spec("rlsft.eap.patching") is not None:
-        from rlsft.eap.patching import patched_losses
-
-        return patched_losses
-    return getattr(rlsft.eap, "patched_losses", None)
-
-
 def patch_ig_part(ctx: Context, rows: list) -> None:
-    """patched_losses (half the edges kept, zero baseline) and EAP-IG (5 steps) at 2k vs a plain forward."""
-    patched_losses = find_patched_losses()
-    has_patch = patched_losses is not None
-    has_ig = "method" in inspect.signature(edge_scores).parameters
-    if not (has_patch or has_ig):
-        raise NotAvailable("rlsft.eap has neither patched_losses nor edge_scores(method='eap_ig') yet")
+    """patched_losses (half the edges kept, zero baseline), EAP and EAP-IG (5 steps) at 2k vs a plain forward."""
     s, name = ctx.scale, "qwen2-7b"
     model = ctx.frozen(name)
     n = s.tokens["2k"]
     args = make_batch(model.config.vocab_size, n, 1, s.device)
+    graph = build_graph(model)
+    keep = graph.mask & (torch.rand(graph.mask.shape, generator=torch.Generator().manual_seed(0)) < 0.5)
 
     def forward():
         with torch.no_grad():
             return sample_losses(model, *args)
 
-    forward()
-    t_f, m_f, _ = measure(forward, s.device)
-    rows.append(dict(model=ctx.label(name), tokens=n, case="plain forward (no grad)", seconds=t_f, peak_gib=gib(m_f)))
-    cases = []
-    if has_patch:
-        graph = build_graph(model)
-        g = torch.Generator().manual_seed(0)
-        keep = graph.mask & (torch.rand(graph.mask.shape, generator=g) < 0.5)
-
-        def patched():
-            with torch.no_grad():
-                return patched_losses(model, *args, graph=graph, keep=keep)
-
-        cases.append(("patched_losses, half the edges kept", patched))
-    if has_ig:
-        cases.append(("edge_scores method=eap", lambda: edge_scores(model, *args)))
-        cases.append(("edge_scores method=eap_ig ig_steps=5",
-                      lambda: edge_scores(model, *args, method="eap_ig", ig_steps=5)))
+    cases = [("plain forward (no grad)", forward),
+             ("patched_losses, half the edges kept", lambda: patched_losses(model, *args, graph=graph, keep=keep)),
+             ("edge_scores method=eap", lambda: edge_scores(model, *args, graph=graph)),
+             ("edge_scores method=eap_ig ig_steps=5",
+              lambda: edge_scores(model, *args, graph=graph, method="eap_ig", ig_steps=5))]
+    forward_cost = None
     for label, fn in cases:
         fn()  # warm-up
         t, m, out = measure(fn, s.device)
+        forward_cost = forward_cost or (t, m)  # the first case
         rows.append(dict(model=ctx.label(name), tokens=n, case=label, seconds=t, peak_gib=gib(m),
-                         time_vs_forward=t / t_f, mem_vs_forward=ratio(m, m_f), finite=bool(torch.isfinite(out).all())))
-    if not has_patch:
-        rows.append(dict(model=ctx.label(name), tokens=n, case="patched_losses: n/a (not in rlsft.eap)"))
-    if not has_ig:
-        rows.append(dict(model=ctx.label(name), tokens=n, case="edge_scores method=eap_ig: n/a (not in rlsft.eap)"))
+                         time_vs_forward=t / forward_cost[0], mem_vs_forward=ratio(m, forward_cost[1]),
+                         finite=bool(torch.isfinite(out).all())))
 
 
 def metric_functions() -> dict:
@@ -449,14 +414,12 @@ def run_part(part: Part, ctx: Context, limit_s: float) -> dict:
     try:
         with deadline(limit_s):
             part.fn(ctx, rows)
-    except NotAvailable as exc:
-        status, error = "n/a", str(exc)
     except PartTimeout as exc:
         status, error = "timeout", str(exc)
     except Exception as exc:  # noqa: BLE001  (out of memory included: the next part must still run)
         status, error = "error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         traceback.print_exc(file=sys.stderr)
-    if status not in ("ok", "n/a"):
+    if status != "ok":
         ctx.drop_models()  # hooks or flags may be half-restored; the next part rebuilds what it needs
     free_memory()
     return dict(name=part.name, status=status, error=error, limit_s=limit_s, seconds=time.perf_counter() - t0,
