@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from .architectures import decoder_body, decoder_layers
-from .errors import RlsftError
 
 MODES = ("zero", "mean", "mean_delta", "skip", "contract")
 
@@ -80,9 +79,9 @@ class BlockStats:
 def intervention(mode: str, alpha: float = 0.3, stats: BlockStats | None = None, layer: int = 0) -> Callable:
     """``f(x, h) -> new h`` for a mode (see the module docstring)."""
     if mode not in MODES:
-        raise RlsftError(f"unknown ablation mode {mode!r}; expected one of {list(MODES)}")
+        raise ValueError(f"unknown ablation mode {mode!r}; expected one of {list(MODES)}")
     if mode in ("mean", "mean_delta") and stats is None:
-        raise RlsftError(f"ablation mode {mode!r} needs the dataset means (block_statistics) of the model")
+        raise ValueError(f"ablation mode {mode!r} needs the dataset means (block_statistics) of the model")
     if mode == "zero":
         return lambda x, h: torch.zeros_like(h)
     if mode == "skip":
@@ -100,7 +99,7 @@ def ablate(model, layer: int, mode: str, alpha: float = 0.3, stats: BlockStats |
     """Apply one intervention to block ``layer`` while the block is active (generation included)."""
     n_layers = len(decoder_layers(model))
     if not 0 <= layer < n_layers:
-        raise RlsftError(f"ablation layer {layer} is out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
+        raise ValueError(f"ablation layer {layer} is out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
     f = intervention(mode, alpha, stats, layer)
     with block_hooks(model, lambda i, x, h: f(x, h), layers={layer}):
         yield

@@ -156,7 +156,7 @@ class ProbeConfig:
     """method.md 4: features at a position, question-grouped nested repeated CV, shuffled-label control."""
 
     positions: List[str] = field(default_factory=lambda: ["before_answer", "question_end", "answer_mean"])
-    group_by: str = "question"  # question | template: what a fold keeps together
+    group_by: str = "auto"  # question | template | auto (template when the dataset has them): what a fold keeps
     folds: int = 5
     inner_folds: int = 3  # choose C (and the layer) inside each training fold
     repeats: int = 2
@@ -265,7 +265,8 @@ def _validate_probe_ablation_variability(cfg: Any) -> None:
     p, a, v = cfg.probe, cfg.ablation, cfg.variability
     _check(len(p.positions) >= 1 and all(x in POSITIONS for x in p.positions),
            f"probe.positions must be some of {list(POSITIONS)}, got {list(p.positions)}")
-    _check(p.group_by in ("question", "template"), f"probe.group_by must be question or template, got {p.group_by!r}")
+    _check(p.group_by in ("auto", "question", "template"),
+           f"probe.group_by must be auto, question or template, got {p.group_by!r}")
     _check(p.folds >= 2 and p.inner_folds >= 2, f"probe.folds and probe.inner_folds must be >= 2, got {p.folds}, "
            f"{p.inner_folds}")
     _check(p.repeats >= 1, f"probe.repeats must be >= 1, got {p.repeats}")

@@ -16,8 +16,12 @@ Two stages, each testable alone:
    stratified, repeated k-fold CV. C is chosen by an inner grouped CV on each training fold (nested), scored by
    AUROC (threshold-free, so it does not reward a probe for matching the class balance). The layer is also chosen
    inside each training fold (highest inner score), and the chosen layer's outer-fold score is the honest "best
-   layer" number: test folds never pick anything. Every curve comes with the majority-class rate and a
-   shuffled-label control run through the same CV. Intervals over folds are Nadeau-Bengio corrected t-intervals.
+   layer" number; the first layer reaching a threshold is read off the inner scores too: test folds never pick
+   anything. Every curve comes with the majority-class rate, a shuffled-label control run through the same CV and,
+   given baseline features (the one-hot template id), a baseline probe on the same folds. Intervals over folds are
+   Nadeau-Bengio corrected t-intervals, the control's included: one permutation's control wanders around 0.5 by
+   several points at small minority counts (about 0.05 SD per layer with 11 of 100 in the minority), and its
+   interval, not its mean, is what must hold 0.5.
 """
 
 from __future__ import annotations
@@ -34,8 +38,11 @@ import torch
 from .ablation import block_hooks
 from .architectures import decoder_body, decoder_layers
 from .cache import atomic_path, locked, stage_dir, stage_key
-from .errors import RlsftError
 from .stats import cv_interval
+
+class ProbeInputError(ValueError):
+    """Input a probe cannot be fit on (too few of a class, wrong shapes); the glue reports it and goes on."""
+
 
 POSITIONS = ("before_answer", "before_answer_no_prompt", "question_end", "answer_mean")
 FEATURE_VERSION = 1
@@ -100,7 +107,7 @@ def extract_features(model, tokenizer, gens: list[dict], positions, batch_size: 
     """
     unknown = [p for p in positions if p not in POSITIONS]
     if unknown:
-        raise RlsftError(f"unknown probe position(s) {unknown}; expected some of {list(POSITIONS)}")
+        raise ValueError(f"unknown probe position(s) {unknown}; expected some of {list(POSITIONS)}")
     device = next(model.parameters()).device
     n_layers = len(decoder_layers(model))
     # One job per (sample, input sequence): the with-prompt positions share a forward.
@@ -185,18 +192,22 @@ def cached_features(load, gens: list[dict], positions, model_fingerprint: dict, 
 # ----------------------------------------------------------------------------------------------- probes
 @dataclass
 class LayerScores:
-    """Outer-fold scores of one layer ([F] arrays, F = folds * repeats) and the inner-CV score used to pick layers."""
+    """Outer-fold scores of one layer ([F] arrays, F = folds * repeats) and its inner-CV (validation) scores at the
+    chosen C: ``inner`` (AUROC) picks C and the layer, ``inner_balanced_accuracy`` the first layer reaching a
+    threshold, so no test fold chooses anything."""
 
     balanced_accuracy: np.ndarray
     auroc: np.ndarray
     inner: np.ndarray
     C: np.ndarray
+    inner_balanced_accuracy: np.ndarray
 
 
 @dataclass
 class ProbeResult:
     layers: list[LayerScores]  # per layer
     control: list[LayerScores] | None  # the same CV on shuffled labels
+    baseline: LayerScores | None  # the same CV on baseline features only (the template's one-hot id)
     selected_layer: np.ndarray  # [F] layer picked on each training fold by its inner CV
     selected: LayerScores  # outer-fold scores of the layer picked on that fold
     majority_rate: float
@@ -222,18 +233,18 @@ def score_interval(scores, test_fraction: float) -> tuple[float, float, float]:
 
 
 def check_classes(y: np.ndarray, groups: np.ndarray, folds: int, inner_folds: int, what: str = "") -> None:
-    """Enough groups holding each class for the outer and inner stratified group folds, else RlsftError.
+    """Enough groups holding each class for the outer and inner stratified group folds, else ProbeInputError.
 
     Counted in groups (questions, or templates with ``group_by=template``), since a fold takes whole groups.
     """
     if folds < 2 or inner_folds < 2:
-        raise RlsftError(f"probe: folds and inner_folds must be >= 2 (got {folds}, {inner_folds})")
+        raise ProbeInputError(f"probe: folds and inner_folds must be >= 2 (got {folds}, {inner_folds})")
     need = max(folds, math.ceil(inner_folds * folds / (folds - 1)))
     label = {0: "wrong", 1: "correct"}
     for cls in (0, 1):
         k = len(set(groups[y == cls].tolist()))
         if k < need:
-            raise RlsftError(
+            raise ProbeInputError(
                 f"probe{what}: only {k} group(s) with a {label[cls]} answer (of {len(y)} samples, {int(y.sum())} "
                 f"correct); {folds}-fold CV with {inner_folds}-fold inner CV needs at least {need} per class. "
                 f"Use more questions (dataset.n / dataset.per_template) or fewer folds (probe.folds, "
@@ -262,19 +273,22 @@ def auroc(y: np.ndarray, score: np.ndarray) -> float:
     return float((rankdata(score)[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def inner_auroc(X: np.ndarray, y: np.ndarray, groups: np.ndarray, Cs, inner_folds: int, seed: int,
-                max_iter: int = 2000) -> np.ndarray:
-    """Mean validation AUROC of each C over a stratified group k-fold of the training fold (nan if never defined).
+def inner_scores(X: np.ndarray, y: np.ndarray, groups: np.ndarray, Cs, inner_folds: int, seed: int,
+                 max_iter: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Mean validation AUROC and balanced accuracy of each C ([len(Cs)] each) over a stratified group k-fold of the
+    training fold (nan where never defined).
 
     The scaler is fit on each inner training part only; C runs from small to large with warm starts (a regularisation
     path), which is what makes the nested search affordable for every layer.
     """
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.preprocessing import StandardScaler
 
     order = np.argsort(Cs)
     scores = np.full((inner_folds, len(Cs)), np.nan)
+    bacc = np.full((inner_folds, len(Cs)), np.nan)
     cv = StratifiedGroupKFold(n_splits=inner_folds, shuffle=True, random_state=seed)
     for i, (a, b) in enumerate(cv.split(X, y, groups)):
         if len(set(y[a].tolist())) < 2 or len(set(y[b].tolist())) < 2:
@@ -284,10 +298,12 @@ def inner_auroc(X: np.ndarray, y: np.ndarray, groups: np.ndarray, Cs, inner_fold
         lr = LogisticRegression(class_weight="balanced", max_iter=max_iter, warm_start=True)
         for j in order:
             lr.set_params(C=Cs[j]).fit(Xa, y[a])
-            scores[i, j] = auroc(y[b], lr.decision_function(Xb))
+            decision = lr.decision_function(Xb)
+            scores[i, j] = auroc(y[b], decision)
+            bacc[i, j] = balanced_accuracy_score(y[b], (decision > 0).astype(int))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-nan column: mean of empty slice
-        return np.nanmean(scores, 0)
+        return np.nanmean(scores, 0), np.nanmean(bacc, 0)
 
 
 def fit_layer(X: np.ndarray, y: np.ndarray, groups: np.ndarray, splits, Cs, inner_folds: int, seed: int,
@@ -301,21 +317,21 @@ def fit_layer(X: np.ndarray, y: np.ndarray, groups: np.ndarray, splits, Cs, inne
 
     Cs = [float(c) for c in Cs]
     F = len(splits)
-    bacc, auc, inner, Cbest = (np.full(F, np.nan) for _ in range(4))
+    bacc, auc, inner, Cbest, inner_bacc = (np.full(F, np.nan) for _ in range(5))
     # One BLAS thread: these problems are small, and threads fighting over shared cores cost 10x; parallelism comes
     # from fitting layers side by side instead.
     with threadpool_limits(limits=1), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs convergence notes on separable folds
         for f, (tr, te) in enumerate(splits):
-            scores = inner_auroc(X[tr], y[tr], groups[tr], Cs, inner_folds, seed + f, max_iter)
+            scores, scores_bacc = inner_scores(X[tr], y[tr], groups[tr], Cs, inner_folds, seed + f, max_iter)
             best = int(np.nanargmax(scores)) if np.isfinite(scores).any() else len(Cs) // 2
             pipe = make_pipeline(StandardScaler(), LogisticRegression(C=Cs[best], class_weight="balanced",
                                                                       max_iter=max_iter))
             pipe.fit(X[tr], y[tr])
             bacc[f] = balanced_accuracy_score(y[te], pipe.predict(X[te]))
             auc[f] = auroc(y[te], pipe.decision_function(X[te]))
-            inner[f], Cbest[f] = scores[best], Cs[best]
-    return LayerScores(bacc, auc, inner, Cbest)
+            inner[f], Cbest[f], inner_bacc[f] = scores[best], Cs[best], scores_bacc[best]
+    return LayerScores(bacc, auc, inner, Cbest, inner_bacc)
 
 
 def _all_layers(X, y, groups, splits, Cs, inner_folds, seed, n_jobs, desc: str = "probe") -> list[LayerScores]:
@@ -335,13 +351,17 @@ def _all_layers(X, y, groups, splits, Cs, inner_folds, seed, n_jobs, desc: str =
 
 def probe_layers(X: np.ndarray, y, groups, folds: int = 5, inner_folds: int = 3, repeats: int = 2,
                  Cs=(0.01, 0.1, 1.0, 10.0, 100.0), seed: int = 0, shuffle_control: bool = True,
-                 n_jobs: int = 1, what: str = "") -> ProbeResult:
-    """Probe every layer of ``X`` [n, L, d] for the binary label ``y`` with question-grouped nested CV."""
+                 n_jobs: int = 1, what: str = "", baseline: np.ndarray | None = None) -> ProbeResult:
+    """Probe every layer of ``X`` [n, L, d] for the binary label ``y`` with question-grouped nested CV.
+
+    ``baseline`` [n, k]: features of a baseline probe run through the same folds (e.g. the one-hot template id): a
+    curve is only as interesting as its margin over what the baseline already predicts.
+    """
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y).astype(int)
     groups = np.asarray(groups)
     if X.ndim != 3 or len(X) != len(y) or len(y) != len(groups):
-        raise RlsftError(f"probe: X must be [n, L, d] with n = len(y) = len(groups); got {X.shape}, {len(y)}, "
+        raise ProbeInputError(f"probe: X must be [n, L, d] with n = len(y) = len(groups); got {X.shape}, {len(y)}, "
                          f"{len(groups)}")
     check_classes(y, groups, folds, inner_folds, what)
     splits = outer_splits(y, groups, folds, repeats, seed)
@@ -352,19 +372,29 @@ def probe_layers(X: np.ndarray, y, groups, folds: int = 5, inner_folds: int = 3,
         y_perm = np.random.default_rng(seed).permutation(y)
         control = _all_layers(X, y_perm, groups, outer_splits(y_perm, groups, folds, repeats, seed + 10_000), Cs,
                               inner_folds, seed, n_jobs, desc + " shuffled labels")
+    base = None
+    if baseline is not None:
+        base = fit_layer(np.asarray(baseline, dtype=np.float32), y, groups, splits, Cs, inner_folds, seed)
     inner = np.stack([s.inner for s in layers])  # [L, F]
     pick = np.nanargmax(np.where(np.isnan(inner), -np.inf, inner), axis=0)
     F = np.arange(inner.shape[1])
     selected = LayerScores(*(np.stack([getattr(s, k) for s in layers])[pick, F]
-                             for k in ("balanced_accuracy", "auroc", "inner", "C")))
+                             for k in ("balanced_accuracy", "auroc", "inner", "C", "inner_balanced_accuracy")))
     test_fraction = float(np.mean([len(te) / len(y) for _, te in splits]))
-    return ProbeResult(layers, control, pick, selected, float(max(y.mean(), 1 - y.mean())), len(y), int(y.sum()),
+    return ProbeResult(layers, control, base, pick, selected, float(max(y.mean(), 1 - y.mean())), len(y), int(y.sum()),
                        len(set(groups.tolist())), test_fraction)
 
 
 def first_layer_reaching(result: ProbeResult, threshold: float, metric: str = "balanced_accuracy") -> int | None:
-    """The first layer whose mean outer-fold ``metric`` reaches ``threshold`` (None if none does)."""
-    for l, s in enumerate(result.layers):
-        if np.nanmean(getattr(s, metric)) >= threshold:
-            return l
+    """The first layer whose mean validation ``metric`` (inner folds, at the chosen C) reaches ``threshold``, or None.
+
+    Chosen on the inner folds like C and the best layer: thresholding the outer (test) fold means would pick the
+    layer on the very scores it is then reported with.
+    """
+    field_name = {"balanced_accuracy": "inner_balanced_accuracy", "auroc": "inner"}[metric]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a layer never scored: mean of empty slice
+        for layer, s in enumerate(result.layers):
+            if np.nanmean(getattr(s, field_name)) >= threshold:
+                return layer
     return None

@@ -9,9 +9,13 @@ import torch
 from scipy import stats
 
 from conftest import labelled_dataset, launch
+from rlsft.data import Record
 from rlsft.errors import RlsftError
+from rlsft.experiments.probe import (LAYER_COLS, figure, probe_position, question_groups, report,
+                                    template_features)
 from rlsft.models import build_tiny_model, build_tiny_tokenizer
-from rlsft.probe import (auroc, boxed_brace_index, cached_features, check_classes, extract_features, outer_splits,
+from rlsft.probe import (Features, LayerScores, ProbeInputError, ProbeResult, auroc, boxed_brace_index,
+                         cached_features, check_classes, extract_features, first_layer_reaching, outer_splits,
                          probe_layers)
 from rlsft.stats import cv_interval
 
@@ -161,11 +165,11 @@ def test_outer_splits_keep_questions_together():
 
 def test_too_few_of_a_class_is_a_clear_error():
     y = np.array([1, 1] + [0] * 38)
-    with pytest.raises(RlsftError, match=r"only 2 group\(s\) with a correct answer .*needs at least 5 per class"):
+    with pytest.raises(ProbeInputError, match=r"only 2 group\(s\) with a correct answer .*needs at least 5 per class"):
         check_classes(y, np.arange(40), folds=5, inner_folds=3)
-    with pytest.raises(RlsftError, match="with a wrong answer"):
+    with pytest.raises(ProbeInputError, match="with a wrong answer"):
         probe_layers(np.zeros((10, 2, 3)), np.ones(10), np.arange(10), folds=3, inner_folds=2)
-    with pytest.raises(RlsftError, match=r"only 4 group\(s\) with a wrong answer"):  # grouped by 4 templates
+    with pytest.raises(ProbeInputError, match=r"only 4 group\(s\) with a wrong answer"):  # grouped by 4 templates
         check_classes(np.arange(40) % 2, np.arange(40) // 10, folds=5, inner_folds=3)
     check_classes(np.arange(40) % 2, np.arange(40), folds=5, inner_folds=3)  # enough: no error
 
@@ -209,6 +213,93 @@ def test_end_to_end_tiny(tmp_path):
             assert 0 <= r["selected_layer"] < 2 and len(r["control_auroc"]) == 2
         # the random models never write \boxed{}: that position is reported as unavailable, not filled in
         assert saved[stage]["before_answer"]["skipped"] == 24 and "error" in saved[stage]["before_answer"]
-    assert "warning: probe [sft/before_answer: 24 answers without this position]" in out.stderr
+    assert "warning: probe [sft/before_answer]: position unavailable: none of the 24 answers has it" in out.stderr
     for name in ("probe_layers.csv", "probe_summary.md", "probe_curves.png"):
         assert (run_dir / name).exists()
+
+
+def test_shuffled_control_sits_at_chance_within_its_interval():
+    """No signal anywhere (features independent of labels, 8 of 60 in the minority, as in a stage that is right
+    almost always): per seed the shuffled-label control's curve wanders off 0.5 by several points, and its own
+    interval (reported beside it) must hold 0.5 on at least 90% of (seed, layer) cells."""
+    held, cells, means = 0, 0, []
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        X = rng.normal(size=(60, 2, 16)) * (np.exp(-np.arange(16) / 4) + 0.1)
+        y = np.zeros(60, dtype=int)
+        y[rng.choice(60, 8, replace=False)] = 1
+        res = probe_layers(X, y, np.arange(60), folds=4, inner_folds=2, repeats=2, Cs=[1.0], seed=seed)
+        rows, _, entry = report("rl", "question_end", res, 0, 0.7)
+        col = {c: i for i, c in enumerate(LAYER_COLS)}
+        for row in rows:
+            held += row[col["control_bal_acc_lo"]] <= 0.5 <= row[col["control_bal_acc_hi"]]
+            cells += 1
+            means.append(row[col["control_bal_acc"]])
+        assert entry["control_balanced_accuracy"][0][1] <= entry["control_balanced_accuracy"][0][0]
+    assert held / cells >= 0.9, (held, cells)
+    assert abs(np.mean(means) - 0.5) < 0.05  # no bias on average over seeds
+
+
+def _scores(outer, inner_bacc):
+    F = 4
+    return LayerScores(np.full(F, outer), np.full(F, outer), np.full(F, inner_bacc), np.ones(F), np.full(F, inner_bacc))
+
+
+def test_first_layer_reaching_reads_the_inner_folds():
+    """Outer (test) folds reach 0.7 at layer 0, the validation folds only at layer 2: the threshold layer is 2."""
+    layers = [_scores(0.75, 0.6), _scores(0.8, 0.65), _scores(0.72, 0.71)]
+    res = ProbeResult(layers, None, None, np.zeros(4, dtype=int), layers[0], 0.5, 40, 20, 40, 0.25)
+    assert first_layer_reaching(res, 0.7) == 2
+    assert first_layer_reaching(res, 0.9) is None
+
+
+def _records(templates=True):
+    questions = ["What is 1 + 5?", "What is 2 + 2?", "What is 1 + 5?", "What is 3 - 1?"]
+    return [Record(f"q{i}", q, "0", {"template": i % 2} if templates else {}) for i, q in enumerate(questions)]
+
+
+def test_groups_default_to_templates_and_keep_repeated_questions_together():
+    recs = _records()
+    assert question_groups(recs, "auto") == {"q0": "0", "q1": "1", "q2": "0", "q3": "1"}
+    by_question = question_groups(_records(templates=False), "auto")
+    assert by_question["q0"] == by_question["q2"] != by_question["q1"]  # the same question asked twice: one group
+    with pytest.raises(RlsftError, match="needs template ids"):
+        question_groups(_records(templates=False), "template")
+    np.testing.assert_array_equal(template_features(recs, ["q1", "q0", "q3"]), [[0, 1], [1, 0], [0, 1]])
+    assert template_features(_records(templates=False), ["q0"]) is None
+
+
+def test_template_baseline_probe():
+    """Correctness set by the template alone: the template-only baseline finds it when folds mix templates, and is at
+    chance when folds keep templates apart (nothing about an unseen template to learn)."""
+    rng = np.random.default_rng(0)
+    template = np.repeat(np.arange(10), 12)
+    y = (template % 2 == 0).astype(int)
+    onehot = np.eye(10)[template]
+    X = rng.normal(size=(len(y), 1, 4))
+    mixed = probe_layers(X, y, np.arange(len(y)), folds=3, inner_folds=2, repeats=1, Cs=[1.0],
+                         shuffle_control=False, baseline=onehot)
+    apart = probe_layers(X, y, template, folds=3, inner_folds=2, repeats=1, Cs=[1.0], shuffle_control=False,
+                         baseline=onehot)
+    assert np.mean(mixed.baseline.balanced_accuracy) > 0.95
+    assert np.mean(apart.baseline.balanced_accuracy) < 0.65
+
+
+def test_unavailable_position_says_so():
+    from types import SimpleNamespace
+
+    empty = Features([], np.zeros((0, 2, 4)), ["q1", "q2", "q3"])
+    res, why = probe_position("sft", "before_answer", empty, {}, {}, None, SimpleNamespace())
+    assert res is None and why == ("probe [sft/before_answer]: position unavailable: none of the 3 answers has it "
+                                   "(no \\boxed{)")
+
+
+def test_figure_draws_no_majority_rate_on_the_balanced_accuracy_axis():
+    X, y, groups = _planted(n_questions=30)
+    y[:60] = 1  # 60 + 15 of 90 correct: a majority rate far from 0.5
+    res = probe_layers(X[:, :2], y, groups, folds=3, inner_folds=2, repeats=1, Cs=[1.0], shuffle_control=False)
+    assert abs(res.majority_rate - 0.5) > 0.05
+    fig = figure({("rl", "question_end"): res}, ["question_end"], ["rl"])
+    for ax in fig.axes[:2]:
+        flat = [line.get_ydata() for line in ax.get_lines() if len(set(np.ravel(line.get_ydata()))) == 1]
+        assert all(abs(float(np.ravel(v)[0]) - res.majority_rate) > 1e-9 for v in flat)

@@ -20,8 +20,7 @@ from ..errors import RlsftError
 from ..generate import generate_answers
 from ..models import fingerprint
 from ..stats import bootstrap_ci, wilson_ci
-from .common import RunContext, markdown_table
-from .probe import precision
+from .common import RunContext, markdown_table, precision
 
 ABLATION_VERSION = 1
 
@@ -38,7 +37,10 @@ def ablated_generations(ctx: RunContext, stage, records, sampling, layer: int, m
 
     def load():
         model, tokenizer = ctx.load_stage(stage)
-        hooks.enter_context(ablate(model, layer, mode, ac.alpha, stats))
+        try:
+            hooks.enter_context(ablate(model, layer, mode, ac.alpha, stats))
+        except ValueError as exc:  # the engine's word for input it cannot take: one line for the user
+            raise RlsftError(f"ablation: {exc}") from exc
         return model, tokenizer
 
     with hooks:  # the hook is removed as soon as this intervention's answers are done

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..data import Record, load_records
 from ..generate import Sampling, generate_answers
-from ..models import fingerprint, load_model
+from ..models import fingerprint, load_model, pick_device, pick_dtype
 from ..tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -133,3 +133,10 @@ def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
 
 def to_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=str)
+
+
+def precision(ctx: RunContext, stage: Any) -> str:
+    """The dtype a stage's model runs in (part of every activation cache key: probe features, block statistics)."""
+    spec = ctx.model_spec(stage)
+    device = pick_device(spec.get("device") or ctx.cfg.run.device)
+    return str(pick_dtype(spec.get("dtype") or ctx.cfg.run.dtype, device))
