@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 from .console import progress
 
-from .cache import ResumableJsonl, locked, stage_dir, stage_key
+from .cache import ResumableJsonl, locked, stage_dir, stage_key, tidy_on_failure
 from .data import Record
 from .grading import grade
 from .templates import encode_prompt
@@ -86,7 +86,7 @@ def generate_answers(load: Callable[[], tuple[Any, Any]], records: list[Record],
     folder = stage_dir(cache_dir, "generations", key)
     store = ResumableJsonl(folder)
     by_id = {r.id: r for r in records}
-    with locked(folder / "records"):
+    with tidy_on_failure(folder), locked(folder / "records"):
         done = {(g["id"], g["sample"]) for g in store.read()}
         todo = [(r, s) for r in records for s in range(sampling.n_samples) if (r.id, s) not in done]
         log.info("%s: %d answers cached, %d to generate (%s)", desc, len(done), len(todo), folder)

@@ -37,7 +37,7 @@ import torch
 
 from .ablation import block_hooks
 from .architectures import decoder_body, decoder_layers
-from .cache import atomic_path, locked, stage_dir, stage_key
+from .cache import atomic_path, intact, locked, stage_dir, stage_key
 from .stats import cv_interval
 
 class ProbeInputError(ValueError):
@@ -174,11 +174,11 @@ def cached_features(load, gens: list[dict], positions, model_fingerprint: dict, 
     paths = {p: stage_dir(cache_dir, "features", features_key(model_fingerprint, precision, gens, p)) / "features.npz"
              for p in positions}
     with locked(Path(paths[positions[0]]).parent / "features"):
-        missing = [p for p in positions if not paths[p].exists()]
+        missing = [p for p in positions if not intact(paths[p])]
         if missing:
             model, tokenizer = load()
             for pos, feats in extract_features(model, tokenizer, gens, missing, batch_size).items():
-                with atomic_path(paths[pos]) as tmp:
+                with atomic_path(paths[pos], sealed=True) as tmp:
                     with open(tmp, "wb") as fh:
                         np.savez_compressed(fh, ids=np.array(feats.ids, dtype=str), X=_compact(feats.X),
                                             skipped=np.array(feats.skipped, dtype=str))

@@ -57,3 +57,14 @@ def labelled_dataset(path: Path, cache: Path, n: int = 24) -> Path:
             for i, r in enumerate(records)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def damage(path, how):
+    """Damage a cache file as a disk or a copy would: ``truncate`` to half, or ``flip`` one bit in the middle."""
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x04
+    path.write_bytes(bytes(data))

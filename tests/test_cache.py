@@ -1,10 +1,15 @@
-"""Stage cache primitives: keys, atomic writes, resumable JSONL after a torn write."""
+"""Stage cache primitives: keys, atomic writes and their file modes, seals, resumable JSONL, content hashes."""
 
+import logging
 import os
+import stat
 
+import numpy as np
 import pytest
 
-from rlsft.cache import ResumableJsonl, atomic_dir, atomic_write_json, stage_key
+from conftest import damage
+from rlsft.cache import (ResumableJsonl, atomic_dir, atomic_path, atomic_write_bytes, atomic_write_json, content_hash,
+                         intact, locked, stage_key, tidy_on_failure)
 
 
 def test_stage_key_is_order_independent_and_sensitive():
@@ -34,3 +39,118 @@ def test_atomic_writes_leave_nothing_on_failure(tmp_path):
             (tmp / "weights").write_text("half")
             1 / 0
     assert sorted(os.listdir(tmp_path)) == ["a.json"]
+
+
+@pytest.fixture
+def user_umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+@pytest.mark.parametrize("user_umask", [0o022, 0o002, 0o077], indirect=True)
+def test_written_files_get_the_mode_open_gives(tmp_path, user_umask):
+    """Results and cache entries are readable by whom the umask allows (mkstemp alone gives 0600)."""
+    with open(tmp_path / "by_open", "w") as fh:
+        fh.write("x")
+    os.mkdir(tmp_path / "by_mkdir")
+    file_mode, dir_mode = (stat.S_IMODE(os.stat(tmp_path / p).st_mode) for p in ("by_open", "by_mkdir"))
+    atomic_write_json(tmp_path / "a.json", {"x": 1})
+    atomic_write_bytes(tmp_path / "b.bin", b"x", sealed=True)
+    with atomic_path(tmp_path / "c.npz", sealed=True) as tmp:
+        tmp.write_bytes(b"x")
+    with atomic_dir(tmp_path / "model", sealed=True) as tmp:
+        (tmp / "weights").write_text("w")
+    with locked(tmp_path / "d"):
+        pass
+    for name in ("a.json", "b.bin", "b.bin.sha256", "c.npz", "c.npz.sha256", "model/weights", "model/SHA256SUMS",
+                 "d.lock"):
+        assert oct(stat.S_IMODE(os.stat(tmp_path / name).st_mode)) == oct(file_mode), name
+    assert oct(stat.S_IMODE(os.stat(tmp_path / "model").st_mode)) == oct(dir_mode)
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_a_damaged_sealed_entry_is_moved_aside_with_one_warning(tmp_path, how, caplog):
+    atomic_write_bytes(tmp_path / "scores.bin", bytes(range(256)) * 4, sealed=True)
+    with atomic_dir(tmp_path / "model", sealed=True) as tmp:
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 4)
+    assert intact(tmp_path / "scores.bin") and intact(tmp_path / "model")
+    damage(tmp_path / "scores.bin", how)
+    damage(tmp_path / "model" / "sub" / "weights.bin", how)
+    with caplog.at_level(logging.WARNING):
+        assert not intact(tmp_path / "scores.bin") and not intact(tmp_path / "model")
+    assert len(caplog.records) == 2 and all("moved aside" in r.getMessage() for r in caplog.records)
+    left = sorted(p.name.split(".corrupt-")[0] + (".sha256" if p.name.endswith(".sha256") else "")
+                  for p in tmp_path.iterdir())
+    assert left == ["model", "scores.bin", "scores.bin.sha256"]  # all moved aside, nothing at the old names
+    assert not (tmp_path / "scores.bin").exists() and not (tmp_path / "model").exists()
+    assert not intact(tmp_path / "scores.bin")  # absent: recompute
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_an_unsealed_npz_is_checked_by_loading_it(tmp_path, how):
+    """Entries written before seals existed: the zip CRC of each array catches truncation and flipped bits."""
+    np.savez(tmp_path / "old.npz", W=np.arange(4000, dtype=np.float32))
+    assert intact(tmp_path / "old.npz")
+    damage(tmp_path / "old.npz", how)
+    assert not intact(tmp_path / "old.npz") and not (tmp_path / "old.npz").exists()
+
+
+@pytest.mark.parametrize("final", [True, False])
+@pytest.mark.parametrize("how", ["garbage", "flip"])
+def test_resumable_jsonl_keeps_intact_lines_of_a_damaged_file(tmp_path, final, how, caplog):
+    store = ResumableJsonl(tmp_path)
+    store.append([{"id": i, "ids": [i, 10 * i]} for i in range(5)])
+    if final:
+        store.finish()
+    path = store.final if final else store.partial
+    lines = path.read_text().splitlines(keepends=True)
+    if how == "garbage":
+        lines[2] = "%%% not json %%%\n"
+    else:  # a digit changed by one bit: still valid JSON, only the checksum notices
+        lines[2] = lines[2].replace("[2, 20]", "[2, 30]")
+        assert "[2, 30]" in lines[2]
+    path.write_text("".join(lines))
+    with caplog.at_level(logging.WARNING):
+        assert [x["id"] for x in store.read()] == [0, 1, 3, 4]
+    assert len(caplog.records) == 1 and "1 of 5 lines damaged" in caplog.records[0].getMessage()
+    assert not store.complete and [x["id"] for x in store.read()] == [0, 1, 3, 4]  # repaired: no second warning
+    assert len(caplog.records) == 1
+    store.append([{"id": 2, "ids": [2, 20]}])  # only the damaged item is redone
+    store.finish()
+    assert sorted(x["id"] for x in store.read()) == list(range(5))
+    assert len([p for p in tmp_path.glob("records.*jsonl.corrupt-*") if p.suffix != ".sha256"]) == 1
+
+
+def test_tidy_on_failure_leaves_no_empty_stage_folder(tmp_path):
+    folder = tmp_path / "generations" / "key"
+    folder.mkdir(parents=True)
+    with pytest.raises(OSError):
+        with tidy_on_failure(folder), locked(folder / "records"):
+            raise OSError("model not found")
+    assert not folder.exists()
+    folder.mkdir()
+    (folder / "records.partial.jsonl").write_text("{}\n")
+    with pytest.raises(OSError):
+        with tidy_on_failure(folder), locked(folder / "records"):
+            raise OSError("killed halfway")
+    assert (folder / "records.partial.jsonl").exists()  # work to resume is kept
+
+
+def test_content_hash_is_remembered_per_file_version(tmp_path, monkeypatch):
+    import hashlib
+
+    import rlsft.cache as cache
+
+    f = tmp_path / "model.gguf"
+    f.write_bytes(b"weights" * 1000)
+    calls = []
+    real = cache.file_sha256
+    monkeypatch.setattr(cache, "file_sha256", lambda p: calls.append(p) or real(p))
+    first = content_hash(f, tmp_path / "cache")
+    assert first == hashlib.sha256(b"weights" * 1000).hexdigest()
+    assert content_hash(f, tmp_path / "cache") == first and len(calls) == 1  # read once
+    f.write_bytes(b"weightz" * 1000)
+    os.utime(f, ns=(1, 1))
+    assert content_hash(f, tmp_path / "cache") == hashlib.sha256(b"weightz" * 1000).hexdigest() and len(calls) == 2

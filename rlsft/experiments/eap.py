@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cache import atomic_path, locked, stage_dir, stage_key
+from ..cache import atomic_path, intact, locked, stage_dir, stage_key
 from ..eap import (build_graph, collate, cut_length, edge_scores, estimate_memory, output_edge_entropy,
                    relative_change, sample_diversity, select_samples, summarize, truncation_inputs)
 from ..errors import RlsftError
@@ -58,7 +58,7 @@ def scores_for(ctx: RunContext, stage, answers: list[dict], cut_len: int) -> dic
                     cut_len=cut_len, attn_inputs=cfg.attn_inputs, positions=cfg.positions, dtype=ctx.cfg.run.dtype)
     path = stage_dir(ctx.cache_dir, "eap_scores", key) / "scores.npz"
     with locked(path):
-        if not path.exists():
+        if not intact(path):
             model, tok = ctx.load_stage(stage)
             try:
                 graph = build_graph(model, cfg.attn_inputs)
@@ -78,7 +78,7 @@ def scores_for(ctx: RunContext, stage, answers: list[dict], cut_len: int) -> dic
                 mats.append(scores)
                 losses.append(loss)
             W = torch.cat(mats).numpy().astype(np.float32)
-            with atomic_path(path) as tmp:
+            with atomic_path(path, sealed=True) as tmp:
                 np.savez_compressed(tmp, W=W, mask=graph.mask.numpy(), sources=np.array(graph.sources),
                                     targets=np.array(graph.targets), ids=np.array([a["id"] for a in answers]),
                                     answer_len=np.array([it.answer_len for it in items]),
