@@ -45,6 +45,7 @@ class ModelSpec:
     plus: Any = None
     minus: Any = None
     scale: float = 1.0
+    keep_checkpoints: bool = False  # source=derived: keep the resume checkpoints (GBs) once the model is trained
 
 
 @dataclass

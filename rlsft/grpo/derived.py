@@ -3,16 +3,19 @@ trained by the recipe, cached under ``<cache_dir>/models/grpo-<key>`` with key =
 
 Absent from the cache, it is trained on the spot (a log line says so) under a file lock, so two jobs asking for the
 same derived model train it once: the second waits and loads the first one's result. A job killed mid-training
-leaves checkpoints under ``<cache_dir>/grpo/<key>`` and the next one resumes from them.
+leaves checkpoints under ``<cache_dir>/grpo/<key>`` and the next one resumes from them; once the model is saved they
+are deleted (optimizer state alone is twice the model), unless the spec sets ``keep_checkpoints: true``. The saved
+folder is sealed (rlsft.cache): a damaged one is moved aside and trained again.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
-from ..cache import atomic_dir, atomic_write_json, locked, stage_key
+from ..cache import atomic_dir, atomic_write_json, intact, locked, stage_key
 from ..errors import RlsftError
 from .config import GRPO_VERSION, NON_TRAINING_KEYS, GRPOConfig, as_recipe, recipe_dict
 
@@ -58,7 +61,7 @@ def load_derived(spec: dict, device: str = "auto", dtype: str | None = None, cac
     key = derived_key(spec)
     target = cache / "models" / f"grpo-{key}"
     with locked(target):
-        if not (target / "config.json").exists():
+        if not intact(target):
             work = cache / "grpo" / key
             print(f"[rlsft] derived model grpo-{key} is not cached: training it now with GRPO "
                   f"({recipe.steps} steps, T={recipe.temperature}) into {target}", flush=True)
@@ -68,12 +71,14 @@ def load_derived(spec: dict, device: str = "auto", dtype: str | None = None, cac
             trainer = GRPOTrainer(model, tok, recipe, train, held_out, recipe.template, output_dir=work)
             history = trainer.train()
             final = trainer.final_model()
-            with atomic_dir(target) as tmp:
+            with atomic_dir(target, sealed=True) as tmp:
                 final.save_pretrained(tmp)
                 tok.save_pretrained(tmp)
                 atomic_write_json(tmp / "grpo_recipe.json", {"base": base, "recipe": recipe_dict(recipe)})
                 atomic_write_json(tmp / "grpo_history.json", history)
             print(f"[rlsft] derived model grpo-{key} trained in {time.time() - start:.0f} s", flush=True)
+            if not spec.get("keep_checkpoints"):
+                shutil.rmtree(work, ignore_errors=True)  # the model is final: nothing is left to resume
             del model, final, trainer
     return load_model({"source": "local", "path": str(target)}, device=device, dtype=dtype)
 

@@ -33,7 +33,7 @@ from ..data import Record
 from ..errors import RlsftError
 from ..templates import encode_prompt
 from .advantages import group_advantages, informative_groups
-from .checkpoint import checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, newest_intact, save_checkpoint
 from .config import GRPOConfig, check_recipe, recipe_dict, recipe_hash
 from .loss import policy_loss
 from .reward import Scored, answer_reward, gold_value, overlong_penalty
@@ -377,10 +377,9 @@ class GRPOTrainer:
     def resume(self, path: str | Path | None = None) -> bool:
         """Continue from ``path`` or the newest checkpoint in the output folder; False when there is none."""
         if path is None:
-            found = checkpoints(self.checkpoint_dir) if self.checkpoint_dir else []
-            if not found:
+            path = newest_intact(self.checkpoint_dir) if self.checkpoint_dir else None
+            if path is None:
                 return False
-            path = found[-1]
         state = load_checkpoint(Path(path), self.model, self.optimizer, self.scheduler, self.hash, self.recipe_json)
         self.step, self.questions_drawn, self.history = state["step"], state["questions_drawn"], state["history"]
         if state.get("initial_answers") is not None:
