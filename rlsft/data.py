@@ -58,14 +58,18 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 def hub_rows(hub_id: str, config_name: str | None, split: str) -> list[dict]:
+    from .hub import offline
+
+    cut_off = offline()  # decided before the hub client's retries start
     try:
         import datasets
 
         ds = datasets.load_dataset(hub_id, config_name, split=split)
     except Exception as exc:  # datasets raises many types for "offline / not found"
+        why = f"{type(exc).__name__}; {cut_off}" if cut_off else type(exc).__name__
         raise RlsftError(
             f"dataset {hub_id!r} (split {split!r}) could not be loaded from the hub or its cache "
-            f"({type(exc).__name__}); pass dataset.path=/path/to/file.jsonl to use a local copy") from None
+            f"({why}); pass dataset.path=/path/to/file.jsonl to use a local copy") from None
     return list(ds)
 
 

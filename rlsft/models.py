@@ -14,15 +14,15 @@ Sources:
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from . import hub
 from .architectures import ARCHITECTURES
-from .cache import atomic_dir, locked, stage_key
+from .cache import atomic_dir, content_hash, intact, locked, stage_key
 from .errors import RlsftError
 
 _SOURCES: dict[str, Callable[..., tuple[Any, Any]]] = {}
@@ -180,16 +180,14 @@ def _load_gguf(spec: dict, cache_dir: str | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     folder, name = gguf_location(spec)
-    stat = (folder / name).stat()
     if cache_dir:
-        target = Path(cache_dir).expanduser() / "models" / stage_key(gguf=str(folder / name), size=stat.st_size,
-                                                                     mtime=int(stat.st_mtime))
+        target = Path(cache_dir).expanduser() / "models" / stage_key(gguf=content_hash(folder / name, cache_dir))
         with locked(target):
-            if not (target / "config.json").exists():
+            if not intact(target):
                 tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
                 model = AutoModelForCausalLM.from_pretrained(
                     folder, gguf_file=name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32)
-                with atomic_dir(target) as tmp:
+                with atomic_dir(target, sealed=True) as tmp:
                     model.save_pretrained(tmp)
                     tok.save_pretrained(tmp)
         return str(target), {}
@@ -198,21 +196,25 @@ def _load_gguf(spec: dict, cache_dir: str | None):
 
 # ----------------------------------------------------------------------------------------------- resolver
 def fingerprint(spec: Any) -> dict:
-    """Everything about a model spec that determines its outputs (for cache keys)."""
+    """Everything about a model spec that determines its outputs (for cache keys).
+
+    A local folder or GGUF file is known by its content (rlsft.cache.content_hash), not by where it lies, so copies
+    of one model share every cache entry.
+    """
     spec = spec_dict(spec)
     src = spec.get("source", "hub")
     _plugin(src)
     if src in _FINGERPRINTS:
         return _FINGERPRINTS[src](spec)
-    fp = {k: v for k, v in spec.items() if k not in ("dtype", "device", "name") and v not in (None, "", {})}
-    if src == "local" or src == "gguf":
-        if src == "gguf":
-            folder, name = gguf_location(spec)
-            path = folder / name
-        else:
-            path = Path(spec["path"]).expanduser()
-        files = sorted(p for p in (path.iterdir() if path.is_dir() else [path]) if p.is_file())
-        fp["files"] = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+    fp = {k: v for k, v in spec.items()
+          if k not in ("dtype", "device", "name", "keep_checkpoints") and v not in (None, "", {})}
+    if src == "gguf":
+        folder, name = gguf_location(spec)
+        fp = {"source": src, "sha256": content_hash(folder / name)}
+    elif src == "local":
+        path = Path(spec["path"]).expanduser()
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        fp = {"source": src, "files": [(p.relative_to(path).as_posix(), content_hash(p)) for p in files]}
     if src != "tiny":
         fp.pop("tiny", None)
     return fp
@@ -249,16 +251,15 @@ def load_model(spec: Any, device: str = "auto", dtype: str | None = None, cache_
                 raise RlsftError(f"local model directory not found: {path}")
             if source == "hub" and spec.get("revision"):
                 kwargs["revision"] = spec["revision"]
+        cut_off = hub.offline() if source == "hub" else None  # decided before the hub client's retries start
         multi_gpu = device == "cuda" and torch.cuda.device_count() > 1
         try:
             tok = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items() if k != "quantization_config"})
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=torch_dtype, device_map="auto" if multi_gpu else None, **kwargs)
         except OSError as exc:
-            offline = os.environ.get("HF_HUB_OFFLINE", "0")
-            raise RlsftError(
-                f"model {path!r} could not be loaded (not on the hub, not reachable, or not in the local cache; "
-                f"HF_HUB_OFFLINE={offline}): {str(exc).splitlines()[0]}") from None
+            where = f"not in the local cache, and {cut_off}" if cut_off else "not on the hub or not reachable"
+            raise RlsftError(f"model {path!r} could not be loaded ({where}): {str(exc).splitlines()[0]}") from None
         if not multi_gpu:
             model = model.to(device)
     else:

@@ -80,3 +80,34 @@ def test_smollm2_gguf_is_dequantised_cached_and_trainable(tmp_path):
     model.train()
     model(ids, labels=ids).loss.backward()  # dequantised weights take gradients
     assert model.model.layers[0].mlp.up_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("source", ["local", "gguf"])
+def test_fingerprint_is_the_content_not_the_place_or_the_time(tmp_path, cache_dir, source):
+    """The same model in two folders with other mtimes shares cache keys; one changed byte gives new ones."""
+    import hashlib
+    import os
+    import shutil
+
+    from rlsft.cache import stage_key
+
+    a, b = tmp_path / "venv1" / "model", tmp_path / "venv2" / "model"
+    a.mkdir(parents=True)
+    (a / "config.json").write_text('{"layers": 2}')
+    (a / "weights.gguf").write_bytes(bytes(range(256)) * 64)
+    shutil.copytree(a, b)
+    for path in b.iterdir():
+        os.utime(path, ns=(10**18, 10**18))
+
+    def spec(folder):
+        if source == "local":
+            return {"source": "local", "path": str(folder)}
+        return {"source": "gguf", "path": str(folder), "gguf_file": "weights.gguf"}
+
+    assert stage_key(m=fingerprint(spec(a))) == stage_key(m=fingerprint(spec(b)))
+    data = bytearray((b / "weights.gguf").read_bytes())
+    data[100] ^= 1
+    (b / "weights.gguf").write_bytes(bytes(data))
+    assert stage_key(m=fingerprint(spec(a))) != stage_key(m=fingerprint(spec(b)))
+    index = (cache_dir / "file_hashes.json").read_text()  # remembered: computed once per file version
+    assert hashlib.sha256(bytes(data)).hexdigest() in index
