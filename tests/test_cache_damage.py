@@ -159,7 +159,8 @@ def test_derived_model_keeps_checkpoints_only_when_asked_and_resumes_after_a_kil
     monkeypatch.setattr(GRPOTrainer, "final_model", real)
     _, target, work = _derived(tmp_path)
     assert "[grpo] resumed from" in capsys.readouterr().out and not work.exists() and target.is_dir()
-    _, _, work = _derived(tmp_path, {**DERIVED, "keep_checkpoints": True, "base": {"source": "tiny", "tiny": {"seed": 4}}})
+    kept = {**DERIVED, "keep_checkpoints": True, "base": {"source": "tiny", "tiny": {"seed": 4}}}
+    _, _, work = _derived(tmp_path, kept)
     assert [p.name for p in (work / "checkpoints").iterdir()] == ["step-000001"]
 
 

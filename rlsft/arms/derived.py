@@ -1,7 +1,8 @@
 """Derived models trained by the sft, rft and dpo arms: ``<cache_dir>/models/<kind>-<key>``, key =
 hash(fingerprint(base), recipe), trained on first use under a file lock (as ``rlsft.grpo.derived`` does for GRPO).
 
-The work folder ``<cache_dir>/arms/<kind>-<key>`` holds the trainer's checkpoints, so a killed job resumes; the base's
+The work folder ``<cache_dir>/arms/<kind>-<key>`` holds the trainer's checkpoints, so a killed job resumes (deleted once
+the model is saved, unless the spec sets ``keep_checkpoints: true``); the base's
 samples (rft, dpo) are cached generations (``rlsft.generate``), shared by both arms when their sampling settings agree,
 so RFT and DPO learn from the very same answers. ``arm_budget.json`` beside the weights records what training cost:
 examples, answer tokens, optimizer steps, wall time, and for rft/dpo the samples drawn.
@@ -10,10 +11,11 @@ examples, answer tokens, optimizer steps, wall time, and for rft/dpo the samples
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
-from ..cache import atomic_dir, atomic_write_json, locked, stage_key
+from ..cache import atomic_dir, atomic_write_json, intact, locked, stage_key
 from ..errors import RlsftError
 from .config import ARM_VERSION, NON_TRAINING_KEYS, ArmConfig, arm_recipe_dict, as_arm_recipe
 
@@ -92,14 +94,14 @@ def load_arm(spec: dict, device: str = "auto", dtype: str | None = None, cache_d
     key = arm_key(spec)
     target = cache / "models" / key
     with locked(target):
-        if not (target / "config.json").exists():
+        if not intact(target):
             print(f"[rlsft] derived model {key} is not cached: training it now ({recipe.kind}, {recipe.epochs} "
                   f"epochs) into {target}", flush=True)
             model, tok = load_model(base, device=device, dtype=dtype, cache_dir=str(cache))
             save_dtype = next(model.parameters()).dtype
             trainer, budget = train_arm(model.float(), tok, base, recipe, cache / "arms" / key, cache,
                                         pick_device(device))
-            with atomic_dir(target) as tmp:
+            with atomic_dir(target, sealed=True) as tmp:
                 trainer.model.to(save_dtype).eval().save_pretrained(tmp)
                 tok.save_pretrained(tmp)
                 atomic_write_json(tmp / "arm_recipe.json", {"base": base, "recipe": arm_recipe_dict(recipe)})
@@ -107,6 +109,8 @@ def load_arm(spec: dict, device: str = "auto", dtype: str | None = None, cache_d
                 atomic_write_json(tmp / "arm_history.json", trainer.state.log_history)
             print(f"[rlsft] derived model {key} trained in {budget['wall_s']:.0f} s "
                   f"({budget['optimizer_steps']} optimizer steps on {budget['examples']} examples)", flush=True)
+            if not spec.get("keep_checkpoints"):
+                shutil.rmtree(cache / "arms" / key, ignore_errors=True)  # final: the resume checkpoints are not needed
             del model, trainer
     return load_model({"source": "local", "path": str(target)}, device=device, dtype=dtype)
 
