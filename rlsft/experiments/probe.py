@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import RlsftError
 from ..models import fingerprint
 from ..probe import ProbeInputError, cached_features, first_layer_reaching, probe_layers, score_interval
-from .common import RunContext, markdown_table, precision
+from .common import RunContext, markdown_table, precision, stage_color
 
 
 def question_groups(records, group_by: str) -> dict[str, str]:
@@ -166,14 +166,13 @@ def figure(curves: dict, positions: list[str], stages: list[str]):
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, len(positions), figsize=(4.5 * len(positions), 6.5), squeeze=False, sharey="row")
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for j, pos in enumerate(positions):
         for row, (attr, name) in enumerate([("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC")]):
             ax = axes[row, j]
             for k, stage in enumerate(stages):
                 if (stage, pos) not in curves:
                     continue
-                res, c = curves[(stage, pos)], colors[k % len(colors)]
+                res, c = curves[(stage, pos)], stage_color(stage)
                 m, lo, hi = (np.array(v) for v in zip(*_curve(res, attr)))
                 x = np.arange(len(m))
                 ax.plot(x, m, color=c, label=f"{stage}")

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from ..variability import BIN_LABELS, METHODS, bin_summary, question_stats
-from .common import RunContext, markdown_table
+from .common import RunContext, markdown_table, stage_color
 
 BIN_COLS = ["stage", "method", "bin", "questions", "with_cv", "mean_cv", "ci_low", "ci_high", "mean_cv_correct",
             "ci_low_correct", "ci_high_correct", "answers", "truncated_share"]
@@ -71,7 +71,7 @@ def _bars(ax, results: dict, key: str, title: str) -> None:
         # whiskers only where there is an interval (two or more questions); none is drawn as none, not as 0
         err = np.array([[m - b["ci_low"], b["ci_high"] - m] if b["ci_low"] is not None else [np.nan, np.nan]
                         for m, b in zip(mean, bins)], dtype=float).T
-        ax.bar(x, np.nan_to_num(mean), width, yerr=err, capsize=3, label=stage, color=f"C{k}")
+        ax.bar(x, np.nan_to_num(mean), width, yerr=err, capsize=3, label=stage, color=stage_color(stage))
         if key == "bins_split":
             correct = [np.nan if b["mean_cv_correct"] is None else b["mean_cv_correct"] for b in bins]
             ax.plot(x, correct, "o", mfc="none", color="k", ms=4, label="within correct answers" if k == 0 else None)
