@@ -195,6 +195,7 @@ def test_cv_interval_against_scipy():
     assert lo < n_lo
 
 
+@pytest.mark.slow  # the default-logger run of tests/test_sweeps.py covers it in the default suite
 def test_end_to_end_tiny(tmp_path):
     data = labelled_dataset(tmp_path / "questions.jsonl", tmp_path / "scratch")
     run_dir = tmp_path / "run"

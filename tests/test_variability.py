@@ -132,6 +132,7 @@ def test_cv_interval_is_non_negative_and_covers():
     assert cv_mean_interval([0.3]) == (0.3, None, None) and math.isnan(cv_mean_interval([])[0])
 
 
+@pytest.mark.slow  # the default-logger run of tests/test_sweeps.py covers it in the default suite
 def test_end_to_end_tiny(tmp_path):
     run_dir = tmp_path / "run"
     out = launch("experiment=variability", "model_pair=tiny", "dataset.n=4", "variability.n_samples=3",
