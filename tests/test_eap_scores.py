@@ -307,10 +307,11 @@ def test_returned_losses_are_the_models_own_mean_nll_and_scores_unchanged():
 
 
 @pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated")
-@pytest.mark.parametrize("attn_inputs", ["qkv", "joint"])
+@pytest.mark.parametrize("arch, attn_inputs", [("mistral", "qkv"), ("mistral", "joint"), ("olmo2", "joint"),
+                                                ("phi3", "qkv")])  # pre-norm, post-norm, fused qkv
 @pytest.mark.parametrize("reentrant", [False, True])
-def test_gradient_checkpointing_gives_the_same_scores(reentrant, attn_inputs):
-    model = tiny("mistral")
+def test_gradient_checkpointing_gives_the_same_scores(reentrant, arch, attn_inputs):
+    model = tiny(arch)
     ids, lm, am = batch()
     graph = build_graph(model, attn_inputs)
     W = edge_scores(model, ids, lm, am, graph=graph)

@@ -3,15 +3,21 @@
 For an edge u -> v, `W[u, v] = -<dL/dH_v, O_u>`: the first-order change of the loss when source u's output `O_u` is
 removed from target v's input only. One forward and one backward per batch:
 
-  forward   hooks copy every source output (`input`, `a{l}` = o_proj output, `m{l}` = MLP output) into one buffer;
+  forward   hooks copy every source output into one buffer: `input` (the embedding's output, scaled where the
+            family scales it), `a{l}` and `m{l}` (what the block adds to the residual after attention and after the
+            MLP: o_proj / the MLP, or the post-norm after them; rlsft.architectures says which per family);
             each target's input gets a private view with a gradient hook, so the hook sees the gradient that flows
-            through that target alone (q, k and v share one tensor, so without the views they would see the sum).
+            through that target alone (q, k and v share one tensor, so without the views they would see the sum;
+            a fused qkv_proj's output gradient is split into its q, k, v slices, each times its own weight rows).
   backward  each target's gradient is caught as it arrives; once a layer's targets are all in, the q/k/v ones are
-            pulled back to the residual stream through the shared input_layernorm (its VJP at the saved residual),
-            masked to the chosen positions and multiplied with the stored sources. At most one layer's gradients
-            are held at a time.
+            pulled back to the residual stream through the attention norm where the family has one (its VJP at the
+            saved residual; post-norm q, k, v read the residual itself), masked to the chosen positions and
+            multiplied with the stored sources. At most one layer's gradients are held at a time.
 
 Scores are per sample and in fp32: the loss is the sum of per-sample mean losses, so each sample's gradient is its own.
+The loss is computed from the model's own logits (final soft-capping included). For a sparse MoE block the gradient is
+taken with the routing held where it is (top-k choice is piecewise constant): scores are exact first-order effects
+within the current routing, and a removal that would flip an expert choice is not seen.
 """
 
 from contextlib import contextmanager
@@ -408,6 +414,7 @@ def edge_scores(model, input_ids, loss_mask, attention_mask=None, graph=None, po
                 target="nll", tau=1.0, method="eap", ig_steps=5, baseline="zero", baseline_acts=None):
     """EAP scores [batch, n_src, n_dst] (fp32, on CPU, zero off the graph's mask) for one batch.
 
+    model: a causal LM of a family in `rlsft.architectures.ARCHITECTURES` (any other: RlsftError naming those).
     input_ids, loss_mask, attention_mask: [batch, seq]. `loss_mask[b, t]` is True where token t of sample b is scored
     (never t = 0, which has no prediction); padding (attention_mask 0, left or right) is never scored or summed.
     positions: "all" sums over every real position (the paper); "answer" only over the positions whose token is scored,
