@@ -64,7 +64,7 @@ class LineProgress:
 
     def __init__(self, total: int | None, desc: str, unit: str, every: float = LINE_EVERY_S):
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
-        self.n, self.postfix, self.lines = 0, "", 0
+        self.n, self.postfix, self.lines, self.shown = 0, "", 0, 0
         self.start = self.last = time.monotonic()
 
     def update(self, n: int = 1) -> None:
@@ -78,11 +78,11 @@ class LineProgress:
         self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
 
     def close(self) -> None:
-        if self.lines:  # a quick loop stays silent; a slow one says it finished
+        if self.lines and self.shown != self.n:  # a quick loop stays silent; a slow one says it finished
             self._line(done=True)
 
     def _line(self, done: bool = False) -> None:
-        self.lines += 1
+        self.lines, self.shown = self.lines + 1, self.n
         elapsed = time.monotonic() - self.start
         of = f"/{self.total}" if self.total is not None else ""
         rate = f", {self.n / elapsed:.3g} {self.unit}/s" if elapsed > 0 else ""

@@ -148,14 +148,18 @@ def test_log_copy_keeps_what_the_console_showed_and_progress_lines_are_rate_limi
     try:
         with caplog.at_level(logging.INFO, logger="rlsft"):
             bar = LineProgress(5, "work", "item", every=10)  # starts at t=0
-            for t in (1, 2, 12, 13, 25):  # lines at t=12 (3 done) and t=25 (5 done)
+            for t in (1, 2, 12, 13, 19):  # a line at t=12 (3 done)
                 now[0] = t
                 bar.update()
             bar.close()  # and a final one
+            again = LineProgress(2, "again", "item", every=10)
+            now[0] = 30
+            again.update(2)  # a line at t=30 with everything done: close() adds none
             quick = LineProgress(3, "quick", "item", every=10)
             quick.update(3)
             quick.close()  # quick: silent
     finally:
         console.time.monotonic = real
     lines = [r.getMessage() for r in caplog.records]
-    assert [line.split(",")[0] for line in lines] == ["work: 3/5 item", "work: 5/5 item", "work: 5/5 item (done)"]
+    assert [line.split(",")[0] for line in lines] == ["work: 3/5 item", "work: 5/5 item (done)",
+                                                  "again: 2/2 item"]
