@@ -303,7 +303,7 @@ def build_report(root: str | Path, out: str | Path | None = None, tracker=None) 
             "div.wide{overflow-x:auto}figure{margin:1em 0}figcaption{font-size:12px;color:#555}</style></head><body>"
             f"<h1>rlsft report: {html.escape(str(root))}</h1>"
             f"<h2>tasks: {done} of {len(tasks)} finished</h2>{_task_table(task_rows)}"
-            f"{''.join(sections)}<h2>figures</h2>{imgs}</body></html>")
+            f"{''.join(sections)}<h2>figures</h2>{imgs or '<p>no figures</p>'}</body></html>")
     atomic_write_bytes(out / "index.html", page.encode())
     return {"out": str(out), "index": str(out / "index.html"), "tables": sorted(tables), "tasks": len(tasks),
             "unfinished": len(tasks) - done, "figures": len(figures)}

@@ -73,7 +73,7 @@ def test_every_documented_command_composes_and_validates():
                     assert not pending, f"{where} composes now: remove {pending} from PENDING"
 
 
-TINY_EAP = ["experiment=eap", "model_pair=tiny", "dataset.arithmetic.count=6", "eap.n_boot=200"]
+TINY_EAP = ["experiment=eap", "model_pair=tiny", "dataset.arithmetic.count=6", "eap.n_boot=200", "eap.alphas=[]"]
 
 
 def test_sweep_with_failing_tasks_is_one_line_each_and_the_report_lists_every_task(tmp_path, cache_dir):
