@@ -1,6 +1,7 @@
-"""Interval helpers shared by the probe, ablation and variability experiments (all at 95% unless asked).
+"""Interval helpers shared by the EAP, probe, ablation and variability experiments (all at 95% unless asked).
 
-- ``bootstrap_ci``: percentile bootstrap of a statistic of one sample (paired differences go in as one sample).
+- ``bootstrap_ci``: BCa bootstrap (``scipy.stats.bootstrap``) of a statistic of one or more paired samples; paired
+  differences can go in as one sample. Falls back to a Student-t interval of the mean when the bootstrap is degenerate.
 - ``wilson_ci``: Wilson score interval of a proportion (good at small n and near 0 or 1, unlike the Wald interval).
 - ``t_interval``: Student-t interval of a mean.
 - ``cv_interval``: t-interval of a mean over repeated k-fold CV scores with the Nadeau-Bengio variance correction:
@@ -10,23 +11,41 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import numpy as np
 from scipy import stats
 
 
-def bootstrap_ci(values, stat: Callable = np.mean, n_boot: int = 1000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat(values)``; (nan, nan) for an empty sample."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
+def bootstrap_ci(*arrays, stat: Callable = np.mean, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
+                 method: str = "BCa") -> tuple[float, float]:
+    """Bootstrap interval of ``stat(*arrays)`` resampling index 0 of all arrays together (paired); (nan, nan) if empty.
+
+    ``stat`` takes the arrays and returns a scalar (``np.mean`` for one array). BCa needs the jackknife, which is
+    undefined when every value is equal (or n < 2): scipy then returns nan, and for a one-array mean we fall back to
+    the Student-t interval (zero width for equal values), which is exact for a constant sample.
+    """
+    xs = [np.asarray(a, dtype=float) for a in arrays]
+    n = len(xs[0])
+    if any(len(x) != n for x in xs):
+        raise ValueError(f"bootstrap_ci needs the same number of samples in every array; got {[len(x) for x in xs]}")
+    if n == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    boots = np.array([stat(x[i]) for i in idx])
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(boots, [tail, 1 - tail])
+    lo = hi = math.nan
+    if n >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DegenerateDataWarning: handled just below
+            if len(xs) == 1 and stat is np.mean:  # vectorised: one call over all resamples
+                res = stats.bootstrap(xs, np.mean, vectorized=True, n_resamples=n_boot, confidence_level=level,
+                                      method=method, rng=np.random.default_rng(seed))
+            else:
+                res = stats.bootstrap(xs, lambda *a: stat(*a), paired=True, vectorized=False, n_resamples=n_boot,
+                                      confidence_level=level, method=method, rng=np.random.default_rng(seed))
+            ci = res.confidence_interval
+        lo, hi = float(ci.low), float(ci.high)
+    if not (math.isfinite(lo) and math.isfinite(hi)) and len(xs) == 1 and stat is np.mean:
+        _, lo, hi = t_interval(xs[0], level)  # degenerate bootstrap (all values equal): the t interval instead
     return float(lo), float(hi)
 
 

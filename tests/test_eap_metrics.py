@@ -1,4 +1,9 @@
-"""EAP metrics against plain numpy/scipy on the real edges; garbage off the mask must not change anything."""
+"""EAP metrics against numpy/scipy written here, on the real edges only; intervals checked by what they must contain.
+
+Each test names the wrong implementation it catches.
+"""
+
+import math
 
 import numpy as np
 import pytest
@@ -6,16 +11,20 @@ import scipy.stats
 import torch
 
 from rlsft.eap import (
+    METRICS,
     activation_intensity,
-    bootstrap_ci,
+    compare,
     distribution_kurtosis,
     information_complexity,
+    information_complexity_pooled,
+    loss_adjusted,
     make_graph,
     output_edge_entropy,
+    per_sample,
     relative_change,
     sample_diversity,
-    summarize,
 )
+from rlsft.stats import bootstrap_ci
 
 MASK = make_graph(3).mask.numpy()
 
@@ -32,38 +41,98 @@ def edges(W):
     return W[:, MASK]
 
 
-def test_activation_intensity():
-    W = scores(0)
-    assert np.isclose(activation_intensity(W, MASK), np.mean(np.abs(edges(W))))
-    assert np.isclose(activation_intensity(torch.tensor(W), torch.tensor(MASK)), np.mean(np.abs(edges(W))))
+def hand_gini(x):
+    """Gini as the mean absolute difference over all pairs / (2 * mean): a different formula from method.md's."""
+    x = np.abs(x)
+    return np.abs(x[:, None] - x[None, :]).mean() / (2 * x.mean())
 
 
-def entropy_of_histogram(values, bins, rng_):
-    counts, _ = np.histogram(values, bins=bins, range=rng_)
-    p = counts / counts.sum()
-    return -np.sum(p * np.log(p + 1e-12))
+def reference(name, x):
+    """One sample's metric written with numpy/scipy (method.md 2.6)."""
+    a = np.abs(x)
+    if name == "activation_intensity":
+        return a.mean()
+    if name == "information_complexity":
+        return scipy.stats.entropy(np.histogram(a / a.max(), bins=100, range=(0, 1))[0])
+    if name == "distribution_kurtosis":
+        return scipy.stats.kurtosis(x, fisher=True)
+    if name == "effective_edges":
+        return math.exp(scipy.stats.entropy(a)) / a.size
+    if name == "top_mass":
+        return np.sort(a)[::-1][: math.ceil(0.01 * a.size)].sum() / a.sum()
+    if name == "gini":
+        return hand_gini(a)
+    raise KeyError(name)
 
 
-def test_information_complexity_default_and_given_range():
-    W = scores(1)
-    a = np.abs(edges(W)).ravel()
-    assert np.isclose(information_complexity(W, MASK), entropy_of_histogram(a, 100, (0, a.max())))
-    assert np.isclose(information_complexity(W, MASK, bins=20), entropy_of_histogram(a, 20, (0, a.max())))
-    r = (0, 2 * a.max())
-    assert np.isclose(information_complexity(W, MASK, value_range=r), entropy_of_histogram(a, 100, r))
-    # scaling all scores leaves the entropy on the per-model range unchanged
-    assert np.isclose(information_complexity(3 * W, MASK), information_complexity(W, MASK))
-    assert abs(information_complexity(np.zeros_like(W), MASK)) < 1e-10  # one occupied bin
+def test_registry_is_the_issue_list():
+    assert set(METRICS) == {"activation_intensity", "information_complexity", "distribution_kurtosis",
+                            "effective_edges", "top_mass", "gini"}
+    assert [m for m, s in METRICS.items() if not s.scale_free] == ["activation_intensity"]
+    with pytest.raises(ValueError, match="unknown EAP metric 'nope'"):
+        per_sample(scores(0), MASK, "nope")
 
 
-def test_distribution_kurtosis():
+@pytest.mark.parametrize("name", list(METRICS))
+def test_per_sample_against_numpy_scipy(name):
+    """Catches: a pooled instead of per-sample statistic, a wrong histogram range, off-mask entries counted,
+    a wrong top-k, a Gini off by (E+1)/E."""
+    W = scores(1, n=6)
+    got = per_sample(W, MASK, name)
+    want = [reference(name, x) for x in edges(W)]
+    assert got.shape == (6,)
+    assert np.allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert np.allclose(per_sample(torch.tensor(W), torch.tensor(MASK), name), want, rtol=1e-10, atol=1e-12)
+
+
+def test_stage_functions_are_means_of_per_sample_values():
+    """Catches the paper's pooled complexity sneaking back in as `information_complexity`."""
     W = scores(2)
-    expected = np.mean([scipy.stats.kurtosis(row, fisher=True) for row in edges(W)])
-    assert np.isclose(distribution_kurtosis(W, MASK), expected)
+    X = edges(W)
+    assert np.isclose(activation_intensity(W, MASK), np.mean(np.abs(X)))
+    assert np.isclose(distribution_kurtosis(W, MASK), np.mean(scipy.stats.kurtosis(X, axis=1)))
+    assert np.isclose(information_complexity(W, MASK), np.mean([reference("information_complexity", x) for x in X]))
+
+
+@pytest.mark.parametrize("name", [m for m, s in METRICS.items() if s.scale_free])
+def test_scale_free_metrics_ignore_each_samples_scale(name):
+    """Catches: a shape metric that normalises by a pooled max/sum (one constant for all samples) or not at all."""
+    rng = np.random.default_rng(3)
+    W = scores(3, n=10)
+    c = np.exp(rng.uniform(-12, 12, size=(10, 1, 1)))  # each W_k by its own constant, over ten orders of magnitude
+    assert np.allclose(per_sample(c * W, MASK, name), per_sample(W, MASK, name), rtol=0, atol=1e-12)
+    assert not np.allclose(per_sample(c * W, MASK, "activation_intensity"),
+                           per_sample(W, MASK, "activation_intensity"))
+
+
+def test_edge_cases_all_zero_and_constant_samples():
+    """An all-zero sample is 'all edges equal': every edge counts, nothing dominates, one occupied bin."""
+    E = int(MASK.sum())
+    W = np.zeros((2, *MASK.shape))
+    assert np.allclose(per_sample(W, MASK, "effective_edges"), 1.0)
+    assert np.allclose(per_sample(W, MASK, "gini"), 0.0)
+    assert np.allclose(per_sample(W, MASK, "top_mass"), math.ceil(0.01 * E) / E)
+    assert np.allclose(per_sample(W, MASK, "information_complexity"), 0.0)
+    assert np.isnan(per_sample(W, MASK, "distribution_kurtosis")).all()  # 0/0, left out by compare
+
+
+def test_pooled_complexity_is_the_papers_number():
+    W = scores(4)
+    a = np.abs(edges(W)).ravel()
+
+    def entropy_of_histogram(values, bins, rng_):
+        p = np.histogram(values, bins=bins, range=rng_)[0] / values.size
+        return -np.sum(p * np.log(p + 1e-12))
+
+    assert np.isclose(information_complexity_pooled(W, MASK), entropy_of_histogram(a, 100, (0, a.max())))
+    assert np.isclose(information_complexity_pooled(W, MASK, bins=20), entropy_of_histogram(a, 20, (0, a.max())))
+    r = (0, 2 * a.max())
+    assert np.isclose(information_complexity_pooled(W, MASK, value_range=r), entropy_of_histogram(a, 100, r))
+    assert abs(information_complexity_pooled(np.zeros_like(W), MASK)) < 1e-10  # one occupied bin
 
 
 def test_sample_diversity():
-    W = scores(3)
+    W = scores(5)
     C = np.corrcoef(edges(W))
     n = len(W)
     expected = 1 - np.mean([C[i, j] for i in range(n) for j in range(i + 1, n)])
@@ -75,7 +144,7 @@ def test_sample_diversity():
 
 
 def test_relative_change():
-    W_sft, W_rl = scores(4), scores(5)
+    W_sft, W_rl = scores(6), scores(7)
     out = relative_change(W_sft, W_rl, MASK)
     a, b = np.abs(edges(W_sft)).mean(0), np.abs(edges(W_rl)).mean(0)
     assert np.allclose(out[MASK], (b - a) / (a + 1e-12))
@@ -83,56 +152,91 @@ def test_relative_change():
 
 
 def test_output_edge_entropy():
-    W = scores(6)
+    W = scores(8)
     A = np.where(MASK, np.abs(np.where(MASK, W, 0)).mean(0), 0)
     H = output_edge_entropy(W, MASK)
     assert H.shape == (MASK.shape[0],)
     for u in range(MASK.shape[0]):
-        expected = scipy.stats.entropy(A[u][MASK[u]])
-        assert np.isclose(H[u], expected)
-    # the last source feeds only logits: one edge, entropy 0
-    assert H[-1] == 0.0
+        assert np.isclose(H[u], scipy.stats.entropy(A[u][MASK[u]]))
+    assert H[-1] == 0.0  # the last source feeds only logits: one edge, entropy 0
 
 
 def test_metrics_ignore_off_mask_entries():
-    W = scores(7)
+    W = scores(9)
     clean = np.where(MASK, W, 0.0)
-    for f in (activation_intensity, information_complexity, distribution_kurtosis, sample_diversity):
-        assert f(W, MASK) == f(clean, MASK)
+    for name in METRICS:
+        assert np.array_equal(per_sample(W, MASK, name), per_sample(clean, MASK, name), equal_nan=True)
+    assert sample_diversity(W, MASK) == sample_diversity(clean, MASK)
 
 
-def test_bootstrap_ci_percentiles_and_pairing():
-    x = np.random.default_rng(8).normal(size=50)
-    lo, hi = bootstrap_ci(np.mean, x, n_boot=2000, seed=1)
-    rng = np.random.default_rng(1)
-    boots = [x[rng.integers(0, 50, 50)].mean() for _ in range(2000)]
-    assert np.isclose(lo, np.percentile(boots, 2.5)) and np.isclose(hi, np.percentile(boots, 97.5))
-    # paired: rl = sft + 1 exactly, so every resampled difference is exactly 1
-    lo, hi = bootstrap_ci(lambda a, b: b.mean() - a.mean(), x, x + 1, n_boot=200)
-    assert np.isclose(lo, 1) and np.isclose(hi, 1)
-    with pytest.raises(ValueError, match="same number of samples"):
-        bootstrap_ci(lambda a, b: 0.0, x, x[:10])
-
-
-def test_summarize():
-    W_sft, W_rl = scores(9), scores(10, scale=2.0)
-    s = summarize(W_sft, W_rl, MASK, n_boot=200)
-    assert s["n_samples"] == 12 and s["n_edges"] == MASK.sum()
-    ai = s["activation_intensity"]
-    assert np.isclose(ai["sft"], activation_intensity(W_sft, MASK))
-    assert np.isclose(ai["rl"], activation_intensity(W_rl, MASK))
-    assert np.isclose(ai["diff"], ai["rl"] - ai["sft"]) and ai["diff_ci"][0] > 0  # RL is twice as large
-    for name in ("activation_intensity", "information_complexity", "distribution_kurtosis"):
-        m = s[name]
-        for key in ("sft", "rl", "diff"):
-            lo, hi = m[f"{key}_ci"]
-            assert lo <= hi
-    assert s["complexity_range"]["shared"] is False
-    assert np.isclose(s["information_complexity"]["sft"], information_complexity(W_sft, MASK))
-    shared = summarize(W_sft, W_rl, MASK, shared_range=True, n_boot=50)
-    top = max(np.abs(edges(W_sft)).max(), np.abs(edges(W_rl)).max())
-    assert shared["complexity_range"]["sft"] == shared["complexity_range"]["rl"] == (0.0, top)
-    expected = information_complexity(W_sft, MASK, value_range=(0, top))
-    assert np.isclose(shared["information_complexity"]["sft"], expected)
+def test_compare_values_and_intervals_against_scipy():
+    """Catches: an unpaired difference, a percentile instead of a BCa interval, intervals of the wrong statistic."""
+    W_sft, W_rl = scores(10, n=20), scores(11, n=20, scale=2.0)
+    out = compare(W_sft, W_rl, MASK, n_resamples=999, seed=4)
+    assert set(out) == set(METRICS)
+    for name, r in out.items():
+        s, t = per_sample(W_sft, MASK, name), per_sample(W_rl, MASK, name)
+        assert (r["sft"], r["rl"], r["n"]) == pytest.approx((s.mean(), t.mean(), 20))
+        assert r["diff"] == pytest.approx((t - s).mean())
+        for key, x in (("sft_ci", s), ("rl_ci", t), ("diff_ci", t - s)):
+            ci = scipy.stats.bootstrap((x,), np.mean, n_resamples=999, method="BCa",
+                                       rng=np.random.default_rng(4)).confidence_interval
+            assert r[key] == pytest.approx((ci.low, ci.high), rel=1e-9), (name, key)
+    assert out["activation_intensity"]["diff_ci"][0] > 0  # RL twice as large
     with pytest.raises(ValueError, match="same samples"):
-        summarize(W_sft, W_rl[:5], MASK)
+        compare(W_sft, W_rl[:5], MASK)
+
+
+def test_paired_interval_is_narrower_than_unpaired_when_questions_vary():
+    """Catches an unpaired bootstrap of the difference: RL = SFT * 1.1 per question, question scales vary 100x."""
+    rng = np.random.default_rng(12)
+    W_sft = scores(12, n=30) * np.exp(rng.uniform(-2.3, 2.3, size=(30, 1, 1)))
+    r = compare(W_sft, 1.1 * W_sft, MASK, n_resamples=999)["activation_intensity"]
+    lo, hi = r["diff_ci"]
+    assert lo < r["diff"] < hi and lo > 0  # every paired difference is positive
+    assert hi - lo < 0.5 * (r["sft_ci"][1] - r["sft_ci"][0])
+
+
+def test_degenerate_samples_fall_back_to_a_t_interval():
+    """All-equal values: BCa is undefined (scipy returns nan); the interval is the point, not a crash or nan."""
+    assert bootstrap_ci(np.full(10, 0.25)) == (0.25, 0.25)
+    assert all(math.isnan(v) for v in bootstrap_ci([1.0]))
+    W = scores(13, n=5)
+    r = compare(W, W, MASK, n_resamples=200)
+    assert all(r[m]["diff_ci"] == (0.0, 0.0) for m in METRICS)
+
+
+def test_bootstrap_ci_paired_statistic():
+    x = np.random.default_rng(14).normal(size=40)
+    lo, hi = bootstrap_ci(x, x + 1 + 0.1 * np.random.default_rng(15).normal(size=40),
+                          stat=lambda a, b: b.mean() - a.mean(), n_boot=999)
+    ref = scipy.stats.bootstrap((x, x + 1 + 0.1 * np.random.default_rng(15).normal(size=40)),
+                                lambda a, b: b.mean() - a.mean(), paired=True, vectorized=False, n_resamples=999,
+                                rng=np.random.default_rng(0)).confidence_interval
+    assert (lo, hi) == pytest.approx((ref.low, ref.high))
+    assert 0.9 < lo < 1 < hi < 1.1
+    with pytest.raises(ValueError, match="same number of samples"):
+        bootstrap_ci(x, x[:10], stat=lambda a, b: 0.0)
+
+
+def test_loss_adjusted_recovers_the_stage_effect_against_lstsq():
+    """Catches: a fit without the loss term (c would absorb the loss shift), b and c swapped, unpaired resampling."""
+    rng = np.random.default_rng(16)
+    n = 40
+    loss_sft = np.exp(rng.normal(0, 1, n))
+    loss_rl = loss_sft * np.exp(rng.normal(-2, 0.3, n))  # RL far more confident
+    b_true, c_true = 0.8, 0.3
+    i_sft = np.exp(0.5 + b_true * np.log(loss_sft) + 0.05 * rng.normal(size=n))
+    i_rl = np.exp(0.5 + b_true * np.log(loss_rl) + c_true + 0.05 * rng.normal(size=n))
+    res = loss_adjusted(i_sft, i_rl, loss_sft, loss_rl, n_resamples=999)
+    X = np.column_stack([np.ones(2 * n), np.log(np.r_[loss_sft, loss_rl]), np.r_[np.zeros(n), np.ones(n)]])
+    a, b, c = np.linalg.lstsq(X, np.log(np.r_[i_sft, i_rl]), rcond=None)[0]
+    assert (res["a"], res["b"], res["c"]) == pytest.approx((a, b, c))
+    assert res["c_ci"][0] < c_true < res["c_ci"][1] and res["b_ci"][0] < b_true < res["b_ci"][1]
+    assert res["c_ci"][1] - res["c_ci"][0] < 0.2
+    assert np.log(i_rl).mean() - np.log(i_sft).mean() < -1  # the raw difference has the opposite sign
+    # a question with a zero loss is left out and counted
+    loss_rl[0] = 0.0
+    assert loss_adjusted(i_sft, i_rl, loss_sft, loss_rl, n_resamples=200)["n_dropped"] == 1
+    with pytest.raises(ValueError, match="at least 3 questions"):
+        loss_adjusted(i_sft[:2], i_rl[:2], loss_sft[:2], loss_rl[:2])

@@ -1,11 +1,23 @@
-"""Circuit metrics over per-sample EAP matrices (method.md 2.5), on real edges only.
+"""Circuit metrics over per-sample EAP matrices (method.md 2.5 and 2.6), on real edges only.
 
-Every function takes `W` [n, n_src, n_dst] (torch or numpy) and the graph's boolean `mask` [n_src, n_dst]; entries off
-the mask are not edges and never enter a statistic. Internally a model's scores are an edge array `X` [n, E] in fp64.
+Every public function takes `W` [n, n_src, n_dst] (torch or numpy) and the graph's boolean `mask` [n_src, n_dst];
+entries off the mask are not edges and never enter a statistic. Internally a model's scores are `X` [n, E] in fp64.
+
+`METRICS` is the one list of metrics: name -> per-sample statistic s_k of one sample's edge vector (method.md 2.6).
+A stage is summarised by mean_k s_k and RL - SFT by the mean of the paired differences (same question), each with a
+BCa bootstrap interval over questions (`compare`). Tables, console, figures, W&B keys and the report iterate it.
 """
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
+
+from ..stats import bootstrap_ci
 
 
 def edge_values(W, mask) -> np.ndarray:
@@ -20,12 +32,109 @@ def edge_values(W, mask) -> np.ndarray:
     return W[:, mask].astype(np.float64)
 
 
+# ------------------------------------------------------------------------------------ per-sample statistics [n, E] -> [n]
 def _intensity(X):
-    return float(np.abs(X).mean())
+    return np.abs(X).mean(1)
 
 
-def _complexity(X, bins=100, value_range=None, eps=1e-12):
-    a = np.abs(X).ravel()
+def _complexity(X, bins: int = 100):
+    """Entropy (nats) of the histogram of |X_k| / max|X_k| on `bins` equal bins over [0, 1], per sample."""
+    A = np.abs(X)
+    top = A.max(1, keepdims=True)
+    A = np.divide(A, top, out=np.zeros_like(A), where=top > 0)  # an all-zero sample: one occupied bin, entropy 0
+    out = np.empty(len(A))
+    for k, row in enumerate(A):
+        p = np.histogram(row, bins=bins, range=(0.0, 1.0))[0] / row.size
+        p = p[p > 0]
+        out[k] = -(p * np.log(p)).sum()
+    return out
+
+
+def _kurtosis(X):
+    """Fisher (excess) kurtosis of the signed edge values, biased moments (scipy.stats.kurtosis's default).
+
+    nan for a constant sample (0/0); `compare` leaves such questions out.
+    """
+    d = X - X.mean(1, keepdims=True)
+    m2, m4 = (d**2).mean(1), (d**4).mean(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return m4 / m2**2 - 3.0
+
+
+def _shares(X):
+    """p_k[e] = |X_k[e]| / sum_e |X_k[e]|; an all-zero sample counts as all edges equal (the limit of equal values)."""
+    A = np.abs(X)
+    total = A.sum(1, keepdims=True)
+    return np.where(total > 0, A / np.where(total > 0, total, 1.0), 1.0 / A.shape[1])
+
+
+def _effective_edges(X):
+    p = _shares(X)
+    H = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(1)
+    return np.exp(H) / X.shape[1]
+
+
+def _top_mass(X, share: float = 0.01):
+    p = _shares(X)
+    top = math.ceil(share * X.shape[1])
+    return np.sort(p, axis=1)[:, -top:].sum(1)
+
+
+def _gini(X):
+    p = np.sort(_shares(X), axis=1)  # |X| scaled to sum 1: the Gini coefficient does not see the scale
+    E = X.shape[1]
+    i = np.arange(1, E + 1)
+    return 2 * (p * i).sum(1) / (E * p.sum(1)) - (E + 1) / E
+
+
+@dataclass(frozen=True)
+class Metric:
+    fn: Callable[[np.ndarray], np.ndarray]  # X [n, E] -> s [n]
+    scale_free: bool  # unchanged when W_k is multiplied by any positive constant
+    paper: bool  # one of the paper's Table 1 metrics (method.md 2.5), here per sample
+    label: str
+
+
+# Order = display order: the scale-free shape metrics first, then the paper's three.
+METRICS: dict[str, Metric] = {
+    "effective_edges": Metric(_effective_edges, True, False, "effective share of edges, exp(H(p_k))/E"),
+    "top_mass": Metric(_top_mass, True, False, "share of sum|W_k| in the top 1% of edges"),
+    "gini": Metric(_gini, True, False, "Gini coefficient of |W_k|"),
+    "activation_intensity": Metric(_intensity, False, True, "mean |W_k| (scales with the loss)"),
+    "information_complexity": Metric(_complexity, True, True, "entropy of hist(|W_k|/max|W_k|), 100 bins, nats"),
+    "distribution_kurtosis": Metric(_kurtosis, True, True, "excess kurtosis of W_k"),
+}
+
+
+def per_sample(W, mask, name: str) -> np.ndarray:
+    """The registered metric `name` of each sample: [n]."""
+    if name not in METRICS:
+        raise ValueError(f"unknown EAP metric {name!r}; known: {', '.join(METRICS)}")
+    return METRICS[name].fn(edge_values(W, mask))
+
+
+def activation_intensity(W, mask) -> float:
+    """mean_k mean_E |W_k|: how strongly edges carry the loss, on average (the paper's intensity)."""
+    return float(per_sample(W, mask, "activation_intensity").mean())
+
+
+def information_complexity(W, mask) -> float:
+    """mean_k of the per-sample complexity (method.md 2.6): scale-free, and its range does not grow with n."""
+    return float(per_sample(W, mask, "information_complexity").mean())
+
+
+def distribution_kurtosis(W, mask) -> float:
+    """mean_k of the Fisher (excess) kurtosis of sample k's signed edge values: heavy tails = few dominant edges."""
+    return float(np.nanmean(per_sample(W, mask, "distribution_kurtosis")))
+
+
+def information_complexity_pooled(W, mask, bins: int = 100, value_range=None, eps: float = 1e-12) -> float:
+    """The paper's number (method.md 2.5): entropy of the histogram of |W_k[e]| pooled over samples, point value only.
+
+    Its range [0, max|W|] (unless given) grows with n, so its expectation drifts with the number of samples and no
+    bootstrap or jackknife interval is valid for it. Values outside a given range are left out of the histogram.
+    """
+    a = np.abs(edge_values(W, mask)).ravel()
     lo, hi = value_range if value_range is not None else (0.0, float(a.max()))
     if hi <= lo:  # every value equal: one occupied bin, entropy 0
         hi = lo + 1.0
@@ -34,13 +143,9 @@ def _complexity(X, bins=100, value_range=None, eps=1e-12):
     return float(-(p * np.log(p + eps)).sum())
 
 
-def _kurtosis(X):
-    d = X - X.mean(1, keepdims=True)
-    m2, m4 = (d**2).mean(1), (d**4).mean(1)
-    return float(np.mean(m4 / m2**2 - 3.0))  # Fisher (excess), biased moments as scipy.stats.kurtosis's default
-
-
-def _diversity(X):
+def sample_diversity(W, mask) -> float:
+    """1 - mean over pairs i<j of pearson(W_i, W_j): how differently samples use the circuit."""
+    X = edge_values(W, mask)
     n = len(X)
     if n < 2:
         raise ValueError(f"sample_diversity needs at least 2 samples; got {n}")
@@ -48,30 +153,6 @@ def _diversity(X):
     Z = Z / np.linalg.norm(Z, axis=1, keepdims=True)
     C = Z @ Z.T  # Pearson correlation of every pair of samples
     return float(1.0 - C[np.triu_indices(n, k=1)].mean())
-
-
-def activation_intensity(W, mask) -> float:
-    """mean_k mean_E |W_k|: how strongly edges carry the loss, on average."""
-    return _intensity(edge_values(W, mask))
-
-
-def information_complexity(W, mask, bins: int = 100, value_range=None, eps: float = 1e-12) -> float:
-    """Entropy (nats) of the histogram of |W_k[e]| pooled over samples; range [0, max|W|] unless given.
-
-    The number depends on the range: compare two models on a shared range (`value_range`) or say which was used.
-    Values outside a given range are left out of the histogram.
-    """
-    return _complexity(edge_values(W, mask), bins, value_range, eps)
-
-
-def distribution_kurtosis(W, mask) -> float:
-    """mean_k of the Fisher (excess) kurtosis of sample k's signed edge values: heavy tails = few dominant edges."""
-    return _kurtosis(edge_values(W, mask))
-
-
-def sample_diversity(W, mask) -> float:
-    """1 - mean over pairs i<j of pearson(W_i, W_j): how differently samples use the circuit."""
-    return _diversity(edge_values(W, mask))
 
 
 def relative_change(W_sft, W_rl, mask, eps: float = 1e-12) -> np.ndarray:
@@ -100,65 +181,61 @@ def output_edge_entropy(W, mask) -> np.ndarray:
     return H
 
 
-def bootstrap_ci(fn, *arrays, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of `fn(*arrays)` resampling samples (axis 0) with replacement.
+# ---------------------------------------------------------------------------------------------------- comparisons
+def compare_values(s_sft, s_rl, level: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Stage means of paired per-sample values and RL - SFT = mean of d_k = s_rl[k] - s_sft[k], each with a BCa interval.
 
-    Arrays are resampled with the same indices, so `fn(sft, rl) = metric(rl) - metric(sft)` gives a paired CI.
-    Note for sample_diversity: a resample repeats samples, and a repeated pair has correlation 1, which biases the
-    resampled diversity down by about (1 - mean r)/n; differences between models mostly cancel it.
+    A question where either value is not finite (kurtosis of a constant sample) is left out of all three; "n" says
+    how many were used. Resampling the d_k is the paired bootstrap of the difference of means.
     """
-    arrays = [np.asarray(a) for a in arrays]
-    n = len(arrays[0])
-    if any(len(a) != n for a in arrays):
-        sizes = [len(a) for a in arrays]
-        raise ValueError(f"bootstrap_ci needs the same number of samples in every array; got {sizes}")
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for i in range(n_boot):
-        idx = rng.integers(0, n, n)
-        stats[i] = fn(*(a[idx] for a in arrays))
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(stats, [tail, 100 - tail])
-    return float(lo), float(hi)
+    s_sft, s_rl = np.asarray(s_sft, dtype=float), np.asarray(s_rl, dtype=float)
+    if s_sft.shape != s_rl.shape:
+        raise ValueError(f"paired values need the same questions; got {s_sft.shape} and {s_rl.shape}")
+    keep = np.isfinite(s_sft) & np.isfinite(s_rl)
+    a, b = s_sft[keep], s_rl[keep]
+    boot = dict(level=level, n_boot=n_resamples, seed=seed)
+    return {"sft": float(a.mean()) if a.size else math.nan, "rl": float(b.mean()) if b.size else math.nan,
+            "diff": float((b - a).mean()) if a.size else math.nan,
+            "sft_ci": bootstrap_ci(a, **boot), "rl_ci": bootstrap_ci(b, **boot), "diff_ci": bootstrap_ci(b - a, **boot),
+            "n": int(keep.sum())}
 
 
-def summarize(W_sft, W_rl, mask, bins: int = 100, shared_range: bool = False, eps: float = 1e-12,
-              n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """The paper's three metrics for both models: value, RL - SFT, and bootstrap CIs (paired for the difference).
+def compare(W_sft, W_rl, mask, level: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Every registered metric for both stages: {name: {sft, rl, diff, sft_ci, rl_ci, diff_ci, n}}.
 
-    W_sft and W_rl hold the same samples in the same order. Information complexity uses [0, max|W|] per model, or
-    [0, max over both models] with `shared_range=True`; the ranges used are returned under "complexity_range".
-    Returns {metric: {sft, rl, diff, sft_ci, rl_ci, diff_ci}, "complexity_range": {...}, "n_samples", "n_edges"}.
+    W_sft and W_rl [n, n_src, n_dst] hold the same questions in the same order.
     """
     X_sft, X_rl = edge_values(W_sft, mask), edge_values(W_rl, mask)
     if X_sft.shape != X_rl.shape:
         raise ValueError(f"W_sft and W_rl must hold the same samples; got {X_sft.shape} and {X_rl.shape}")
-    top_sft, top_rl = float(np.abs(X_sft).max()), float(np.abs(X_rl).max())
-    if shared_range:
-        r_sft = r_rl = (0.0, max(top_sft, top_rl))
-    else:
-        r_sft, r_rl = (0.0, top_sft), (0.0, top_rl)
-    # The range is fixed at the full-data value so a resample changes the samples, not the bins.
-    metrics = {
-        "activation_intensity": (_intensity, _intensity),
-        "information_complexity": (
-            lambda X: _complexity(X, bins, r_sft, eps),
-            lambda X: _complexity(X, bins, r_rl, eps),
-        ),
-        "distribution_kurtosis": (_kurtosis, _kurtosis),
-    }
-    boot = dict(n_boot=n_boot, seed=seed, level=level)
-    out = {}
-    for name, (f_sft, f_rl) in metrics.items():
-        sft, rl = f_sft(X_sft), f_rl(X_rl)
-        out[name] = {
-            "sft": sft,
-            "rl": rl,
-            "diff": rl - sft,
-            "sft_ci": bootstrap_ci(f_sft, X_sft, **boot),
-            "rl_ci": bootstrap_ci(f_rl, X_rl, **boot),
-            "diff_ci": bootstrap_ci(lambda a, b: f_rl(b) - f_sft(a), X_sft, X_rl, **boot),
-        }
-    out["complexity_range"] = {"shared": shared_range, "sft": r_sft, "rl": r_rl, "bins": bins}
-    out["n_samples"], out["n_edges"] = X_sft.shape
-    return out
+    return {name: compare_values(m.fn(X_sft), m.fn(X_rl), level, n_resamples, seed) for name, m in METRICS.items()}
+
+
+def loss_adjusted(intensity_sft, intensity_rl, loss_sft, loss_rl, level: float = 0.95, n_resamples: int = 2000,
+                  seed: int = 0) -> dict:
+    """RL effect on log intensity at matched loss (method.md 2.6): c in log I_k = a + b log L_k + c [stage = RL].
+
+    Least squares over both stages' samples; intervals for c and b from a paired BCa bootstrap over questions (both
+    stages of a question move together), refitting each time. Questions with a non-positive intensity or loss (log
+    undefined) are left out and counted. Returns {c, c_ci, b, b_ci, a, n, n_dropped}.
+    """
+    arrays = [np.asarray(v, dtype=float) for v in (intensity_sft, intensity_rl, loss_sft, loss_rl)]
+    if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
+        raise ValueError(f"loss_adjusted needs four [n] arrays of the same questions; got {[a.shape for a in arrays]}")
+    keep = np.all([np.isfinite(a) & (a > 0) for a in arrays], axis=0)
+    logs = [np.log(a[keep]) for a in arrays]
+    n = int(keep.sum())
+    if n < 3:
+        raise ValueError(f"loss_adjusted needs at least 3 questions with positive intensity and loss; got {n}")
+
+    def fit(i_sft, i_rl, l_sft, l_rl):
+        y = np.concatenate([i_sft, i_rl])
+        X = np.column_stack([np.ones(2 * len(i_sft)), np.concatenate([l_sft, l_rl]),
+                             np.repeat([0.0, 1.0], len(i_sft))])
+        return np.linalg.lstsq(X, y, rcond=None)[0]  # a, b, c
+
+    a, b, c = fit(*logs)
+    boot = dict(level=level, n_boot=n_resamples, seed=seed)
+    return {"c": float(c), "c_ci": bootstrap_ci(*logs, stat=lambda *x: fit(*x)[2], **boot),
+            "b": float(b), "b_ci": bootstrap_ci(*logs, stat=lambda *x: fit(*x)[1], **boot),
+            "a": float(a), "n": n, "n_dropped": int((~keep).sum())}
