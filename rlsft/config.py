@@ -145,7 +145,7 @@ class EAPConfig:
     batch_size: int = 4
     bins: int = 100
     shared_range: bool = False  # information complexity histogram range shared by both models of a pair
-    n_boot: int = 1000
+    n_boot: int = 2000  # BCa bootstrap resamples (method.md 2.6: at least 2000)
     alphas: List[float] = field(default_factory=list)  # several alphas in one job (empty: truncation.alpha)
     sft_stage: str = "sft"
     rl_stage: str = "rl"
@@ -229,7 +229,8 @@ def validate(cfg: Any) -> None:
     """Range checks, each naming the key and the value (types and key names are checked by the schema)."""
     t, g = cfg.truncation, cfg.generation
     _check(0 < t.alpha <= 1, f"truncation.alpha must be in (0, 1], got {t.alpha}")
-    _check(0 < t.beta < t.gamma, f"truncation.beta must be > 0 and < truncation.gamma, got beta={t.beta}, gamma={t.gamma}")
+    _check(0 <= t.beta < t.gamma, f"truncation.beta must be >= 0 and < truncation.gamma (0: no lower length bound), "
+                                  f"got beta={t.beta}, gamma={t.gamma}")
     _check(0 < t.delta <= 1, f"truncation.delta must be in (0, 1], got {t.delta}")
     _check(t.n >= 2, f"truncation.n must be >= 2, got {t.n}")
     _check(g.temperature >= 0, f"generation.temperature must be >= 0 (0 = greedy), got {g.temperature}")

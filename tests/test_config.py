@@ -81,7 +81,8 @@ def test_misspelt_key_and_wrong_type_fail_at_composition():
 @pytest.mark.parametrize("override,message", [
     ("truncation.alpha=0", "truncation.alpha must be in (0, 1]"),
     ("truncation.alpha=1.5", "truncation.alpha must be in (0, 1]"),
-    ("truncation.beta=2.0", "truncation.beta must be > 0 and < truncation.gamma"),
+    ("truncation.beta=2.0", "truncation.beta must be >= 0 and < truncation.gamma"),
+    ("truncation.beta=-0.1", "truncation.beta must be >= 0 and < truncation.gamma"),
     ("truncation.delta=0", "truncation.delta must be in (0, 1]"),
     ("truncation.n=1", "truncation.n must be >= 2"),
     ("generation.temperature=-1", "generation.temperature must be >= 0"),
@@ -94,3 +95,12 @@ def test_out_of_range_values_are_named(override, message):
     with pytest.raises(RlsftError) as err:
         validate(composed(override))
     assert message in str(err.value)
+
+
+def test_beta_zero_is_valid_as_in_select_samples():
+    """beta = 0 (no lower length bound) is accepted by select_samples, so the config must accept it too."""
+    from rlsft.eap import select_samples
+
+    validate(composed("truncation.beta=0"))
+    lengths = {"a": 1, "b": 9}  # Tbar 5: "a" lies below beta * Tbar for any beta > 0.2
+    assert select_samples(lengths, lengths, beta=0.0, gamma=2.0).ids == ["a", "b"]
