@@ -20,9 +20,10 @@ from pathlib import Path
 import yaml
 
 from .cache import atomic_path, atomic_write_bytes
+from .eap.metrics import METRICS
 from .errors import RlsftError
 
-EAP_METRICS = ["activation_intensity", "information_complexity", "distribution_kurtosis"]
+EAP_METRICS = list(METRICS)  # the one registry: Table 1 and the figures show every registered metric
 
 
 def job_dirs(root: Path) -> list[Path]:
@@ -232,7 +233,7 @@ def metrics_vs_alpha(tables: dict, out: Path) -> list[Path]:
         groups.setdefault((r[idx["model_pair"]], r[idx["dataset"]]), []).append(r)
     paths = []
     for (pair, dataset), rs in sorted(groups.items()):
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
+        fig, axes = plt.subplots(1, len(EAP_METRICS), figsize=(3.3 * len(EAP_METRICS), 3.8), layout="constrained")
         for ax, m in zip(axes, EAP_METRICS):
             for stage in stage_order({r[idx["stage"]] for r in rs}):
                 pts = sorted((float(r[idx["alpha"]]), float(r[idx[m]]), float(r[idx[m + "_lo"]]),

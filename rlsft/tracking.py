@@ -41,6 +41,17 @@ class Tracker:
             for k, v in values.items():
                 self.run.summary[k] = v
 
+    def config(self, values: dict[str, Any]) -> None:
+        """Add run-level facts known only after start (e.g. the EAP cut length) to the run's config."""
+        if self.run is not None:
+            self.run.config.update(values, allow_val_change=True)
+
+    def define_metric(self, name: str, step_metric: str) -> None:
+        """Plot ``name`` (a glob such as ``eap/*``) against ``step_metric`` instead of the step."""
+        if self.run is not None:
+            self.run.define_metric(step_metric)
+            self.run.define_metric(name, step_metric=step_metric)
+
     def log_table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
         if self.run is not None:
             import wandb
@@ -114,7 +125,8 @@ def _wandb_log_records(path: str | Path):
 
 
 def read_offline_run(run_dir: str | Path) -> dict:
-    """Config, history rows, group, job type, tags and exit code of the offline W&B run under ``run_dir``."""
+    """Config, history rows, summary, defined metrics ({name: step metric}), group, job type, tags and exit code of
+    the offline W&B run under ``run_dir``."""
     import json
 
     from wandb.proto import wandb_internal_pb2 as pb
@@ -122,7 +134,7 @@ def read_offline_run(run_dir: str | Path) -> dict:
     files = sorted(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
     if not files:
         raise FileNotFoundError(f"no offline W&B run under {run_dir}")
-    out: dict[str, Any] = {"history": [], "config": {}, "exit_code": None, "summary": {}}
+    out: dict[str, Any] = {"history": [], "config": {}, "exit_code": None, "summary": {}, "metrics": {}}
     for path in files:
         for payload in _wandb_log_records(path):
             record = pb.Record()
@@ -133,6 +145,11 @@ def read_offline_run(run_dir: str | Path) -> dict:
                            tags=list(record.run.tags), project=record.run.project)
                 for item in record.run.config.update:
                     out["config"][item.key] = json.loads(item.value_json)
+            elif kind == "config":
+                for item in record.config.update:
+                    out["config"][item.key or ".".join(item.nested_key)] = json.loads(item.value_json)
+            elif kind == "metric":
+                out["metrics"][record.metric.name or record.metric.glob_name] = record.metric.step_metric
             elif kind == "history":
                 out["history"].append({i.key or ".".join(i.nested_key): json.loads(i.value_json)
                                        for i in record.history.item})

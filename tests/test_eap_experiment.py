@@ -3,18 +3,29 @@
 import json
 
 import numpy as np
+import scipy.stats
 
 from conftest import launch
-from rlsft.eap import activation_intensity, distribution_kurtosis, information_complexity
+from rlsft.eap import METRICS
 from rlsft.report import main
+from rlsft.tracking import read_offline_run
 
 TINY = ["experiment=eap", "model_pair=tiny", "eap.require_correct=false", "dataset.arithmetic.count=8",
         "eap.n_boot=200", "logger=disabled"]
 
 
+def stage_means(W, mask):
+    """The per-sample metrics written out with numpy/scipy, averaged over samples (method.md 2.6)."""
+    X = W[:, mask].astype(np.float64)
+    A = np.abs(X)
+    complexity = [scipy.stats.entropy(np.histogram(a / a.max(), bins=100, range=(0, 1))[0]) for a in A]
+    return {"activation_intensity": A.mean(), "information_complexity": np.mean(complexity),
+            "distribution_kurtosis": np.mean(scipy.stats.kurtosis(X, axis=1))}
+
+
 def test_alpha_sweep_generates_once_and_saves_recomputable_matrices(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
-    res = launch("-m", *TINY, "truncation.alpha=0.1,0.5", f"hydra.sweep.dir={sweep}")
+    res = launch("-m", *TINY, "truncation.alpha=0.1,0.5", f"hydra.sweep.dir={sweep}", "logger=offline")
     assert res.returncode == 0, res.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "result.json").exists())
     assert len(jobs) == 2
@@ -32,9 +43,19 @@ def test_alpha_sweep_generates_once_and_saves_recomputable_matrices(tmp_path, ca
             assert W.shape[0] == len(selections[0]["ids"]) and list(saved["ids"]) == selections[0]["ids"]
             assert not W[:, ~mask].any()  # zero off the edge mask
             # The table's numbers are recomputable from the saved matrices alone.
-            assert np.isclose(summary["activation_intensity"][side], activation_intensity(W, mask))
-            assert np.isclose(summary["distribution_kurtosis"][side], distribution_kurtosis(W, mask))
-            assert np.isclose(summary["information_complexity"][side], information_complexity(W, mask))
+            for m, value in stage_means(W, mask).items():
+                assert np.isclose(summary[m][side], value), m
+            assert np.isclose(summary["self_entropy"][side], saved["loss"].mean())
+            assert list(saved["scored_tokens"]) == [min(n, summary["cut_len"]) for n in saved["answer_len"]]
+        # W&B: alpha, cut length, pair and dataset in the config; one summary key per metric, stage and difference.
+        wb = read_offline_run(job)
+        assert wb["config"]["alpha"] == float(alpha) and wb["config"]["cut_len"] == summary["cut_len"]
+        assert (wb["config"]["pair"], wb["config"]["dataset"]) == ("tiny", "arithmetic")
+        for m in [*METRICS, "self_entropy"]:
+            s = summary[m]
+            expected = {"sft": s["sft"], "rl": s["rl"], "diff": s["diff"], "diff_lo": s["diff_ci"][0],
+                        "diff_hi": s["diff_ci"][1]}
+            assert {k: wb["summary"][f"eap/{m}/{k}"] for k in expected} == expected, m
         assert (job / "eap_summary.md").exists() and (job / f"eap_relative_change_alpha{alpha}.png").exists()
     assert len(cuts) == 2
 
@@ -45,7 +66,7 @@ def test_alpha_sweep_generates_once_and_saves_recomputable_matrices(tmp_path, ca
     (sweep / "99" / "result.json").unlink()
     assert main([str(sweep)]) == 0
     table = (sweep / "report" / "table1_eap.csv").read_text().splitlines()
-    assert table[0].startswith("model_pair,dataset,alpha,activation_intensity (sft),activation_intensity (rl)")
+    assert table[0].split(",")[3:] == [f"{m} ({s})" for m in METRICS for s in ("sft", "rl")]
     assert [line.split(",")[2] for line in table[1:]] == ["0.1", "0.5"]
     page = (sweep / "report" / "index.html").read_text()
     assert "eap_vs_alpha_tiny_arithmetic.png" in page and "<td>99</td>" in page
@@ -54,12 +75,23 @@ def test_alpha_sweep_generates_once_and_saves_recomputable_matrices(tmp_path, ca
 
 def test_identical_models_give_zero_differences(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
-    res = launch(*TINY, "model_pair.stages.1.model.tiny.seed=0", "eap.alphas=[0.3]", "eap.shared_range=true",
-                 f"hydra.run.dir={run_dir}")
+    res = launch(*TINY, "model_pair.stages.1.model.tiny.seed=0", "eap.alphas=[0.3,1.0]", "eap.shared_range=true",
+                 f"hydra.run.dir={run_dir}", "logger=offline")
     assert res.returncode == 0, res.stderr
-    summary = json.loads((run_dir / "eap_metrics.json").read_text())["alphas"]["0.3"]
-    for m in ("activation_intensity", "information_complexity", "distribution_kurtosis", "sample_diversity"):
+    alphas = json.loads((run_dir / "eap_metrics.json").read_text())["alphas"]
+    summary = alphas["0.3"]
+    for m in [*METRICS, "self_entropy", "information_complexity_pooled", "sample_diversity"]:
         assert summary[m]["diff"] == 0.0, m
+    for m in [*METRICS, "self_entropy"]:  # every paired difference is exactly 0: a zero-width interval, not a crash
+        assert summary[m]["diff_ci"] == [0.0, 0.0], m
+    assert abs(summary["loss_adjusted"]["c"]) < 1e-9
+    assert "(pooled, no interval)" in res.stdout and "loss_adjusted" in res.stdout
+    # Several alphas in one job: one W&B row per alpha, eap/* plotted against alpha.
+    wb = read_offline_run(run_dir)
+    assert wb["metrics"]["eap/*"] == "alpha" and wb["config"]["alpha"] == [0.3, 1.0]
+    rows = [h for h in wb["history"] if "alpha" in h]
+    assert [r["alpha"] for r in rows] == [0.3, 1.0]
+    assert rows[1]["eap/gini/sft"] == alphas["1"]["gini"]["sft"]
     sft = np.load(run_dir / "eap_scores_sft_alpha0.3.npz")["W"]
     rl = np.load(run_dir / "eap_scores_rl_alpha0.3.npz")["W"]
     assert np.array_equal(sft, rl)
@@ -77,4 +109,4 @@ def test_out_of_range_alpha_and_beta(tmp_path, cache_dir):
     res = launch(*TINY, "eap.alphas=[0.1,1.5]", f"hydra.run.dir={tmp_path / 'a'}")
     assert res.returncode == 2 and "eap.alphas must each be in (0, 1]" in res.stderr
     res = launch(*TINY, "truncation.beta=2.0", f"hydra.run.dir={tmp_path / 'b'}")
-    assert res.returncode == 2 and "truncation.beta must be > 0 and < truncation.gamma" in res.stderr
+    assert res.returncode == 2 and "truncation.beta must be >= 0 and < truncation.gamma" in res.stderr

@@ -54,7 +54,7 @@ def test_temperature_sweep_end_to_end(tmp_path, cache_dir):
     for job in jobs:
         history = json.loads((job / "grpo_history.json").read_text())
         assert [r["step"] for r in history] == [0, 1, 2]
-        assert "eap/kurtosis_diff" in history[-1] and "train/skipped" in history[-1]  # skipped: no mixed group
+        assert "eap/distribution_kurtosis_diff" in history[-1] and "train/skipped" in history[-1]  # skipped: no mixed group
         assert (job / "grpo_history.csv").exists() and (job / "grpo_curves.png").exists()
         assert (job / "checkpoints" / "step-000002" / "model.safetensors").exists()
         assert (job / "model" / "config.json").exists()

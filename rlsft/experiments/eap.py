@@ -1,7 +1,8 @@
 """Edge attribution patching of an SFT and an RL model (method.md section 2; the paper's Table 1, Figures 2-3).
 
-generate (cached) -> both-correct questions -> select_samples (once, for every alpha) -> for each alpha: T_cut,
-edge_scores per model (cached, one file per model and alpha) -> metrics with bootstrap CIs -> table and figures.
+generate (cached) -> both-correct questions -> select (once, for every alpha) -> per alpha: score_alpha (T_cut,
+edge_scores per model, cached) -> compare_alpha (every registered metric per sample with BCa intervals, the
+loss-adjusted RL effect, self-entropy, the paper's pooled complexity as a point value) -> tables, W&B, figures, console.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cache import atomic_path, intact, locked, stage_dir, stage_key
-from ..eap import (build_graph, collate, cut_length, edge_scores, estimate_memory, output_edge_entropy,
-                   relative_change, sample_diversity, select_samples, summarize, truncation_inputs)
+from ..eap import (METRICS, build_graph, collate, compare, compare_values, cut_length, edge_scores, estimate_memory,
+                   information_complexity_pooled, loss_adjusted, output_edge_entropy, per_sample, relative_change,
+                   sample_diversity, select_samples, truncation_inputs)
 from ..errors import RlsftError
 from ..models import fingerprint
 from .common import RunContext, markdown_table
 
 log = logging.getLogger(__name__)
-SCORES_VERSION = 2  # 2: per-sample loss saved beside the scores
-METRICS = ["activation_intensity", "information_complexity", "distribution_kurtosis"]
+SCORES_VERSION = 3  # 2: per-sample loss saved beside the scores; 3: number of scored tokens per sample
+STAGE_ROWS = [*METRICS, "self_entropy"]  # per-stage values with an interval, in the summary table and W&B
 
 
 def _stage(ctx: RunContext, name: str):
@@ -50,46 +52,56 @@ def paired_questions(gens: dict[str, dict[str, dict]], require_correct: bool) ->
     return usable, counts
 
 
-def scores_for(ctx: RunContext, stage, answers: list[dict], cut_len: int) -> dict:
-    """Per-sample EAP matrices of one model at one T_cut: cached, one .npz per (model, alpha's T_cut, samples)."""
-    cfg = ctx.cfg.eap
+def score_settings(cfg) -> dict:
+    """Everything besides the model, the samples and T_cut that changes the scores: one dict, all in the cache key."""
+    return {"attn_inputs": cfg.eap.attn_inputs, "positions": cfg.eap.positions, "dtype": cfg.run.dtype}
+
+
+def scores_for(ctx: RunContext, stage, answers: list[dict], cut_len: int, settings: dict) -> dict:
+    """Per-sample EAP matrices of one model at one T_cut: cached, one .npz per (model, samples, T_cut, settings)."""
     ids_hash = hashlib.sha256(repr([(a["id"], a["prompt_ids"], a["output_ids"]) for a in answers]).encode()).hexdigest()
     key = stage_key(version=SCORES_VERSION, model=fingerprint(ctx.model_spec(stage)), samples=ids_hash,
-                    cut_len=cut_len, attn_inputs=cfg.attn_inputs, positions=cfg.positions, dtype=ctx.cfg.run.dtype)
+                    cut_len=cut_len, settings=settings)
     path = stage_dir(ctx.cache_dir, "eap_scores", key) / "scores.npz"
     with locked(path):
         if not intact(path):
-            model, tok = ctx.load_stage(stage)
-            try:
-                graph = build_graph(model, cfg.attn_inputs)
-            except ValueError as exc:
-                raise RlsftError(f"stage {stage.name!r}: {exc}") from None
-            items = [truncation_inputs(a["prompt_ids"], a["output_ids"], cut_len) for a in answers]
-            longest = max(len(it.input_ids) for it in items)
-            need = estimate_memory(model.config, longest, min(cfg.batch_size, len(items)), model.dtype)
-            log.info("edge_scores [%s]: %d samples, up to %d tokens, about %.2f GiB of activations per batch",
-                     stage.name, len(items), longest, need / 2**30)
-            mats, losses = [], []
-            for i in tqdm(range(0, len(items), cfg.batch_size), desc=f"edge_scores [{stage.name}]", disable=None):
-                batch = items[i : i + cfg.batch_size]
-                ids, loss_mask, attention = collate(batch, pad_id=tok.pad_token_id, side="left")
-                scores, loss = edge_scores(model, ids, loss_mask, attention, graph=graph, positions=cfg.positions,
-                                           return_losses=True)
-                mats.append(scores)
-                losses.append(loss)
-            W = torch.cat(mats).numpy().astype(np.float32)
-            with atomic_path(path, sealed=True) as tmp:
-                np.savez_compressed(tmp, W=W, mask=graph.mask.numpy(), sources=np.array(graph.sources),
-                                    targets=np.array(graph.targets), ids=np.array([a["id"] for a in answers]),
-                                    answer_len=np.array([it.answer_len for it in items]),
-                                    shorter_than_cut=np.array([it.shorter_than_cut for it in items]),
-                                    loss=torch.cat(losses).numpy(), cut_len=cut_len)
+            _compute_scores(ctx, stage, answers, cut_len, settings, path)
     data = np.load(path)
     return {k: data[k] for k in data.files} | {"path": path}
 
 
-def run(cfg, ctx: RunContext) -> dict:
-    sft, rl = _stage(ctx, cfg.eap.sft_stage), _stage(ctx, cfg.eap.rl_stage)
+def _compute_scores(ctx: RunContext, stage, answers: list[dict], cut_len: int, settings: dict, path) -> None:
+    model, tok = ctx.load_stage(stage)
+    try:
+        graph = build_graph(model, settings["attn_inputs"])
+    except ValueError as exc:
+        raise RlsftError(f"stage {stage.name!r}: {exc}") from None
+    items = [truncation_inputs(a["prompt_ids"], a["output_ids"], cut_len) for a in answers]
+    batch_size = ctx.cfg.eap.batch_size
+    longest = max(len(it.input_ids) for it in items)
+    need = estimate_memory(model.config, longest, min(batch_size, len(items)), model.dtype)
+    log.info("edge_scores [%s]: %d samples, up to %d tokens, about %.2f GiB of activations per batch",
+             stage.name, len(items), longest, need / 2**30)
+    mats, losses = [], []
+    for i in tqdm(range(0, len(items), batch_size), desc=f"edge_scores [{stage.name}]", disable=None):
+        ids, loss_mask, attention = collate(items[i : i + batch_size], pad_id=tok.pad_token_id, side="left")
+        scores, loss = edge_scores(model, ids, loss_mask, attention, graph=graph, positions=settings["positions"],
+                                   return_losses=True)
+        mats.append(scores)
+        losses.append(loss)
+    W = torch.cat(mats).numpy().astype(np.float32)
+    with atomic_path(path, sealed=True) as tmp:
+        np.savez_compressed(tmp, W=W, mask=graph.mask.numpy(), sources=np.array(graph.sources),
+                            targets=np.array(graph.targets), ids=np.array([a["id"] for a in answers]),
+                            answer_len=np.array([it.answer_len for it in items]),
+                            scored_tokens=np.array([int(it.loss_mask.sum()) for it in items]),
+                            shorter_than_cut=np.array([it.shorter_than_cut for it in items]),
+                            loss=torch.cat(losses).numpy(), cut_len=cut_len)
+
+
+# ------------------------------------------------------------------------------------------------ the named steps
+def generations(ctx: RunContext, sft, rl) -> dict:
+    """{stage name: {question id: generation}}, one greedy answer per question (cached)."""
     sampling = ctx.sampling()
     if sampling.n_samples != 1:
         raise RlsftError(f"eap scores one answer per question; got generation.n_samples={sampling.n_samples}")
@@ -98,6 +110,11 @@ def run(cfg, ctx: RunContext) -> dict:
     for stage in (sft, rl):
         gens[stage.name] = {g["id"]: g for g in ctx.generations(stage, records, sampling)}
         ctx.release(stage)
+    return gens
+
+
+def select(cfg, gens: dict, sft, rl):
+    """method.md 2.1: both-correct questions, then the length window; the same questions serve every alpha."""
     usable, counts = paired_questions(gens, cfg.eap.require_correct)
     if not usable:
         raise RlsftError(
@@ -113,131 +130,258 @@ def run(cfg, ctx: RunContext) -> dict:
     if len(selection.ids) < 2:
         raise RlsftError(f"only {len(selection.ids)} question(s) left after the length filter (counts: "
                          f"{selection.n_correct} usable, {selection.n_in_window} in window, "
-                         f"{selection.n_balanced} balanced); loosen truncation.beta/gamma/delta or use more questions")
+                         f"{selection.n_balanced} balanced); "
+                         f"loosen truncation.beta/gamma/delta or use more questions")
     counts.update(n_usable=selection.n_correct, n_in_window=selection.n_in_window, n_balanced=selection.n_balanced,
                   n_selected=len(selection.ids), tbar=selection.tbar, t_min=selection.t_min, t_max=selection.t_max)
+    return selection, counts
+
+
+def score_alpha(ctx: RunContext, gens: dict, selection, alpha: float, stages: dict) -> dict:
+    """Scores of both stages at one alpha: {"cut_len", "mask", "sources", "targets", side: saved arrays}."""
+    cut = cut_length(alpha, selection.tbar)
+    out = {"cut_len": cut}
+    for side, stage in stages.items():
+        answers = [gens[stage.name][q] for q in selection.ids]
+        res = scores_for(ctx, stage, answers, cut, score_settings(ctx.cfg))
+        shutil.copyfile(res["path"], ctx.run_dir / f"eap_scores_{stage.name}_alpha{alpha:g}.npz")
+        out[side] = res
+        out["mask"], out["sources"], out["targets"] = res["mask"], [str(s) for s in res["sources"]], \
+            [str(x) for x in res["targets"]]
+    for stage in stages.values():
+        ctx.release(stage)
+    return out
+
+
+def compare_alpha(eap_cfg, scored: dict, seed: int) -> dict:
+    """Every number of one alpha (method.md 2.5-2.6), JSON-ready: metrics, self_entropy, loss_adjusted, pooled."""
+    mask, sft, rl = scored["mask"], scored["sft"], scored["rl"]
+    boot = dict(n_resamples=eap_cfg.n_boot, seed=seed)
+    summary = compare(sft["W"], rl["W"], mask, **boot)
+    summary["self_entropy"] = compare_values(sft["loss"], rl["loss"], **boot)
+    intensity = {side: per_sample(scored[side]["W"], mask, "activation_intensity") for side in ("sft", "rl")}
+    try:
+        summary["loss_adjusted"] = loss_adjusted(intensity["sft"], intensity["rl"], sft["loss"], rl["loss"], **boot)
+    except ValueError as exc:
+        log.warning("loss_adjusted skipped: %s", exc)
+    top = {side: float(np.abs(scored[side]["W"][:, mask]).max()) for side in ("sft", "rl")}
+    ranges = {side: (0.0, max(top.values()) if eap_cfg.shared_range else top[side]) for side in ("sft", "rl")}
+    pooled = {side: information_complexity_pooled(scored[side]["W"], mask, bins=eap_cfg.bins, value_range=ranges[side])
+              for side in ("sft", "rl")}
+    summary["information_complexity_pooled"] = {**pooled, "diff": pooled["rl"] - pooled["sft"], "range": ranges,
+                                                "shared_range": eap_cfg.shared_range, "bins": eap_cfg.bins}
+    diversity = {side: sample_diversity(scored[side]["W"], mask) for side in ("sft", "rl")}
+    summary["sample_diversity"] = {**diversity, "diff": diversity["rl"] - diversity["sft"]}
+    summary.update(cut_len=scored["cut_len"], n_samples=len(sft["W"]), n_edges=int(mask.sum()),
+                   shorter_than_cut={side: int(scored[side]["shorter_than_cut"].sum()) for side in ("sft", "rl")},
+                   scored_tokens={side: float(scored[side]["scored_tokens"].mean()) for side in ("sft", "rl")})
+    return summary
+
+
+def run(cfg, ctx: RunContext) -> dict:
+    stages = {"sft": _stage(ctx, cfg.eap.sft_stage), "rl": _stage(ctx, cfg.eap.rl_stage)}
+    gens = generations(ctx, stages["sft"], stages["rl"])
+    selection, counts = select(cfg, gens, stages["sft"], stages["rl"])
     ctx.write_json("eap_selection.json", {"counts": counts, "ids": selection.ids, "params": selection.params})
     log.info("eap selection: %s", counts)
-
-    alphas = list(cfg.eap.alphas) or [t.alpha]
-    rows, summaries, per_alpha = [], {}, {}
+    alphas = list(cfg.eap.alphas) or [cfg.truncation.alpha]
+    scored, summaries = {}, {}
     for alpha in alphas:
-        cut = cut_length(alpha, selection.tbar)
-        W, info = {}, {}
-        for stage in (sft, rl):
-            answers = [gens[stage.name][q] for q in selection.ids]
-            res = scores_for(ctx, stage, answers, cut)
-            shutil.copyfile(res["path"], ctx.run_dir / f"eap_scores_{stage.name}_alpha{alpha:g}.npz")
-            W[stage.name] = res["W"]
-            info[stage.name] = {"shorter_than_cut": int(res["shorter_than_cut"].sum()),
-                                "self_entropy": float(res["loss"].mean())}
-            mask, sources = res["mask"], [str(s) for s in res["sources"]]
-            targets = [str(x) for x in res["targets"]]
-        for stage in (sft, rl):
-            ctx.release(stage)
-        summary = summarize(W[sft.name], W[rl.name], mask, bins=cfg.eap.bins, shared_range=cfg.eap.shared_range,
-                            n_boot=cfg.eap.n_boot, seed=t.seed)
-        diversity = {name: sample_diversity(W[name], mask) for name in W}
-        summary["sample_diversity"] = {"sft": diversity[sft.name], "rl": diversity[rl.name],
-                                       "diff": diversity[rl.name] - diversity[sft.name]}
-        summary.update(cut_len=cut, shorter_than_cut={k: v["shorter_than_cut"] for k, v in info.items()},
-                       self_entropy={"sft": info[sft.name]["self_entropy"], "rl": info[rl.name]["self_entropy"],
-                                     "diff": info[rl.name]["self_entropy"] - info[sft.name]["self_entropy"]})
-        summaries[f"{alpha:g}"] = summary
-        per_alpha[alpha] = (W, mask, sources, targets)
-        for stage in (sft, rl):
-            side = "sft" if stage is sft else "rl"
-            row = [cfg.dataset.name, alpha, cut, stage.name, summary["n_samples"]]
-            for m in METRICS:
-                lo, hi = summary[m][f"{side}_ci"]
-                row += [summary[m][side], lo, hi]
-            row += [diversity[stage.name], info[stage.name]["self_entropy"], info[stage.name]["shorter_than_cut"]]
-            rows.append(row)
-        ctx.tracker.log({f"alpha={alpha:g}/{m}/{side}": summary[m][side] for m in METRICS for side in ("sft", "rl")}
-                        | {f"alpha={alpha:g}/{m}/diff": summary[m]["diff"] for m in METRICS})
-    columns = ["dataset", "alpha", "cut_len", "stage", "n"]
-    for m in METRICS:
-        columns += [m, f"{m}_lo", f"{m}_hi"]
-    columns += ["sample_diversity", "self_entropy", "shorter_than_cut"]
+        scored[alpha] = score_alpha(ctx, gens, selection, alpha, stages)
+        summaries[f"{alpha:g}"] = compare_alpha(cfg.eap, scored[alpha], cfg.truncation.seed)
+    names = {side: stage.name for side, stage in stages.items()}
+    columns, rows = summary_rows(cfg.dataset.name, summaries, names)
     ctx.write_table("eap_summary", columns, rows)
-    diff_rows = [[cfg.dataset.name, float(a), m, s[m]["diff"], *s[m]["diff_ci"]]
-                 for a, s in summaries.items() for m in METRICS]
-    ctx.write_table("eap_differences", ["dataset", "alpha", "metric", "rl_minus_sft", "lo", "hi"], diff_rows)
-    ctx.write_json("eap_metrics.json", {"selection": counts, "alphas": summaries,
-                                        "stages": {"sft": sft.name, "rl": rl.name}})
-    figures(ctx, per_alpha, summaries, sft.name, rl.name)
-    print(console_summary(cfg.dataset.name, counts, summaries, sft.name, rl.name))
+    ctx.write_table("eap_differences", *difference_rows(cfg.dataset.name, summaries))
+    ctx.write_json("eap_metrics.json", {"selection": counts, "alphas": summaries, "stages": names})
+    track(ctx, summaries)
+    figures(ctx, scored, summaries, names)
+    print(console_summary(cfg.dataset.name, counts, summaries, names["sft"], names["rl"]))
     return {"selection": counts, "alphas": {a: {m: {k: s[m][k] for k in ("sft", "rl", "diff")} for m in METRICS}
                                             for a, s in summaries.items()}}
 
 
+# ---------------------------------------------------------------------------------------------------------- outputs
+def summary_rows(dataset: str, summaries: dict, names: dict) -> tuple[list[str], list[list]]:
+    """One row per alpha and stage: each metric and self_entropy with its interval, then the point values."""
+    columns = ["dataset", "alpha", "cut_len", "stage", "n"]
+    for m in STAGE_ROWS:
+        columns += [m, f"{m}_lo", f"{m}_hi"]
+    columns += ["information_complexity_pooled", "sample_diversity", "scored_tokens", "shorter_than_cut"]
+    rows = []
+    for a, s in summaries.items():
+        for side in ("sft", "rl"):
+            row = [dataset, float(a), s["cut_len"], names[side], s["n_samples"]]
+            for m in STAGE_ROWS:
+                row += [s[m][side], *s[m][f"{side}_ci"]]
+            row += [s["information_complexity_pooled"][side], s["sample_diversity"][side], s["scored_tokens"][side],
+                    s["shorter_than_cut"][side]]
+            rows.append(row)
+    return columns, rows
+
+
+def difference_rows(dataset: str, summaries: dict) -> tuple[list[str], list[list]]:
+    """RL - SFT per alpha and metric with its paired interval; loss_adjusted is the stage coefficient c."""
+    rows = []
+    for a, s in summaries.items():
+        rows += [[dataset, float(a), m, s[m]["diff"], *s[m]["diff_ci"]] for m in STAGE_ROWS]
+        if "loss_adjusted" in s:
+            rows.append([dataset, float(a), "loss_adjusted", s["loss_adjusted"]["c"], *s["loss_adjusted"]["c_ci"]])
+    return ["dataset", "alpha", "metric", "rl_minus_sft", "lo", "hi"], rows
+
+
+def wandb_values(summary: dict) -> dict:
+    """One W&B key per number: eap/<metric>/<sft|rl|diff|diff_lo|diff_hi> (alpha lives in the config or x axis)."""
+    out = {}
+    for m in STAGE_ROWS:
+        s = summary[m]
+        out |= {f"eap/{m}/sft": s["sft"], f"eap/{m}/rl": s["rl"], f"eap/{m}/diff": s["diff"],
+                f"eap/{m}/diff_lo": s["diff_ci"][0], f"eap/{m}/diff_hi": s["diff_ci"][1]}
+    if "loss_adjusted" in summary:
+        la = summary["loss_adjusted"]
+        out |= {"eap/loss_adjusted/diff": la["c"], "eap/loss_adjusted/diff_lo": la["c_ci"][0],
+                "eap/loss_adjusted/diff_hi": la["c_ci"][1], "eap/loss_adjusted/slope": la["b"]}
+    pooled = summary["information_complexity_pooled"]
+    out |= {f"eap/information_complexity_pooled/{k}": pooled[k] for k in ("sft", "rl", "diff")}
+    return out
+
+
+def track(ctx: RunContext, summaries: dict) -> None:
+    """W&B: alpha and cut length in the config; one summary key per number; several alphas -> plots against alpha."""
+    alphas = [float(a) for a in summaries]
+    cuts = [s["cut_len"] for s in summaries.values()]
+    cfg = ctx.cfg
+    ctx.tracker.config({"alpha": alphas[0] if len(alphas) == 1 else alphas,
+                        "cut_len": cuts[0] if len(cuts) == 1 else cuts,
+                        "pair": cfg.model_pair.name, "dataset": cfg.dataset.name})
+    if len(alphas) > 1:
+        ctx.tracker.define_metric("eap/*", step_metric="alpha")
+        for a, s in summaries.items():
+            ctx.tracker.log({"alpha": float(a), **wandb_values(s)})
+    else:
+        ctx.tracker.summary(wandb_values(next(iter(summaries.values()))))
+
+
+def _ci(value: float, ci) -> str:
+    return f"{value:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
+
+
+def console_rows(a: str, s: dict) -> list[list]:
+    """One alpha's console rows: scale-free shape, loss-adjusted, the paper's three, self-entropy, pooled complexity."""
+    def metric_row(m: str, label: str) -> list:
+        return [float(a), s["cut_len"], label, _ci(s[m]["sft"], s[m]["sft_ci"]), _ci(s[m]["rl"], s[m]["rl_ci"]),
+                _ci(s[m]["diff"], s[m]["diff_ci"])]
+
+    rows = [metric_row(m, f"{m} (scale-free)") for m, spec in METRICS.items() if not spec.paper]
+    if "loss_adjusted" in s:
+        la = s["loss_adjusted"]
+        rows.append([float(a), s["cut_len"], "loss_adjusted: RL effect on log intensity at matched loss",
+                     "slope on log loss:", _ci(la["b"], la["b_ci"]), _ci(la["c"], la["c_ci"])])
+    rows += [metric_row(m, m + (" (scale-free)" if spec.scale_free else "")) for m, spec in METRICS.items()
+             if spec.paper]
+    rows.append(metric_row("self_entropy", "self_entropy (loss, nats)"))
+    p = s["information_complexity_pooled"]
+    rows.append([float(a), s["cut_len"], "information_complexity (pooled, no interval)", f"{p['sft']:.4g}",
+                 f"{p['rl']:.4g}", f"{p['diff']:.4g}"])
+    return rows
+
+
 def console_summary(dataset: str, counts: dict, summaries: dict, sft: str, rl: str) -> str:
-    """What a run prints: accuracies, the selection, and per alpha each metric with RL - SFT and its 95% interval.
+    """What a run prints: accuracies, the selection, and per alpha each number with its 95% interval.
 
-    ``self_entropy`` (the mean loss whose gradients the scores are) is shown beside the metrics, without an interval:
-    it is a diagnostic, not a metric.
+    Means over questions of per-sample values; RL - SFT is the mean of the paired differences (BCa intervals).
     """
-    def difference(stat: dict) -> str:
-        ci = f" [{stat['diff_ci'][0]:.4g}, {stat['diff_ci'][1]:.4g}]" if "diff_ci" in stat else ""
-        return f"{stat['diff']:.4g}{ci}"
-
     head = (f"{dataset}: {sft} {counts[f'{sft}_correct']}/{counts['questions']} correct, {rl} "
             f"{counts[f'{rl}_correct']}/{counts['questions']}; {counts['n_selected']} questions selected "
             f"(Tbar {counts['tbar']:.1f} tokens)\n")
-    return head + markdown_table(["alpha", "T_cut", "metric", sft, rl, f"{rl} - {sft} [95% CI]"],
-                                 [[float(a), s["cut_len"], m, s[m]["sft"], s[m]["rl"], difference(s[m])]
-                                  for a, s in summaries.items() for m in [*METRICS, "self_entropy"]])
+    rows = [r for a, s in summaries.items() for r in console_rows(a, s)]
+    return head + markdown_table(["alpha", "T_cut", "metric", f"{sft} [95% CI]", f"{rl} [95% CI]",
+                                  f"{rl} - {sft} [95% CI]"], rows)
 
 
-def figures(ctx: RunContext, per_alpha: dict, summaries: dict, sft: str, rl: str) -> None:
-    """Figure 2 (relative-change heatmap), Figure 3 (per-sample diversity, per-node output-edge entropy), vs alpha."""
+def figures(ctx: RunContext, scored: dict, summaries: dict, names: dict) -> None:
+    """Figure 2 (relative change), Figure 3 (diversity, output-edge entropy), intensity vs loss, metrics vs alpha."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for alpha, (W, mask, sources, targets) in per_alpha.items():
-        rel = relative_change(W[sft], W[rl], mask)
-        fig, ax = plt.subplots(figsize=(max(6, len(targets) / 6), max(4, len(sources) / 6)))
-        lim = np.nanpercentile(np.abs(rel), 99) or 1.0
-        cmap = plt.get_cmap("RdBu_r").with_extremes(bad="lightgrey")  # masked cells (not edges) in grey, as titled
-        im = ax.imshow(np.ma.masked_invalid(rel), cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
-        ax.set_xticks(range(len(targets)), targets, rotation=90, fontsize=5)
-        ax.set_yticks(range(len(sources)), sources, fontsize=5)
-        ax.set_xlabel("target node")
-        ax.set_ylabel("source node")
-        ax.set_title(f"relative change of mean |W|, {rl} vs {sft} (alpha={alpha:g}; grey: not an edge)")
-        fig.colorbar(im, ax=ax)
-        ctx.save_figure(f"eap_relative_change_alpha{alpha:g}", fig)
-        plt.close(fig)
-
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-        for name in (sft, rl):
-            X = W[name][:, mask].astype(np.float64)
-            corr = np.corrcoef(X)
-            n = len(X)
-            per_sample = 1 - (corr.sum(1) - 1) / max(n - 1, 1)  # 1 - mean correlation with the other samples
-            a1.plot(sorted(per_sample), label=f"{name} (diversity {summaries[f'{alpha:g}']['sample_diversity'][('sft' if name == sft else 'rl')]:.3f})")
-            a2.plot(output_edge_entropy(W[name], mask), marker=".", label=name)
-        a1.set(xlabel="sample (sorted)", ylabel="1 - mean Pearson r with other samples", title="per-sample diversity")
-        a2.set_xticks(range(len(sources)), sources, rotation=90, fontsize=6)
-        a2.set(ylabel="entropy of |W| over outgoing edges", title="output-edge entropy per source node")
-        a1.legend()
-        a2.legend()
-        ctx.save_figure(f"eap_diversity_entropy_alpha{alpha:g}", fig)
-        plt.close(fig)
-
+    for alpha, sc in scored.items():
+        for name, fig in ((f"eap_relative_change_alpha{alpha:g}", relative_change_figure(plt, sc, names, alpha)),
+                          (f"eap_diversity_entropy_alpha{alpha:g}", diversity_figure(plt, sc, names))):
+            ctx.save_figure(name, fig)
+            plt.close(fig)
+    fig = loss_figure(plt, scored, summaries, names)
+    ctx.save_figure("eap_intensity_vs_loss", fig)
+    plt.close(fig)
     if len(summaries) > 1:
-        alphas = sorted(float(a) for a in summaries)
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-        for ax, m in zip(axes, METRICS):
-            for side, name in (("sft", sft), ("rl", rl)):
-                vals = [summaries[f"{a:g}"][m][side] for a in alphas]
-                lo = [summaries[f"{a:g}"][m][f"{side}_ci"][0] for a in alphas]
-                hi = [summaries[f"{a:g}"][m][f"{side}_ci"][1] for a in alphas]
-                ax.plot(alphas, vals, marker="o", label=name)
-                ax.fill_between(alphas, lo, hi, alpha=0.2)
-            ax.set(xscale="log", xlabel="alpha", title=m)
-            ax.legend()
+        fig = alpha_figure(plt, summaries, names)
         ctx.save_figure("eap_metrics_vs_alpha", fig)
         plt.close(fig)
+
+
+def relative_change_figure(plt, sc: dict, names: dict, alpha: float):
+    rel = relative_change(sc["sft"]["W"], sc["rl"]["W"], sc["mask"])
+    sources, targets = sc["sources"], sc["targets"]
+    fig, ax = plt.subplots(figsize=(max(6, len(targets) / 6), max(4, len(sources) / 6)))
+    lim = np.nanpercentile(np.abs(rel), 99) or 1.0
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="lightgrey")  # masked cells (not edges) in grey, as titled
+    im = ax.imshow(np.ma.masked_invalid(rel), cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(targets)), targets, rotation=90, fontsize=5)
+    ax.set_yticks(range(len(sources)), sources, fontsize=5)
+    ax.set(xlabel="target node", ylabel="source node")
+    ax.set_title(f"relative change of mean |W|, {names['rl']} vs {names['sft']} (alpha={alpha:g}; grey: not an edge)")
+    fig.colorbar(im, ax=ax)
+    return fig
+
+
+def diversity_figure(plt, sc: dict, names: dict):
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    mask = sc["mask"]
+    for side in ("sft", "rl"):
+        W = sc[side]["W"]
+        corr = np.corrcoef(W[:, mask].astype(np.float64))
+        per_q = 1 - (corr.sum(1) - 1) / max(len(corr) - 1, 1)  # 1 - mean correlation with the other samples
+        a1.plot(sorted(per_q), label=f"{names[side]} (diversity {sample_diversity(W, mask):.3f})")
+        a2.plot(output_edge_entropy(W, mask), marker=".", label=names[side])
+    a1.set(xlabel="sample (sorted)", ylabel="1 - mean Pearson r with other samples", title="per-sample diversity")
+    a2.set_xticks(range(len(sc["sources"])), sc["sources"], rotation=90, fontsize=6)
+    a2.set(ylabel="entropy of |W| over outgoing edges", title="output-edge entropy per source node")
+    a1.legend()
+    a2.legend()
+    return fig
+
+
+def loss_figure(plt, scored: dict, summaries: dict, names: dict):
+    """log intensity_k against log loss_k per stage and alpha, with the loss_adjusted fit (parallel lines, gap c)."""
+    fig, axes = plt.subplots(1, len(scored), figsize=(4.2 * len(scored), 3.6), squeeze=False)
+    for ax, (alpha, sc) in zip(axes[0], scored.items()):
+        la = summaries[f"{alpha:g}"].get("loss_adjusted")
+        for side, shift in (("sft", 0.0), ("rl", 1.0)):
+            loss = sc[side]["loss"].astype(float)
+            inten = per_sample(sc[side]["W"], sc["mask"], "activation_intensity")
+            ok = (loss > 0) & (inten > 0)
+            x, y = np.log(loss[ok]), np.log(inten[ok])
+            dots = ax.scatter(x, y, s=12, label=names[side])
+            if la and len(x):
+                grid = np.linspace(x.min(), x.max(), 2)
+                ax.plot(grid, la["a"] + la["b"] * grid + shift * la["c"], color=dots.get_facecolor()[0])
+        title = f"alpha={alpha:g}" + (f": c = {la['c']:.3g} [{la['c_ci'][0]:.3g}, {la['c_ci'][1]:.3g}]" if la else "")
+        ax.set(xlabel="log loss_k (self-entropy)", ylabel="log intensity_k", title=title)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def alpha_figure(plt, summaries: dict, names: dict):
+    alphas = sorted(float(a) for a in summaries)
+    fig, axes = plt.subplots(1, len(STAGE_ROWS), figsize=(3.3 * len(STAGE_ROWS), 3.3))
+    for ax, m in zip(axes, STAGE_ROWS):
+        for side in ("sft", "rl"):
+            s = [summaries[f"{a:g}"][m] for a in alphas]
+            ax.plot(alphas, [v[side] for v in s], marker="o", label=names[side])
+            ax.fill_between(alphas, [v[f"{side}_ci"][0] for v in s], [v[f"{side}_ci"][1] for v in s], alpha=0.2)
+        ax.set(xscale="log", xlabel="alpha", title=m)
+        ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
+        ax.minorticks_off()
+        ax.legend(fontsize=7)
+    return fig

@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from ..cache import atomic_path, atomic_write_bytes, locked
+from .trainer import EAP_METRICS
 
-PANELS = [("eval/accuracy", "held-out accuracy (greedy)"), ("eap/intensity_diff", "activation intensity: current - initial"),
-          ("eap/complexity_diff", "information complexity: current - initial"),
-          ("eap/kurtosis_diff", "distribution kurtosis: current - initial")]
+PANELS = [("eval/accuracy", "held-out accuracy (greedy)"),
+          *[(f"eap/{m}_diff", f"{m}: current - initial") for m in EAP_METRICS]]
 
 
 def plot_runs(runs: list[tuple[str, list[dict]]], title: str = ""):

@@ -26,10 +26,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..data import Record
+from ..eap.metrics import METRICS
 from ..errors import RlsftError
 from ..templates import encode_prompt
 from .advantages import group_advantages, informative_groups
@@ -39,7 +41,8 @@ from .loss import policy_loss
 from .reward import Scored, answer_reward, gold_value, overlong_penalty
 from .rollout import Answer, completion_logprobs, generate, pack
 
-EAP_METRICS = ("intensity", "complexity", "kurtosis")
+# The EAP registry's metrics (stage means of per-sample values) and the paper's pooled complexity (eap_bins bins).
+EAP_METRICS = (*METRICS, "information_complexity_pooled")
 
 
 class GRPOTrainer:
@@ -312,11 +315,10 @@ class GRPOTrainer:
         return torch.cat(out), graph.mask
 
     def _metrics(self, W, mask) -> dict:
-        from ..eap import activation_intensity, distribution_kurtosis, information_complexity
+        from ..eap import information_complexity_pooled, per_sample
 
-        return {"intensity": activation_intensity(W, mask),
-                "complexity": information_complexity(W, mask, bins=self.recipe.eap_bins),
-                "kurtosis": distribution_kurtosis(W, mask)}
+        out = {m: float(np.nanmean(per_sample(W, mask, m))) for m in METRICS}
+        return out | {"information_complexity_pooled": information_complexity_pooled(W, mask, bins=self.recipe.eap_bins)}
 
     def _eap(self, current: list[Answer]) -> dict:
         """Mean over alphas of metric(current) - metric(initial), each model on its own greedy answers.
@@ -432,7 +434,7 @@ class GRPOTrainer:
     def _progress(self, row: dict) -> None:
         keys = [("train/reward_mean", "reward"), ("train/accuracy", "train_acc"), ("train/answer_len", "len"),
                 ("train/zero_var_frac", "zero_var"), ("train/clip_frac", "clip"), ("eval/accuracy", "eval_acc"),
-                ("eap/intensity_diff", "d_int"), ("time/step_s", "s")]
+                ("eap/activation_intensity_diff", "d_int"), ("time/step_s", "s")]
         parts = [f"{name}={row[k]:.3g}" for k, name in keys if isinstance(row.get(k), (int, float))]
         self.log(f"[grpo] step {row['step']}/{self.recipe.steps} " + " ".join(parts))
 
