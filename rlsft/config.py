@@ -250,6 +250,11 @@ def validate(cfg: Any) -> None:
     _check(cfg.eap.bins >= 2, f"eap.bins must be >= 2, got {cfg.eap.bins}")
     _check(cfg.eap.batch_size >= 1, f"eap.batch_size must be >= 1, got {cfg.eap.batch_size}")
     _check(all(0 < a <= 1 for a in cfg.eap.alphas), f"eap.alphas must each be in (0, 1], got {list(cfg.eap.alphas)}")
+    _check(cfg.eap.n_boot >= 100, f"eap.n_boot must be >= 100 (method.md 2.6 uses 2000), got {cfg.eap.n_boot}")
+    # eap.alphas (the default job's [0.1, 0.3, 0.5, 1.0]) overrides truncation.alpha: say so rather than ignore it.
+    _check(cfg.run.experiment != "eap" or not cfg.eap.alphas or t.alpha == TruncationConfig.alpha,
+           f"truncation.alpha={t.alpha} would be ignored: eap.alphas={list(cfg.eap.alphas)} scores those alphas in "
+           f"one job; add eap.alphas=[] to use truncation.alpha (e.g. to sweep it)")
     _validate_probe_ablation_variability(cfg)
     _validate_grpo(cfg)
     from .templates import TEMPLATES

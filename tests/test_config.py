@@ -83,6 +83,7 @@ def test_misspelt_key_and_wrong_type_fail_at_composition():
     ("truncation.alpha=1.5", "truncation.alpha must be in (0, 1]"),
     ("truncation.beta=2.0", "truncation.beta must be >= 0 and < truncation.gamma"),
     ("truncation.beta=-0.1", "truncation.beta must be >= 0 and < truncation.gamma"),
+    ("truncation.alpha=0.5", "truncation.alpha=0.5 would be ignored: eap.alphas=[0.1, 0.3, 0.5, 1.0]"),
     ("truncation.delta=0", "truncation.delta must be in (0, 1]"),
     ("truncation.n=1", "truncation.n must be >= 2"),
     ("generation.temperature=-1", "generation.temperature must be >= 0"),

@@ -25,7 +25,7 @@ def stage_means(W, mask):
 
 def test_alpha_sweep_generates_once_and_saves_recomputable_matrices(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
-    res = launch("-m", *TINY, "truncation.alpha=0.1,0.5", f"hydra.sweep.dir={sweep}", "logger=offline")
+    res = launch("-m", *TINY, "eap.alphas=[]", "truncation.alpha=0.1,0.5", f"hydra.sweep.dir={sweep}", "logger=offline")
     assert res.returncode == 0, res.stderr
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "result.json").exists())
     assert len(jobs) == 2

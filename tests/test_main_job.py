@@ -66,8 +66,9 @@ def test_default_run_trains_the_pair_runs_eap_and_is_cached_the_second_time(tmp_
         assert np.all(W[:, ~mask] == 0)
     wb = read_offline_run(tmp_path / "first")
     assert wb["exit_code"] == 0 and wb["job_type"] == "eap"
-    logged = {k: v for row in wb["history"] for k, v in row.items()}
-    assert logged["alpha=0.1/activation_intensity/rl"] == pytest.approx(metrics["activation_intensity"]["rl"])
+    by_alpha = {row["alpha"]: row for row in wb["history"] if "alpha" in row}  # one row per alpha (x axis)
+    assert sorted(by_alpha) == [0.1, 0.3, 0.5, 1.0]
+    assert by_alpha[0.1]["eap/activation_intensity/rl"] == pytest.approx(metrics["activation_intensity"]["rl"])
 
     # Second run: nothing is trained, generated or attributed again, and the numbers are the same.
     start = time.time()
