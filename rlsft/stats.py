@@ -19,10 +19,12 @@ from scipy import stats
 
 
 def bootstrap_ci(*arrays, stat: Callable = np.mean, n_boot: int = 2000, level: float = 0.95, seed: int = 0,
-                 method: str = "BCa") -> tuple[float, float]:
+                 method: str = "BCa", vectorized: bool = False) -> tuple[float, float]:
     """Bootstrap interval of ``stat(*arrays)`` resampling index 0 of all arrays together (paired); (nan, nan) if empty.
 
-    ``stat`` takes the arrays and returns a scalar (``np.mean`` for one array). BCa needs the jackknife, which is
+    ``stat`` takes the arrays and returns a scalar (``np.mean`` for one array); with ``vectorized`` it also takes
+    ``axis`` and returns one value per resample, as ``scipy.stats.bootstrap`` expects. The level is widened for small n
+    (``expanded_level``). BCa needs the jackknife, which is
     undefined when every value is equal (or n < 2): scipy then returns nan, and for a one-array mean we fall back to
     the Student-t interval (zero width for equal values), which is exact for a constant sample.
     """
@@ -34,19 +36,33 @@ def bootstrap_ci(*arrays, stat: Callable = np.mean, n_boot: int = 2000, level: f
         return math.nan, math.nan
     lo = hi = math.nan
     if n >= 2:
+        level = expanded_level(level, n)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DegenerateDataWarning: handled just below
             if len(xs) == 1 and stat is np.mean:  # vectorised: one call over all resamples
                 res = stats.bootstrap(xs, np.mean, vectorized=True, n_resamples=n_boot, confidence_level=level,
                                       method=method, rng=np.random.default_rng(seed))
             else:
-                res = stats.bootstrap(xs, lambda *a: stat(*a), paired=True, vectorized=False, n_resamples=n_boot,
+                res = stats.bootstrap(xs, stat, paired=True, vectorized=vectorized, n_resamples=n_boot,
                                       confidence_level=level, method=method, rng=np.random.default_rng(seed))
             ci = res.confidence_interval
         lo, hi = float(ci.low), float(ci.high)
     if not (math.isfinite(lo) and math.isfinite(hi)) and len(xs) == 1 and stat is np.mean:
         _, lo, hi = t_interval(xs[0], level)  # degenerate bootstrap (all values equal): the t interval instead
     return float(lo), float(hi)
+
+
+def expanded_level(level: float, n: int) -> float:
+    """The level at which a bootstrap of n values is run so that it covers about ``level`` (Hesterberg 2015).
+
+    Bootstrap intervals are too narrow at small n: they use the plug-in variance (divisor n, not n - 1) and normal
+    rather than t quantiles, so at n = 8 a nominal 95% interval of a normal mean covers about 89%. Hesterberg's
+    expanded interval runs it at 1 - 2 Phi(-sqrt(n / (n - 1)) t_{n-1, 1-(1-level)/2}): 98.9% at n = 8, 96.2% at
+    n = 30, 95.4% at n = 100. "What teachers should know about the bootstrap", The American Statistician 69(4),
+    2015, section 6.
+    """
+    z = math.sqrt(n / (n - 1)) * stats.t.ppf(1 - (1 - level) / 2, n - 1)
+    return float(1 - 2 * stats.norm.cdf(-z))
 
 
 def wilson_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:

@@ -24,7 +24,7 @@ from rlsft.eap import (
     relative_change,
     sample_diversity,
 )
-from rlsft.stats import bootstrap_ci
+from rlsft.stats import bootstrap_ci, expanded_level
 
 MASK = make_graph(3).mask.numpy()
 
@@ -179,8 +179,8 @@ def test_compare_values_and_intervals_against_scipy():
         assert (r["sft"], r["rl"], r["n"]) == pytest.approx((s.mean(), t.mean(), 20))
         assert r["diff"] == pytest.approx((t - s).mean())
         for key, x in (("sft_ci", s), ("rl_ci", t), ("diff_ci", t - s)):
-            ci = scipy.stats.bootstrap((x,), np.mean, n_resamples=999, method="BCa",
-                                       rng=np.random.default_rng(4)).confidence_interval
+            ci = scipy.stats.bootstrap((x,), np.mean, n_resamples=999, method="BCa", rng=np.random.default_rng(4),
+                                       confidence_level=expanded_level(0.95, 20)).confidence_interval
             assert r[key] == pytest.approx((ci.low, ci.high), rel=1e-9), (name, key)
     assert out["activation_intensity"]["diff_ci"][0] > 0  # RL twice as large
     with pytest.raises(ValueError, match="same samples"):
@@ -195,6 +195,16 @@ def test_paired_interval_is_narrower_than_unpaired_when_questions_vary():
     lo, hi = r["diff_ci"]
     assert lo < r["diff"] < hi and lo > 0  # every paired difference is positive
     assert hi - lo < 0.5 * (r["sft_ci"][1] - r["sft_ci"][0])
+
+
+def test_expanded_level_matches_the_t_interval_width_for_a_normal_sample():
+    """Catches a missing small-n correction: at the expanded level, the normal-theory interval is the t interval."""
+    from scipy.stats import norm, t
+
+    for n in (5, 8, 30):
+        z = norm.ppf(1 - (1 - expanded_level(0.95, n)) / 2)
+        assert z * math.sqrt((n - 1) / n) == pytest.approx(t.ppf(0.975, n - 1))  # plug-in sd * z = sample sd * t
+    assert expanded_level(0.95, 10_000) == pytest.approx(0.95, abs=1e-3)
 
 
 def test_degenerate_samples_fall_back_to_a_t_interval():
@@ -212,6 +222,7 @@ def test_bootstrap_ci_paired_statistic():
                           stat=lambda a, b: b.mean() - a.mean(), n_boot=999)
     ref = scipy.stats.bootstrap((x, x + 1 + 0.1 * np.random.default_rng(15).normal(size=40)),
                                 lambda a, b: b.mean() - a.mean(), paired=True, vectorized=False, n_resamples=999,
+                                confidence_level=expanded_level(0.95, 40),
                                 rng=np.random.default_rng(0)).confidence_interval
     assert (lo, hi) == pytest.approx((ref.low, ref.high))
     assert 0.9 < lo < 1 < hi < 1.1

@@ -32,7 +32,7 @@ def edge_values(W, mask) -> np.ndarray:
     return W[:, mask].astype(np.float64)
 
 
-# ------------------------------------------------------------------------------------ per-sample statistics [n, E] -> [n]
+# ------------------------------------------------------------------------------ per-sample statistics [n, E] -> [n]
 def _intensity(X):
     return np.abs(X).mean(1)
 
@@ -183,7 +183,7 @@ def output_edge_entropy(W, mask) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------- comparisons
 def compare_values(s_sft, s_rl, level: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> dict:
-    """Stage means of paired per-sample values and RL - SFT = mean of d_k = s_rl[k] - s_sft[k], each with a BCa interval.
+    """Stage means of paired per-sample values and RL - SFT = mean of d_k = s_rl[k] - s_sft[k], with BCa intervals.
 
     A question where either value is not finite (kurtosis of a constant sample) is left out of all three; "n" says
     how many were used. Resampling the d_k is the paired bootstrap of the difference of means.
@@ -228,14 +228,20 @@ def loss_adjusted(intensity_sft, intensity_rl, loss_sft, loss_rl, level: float =
     if n < 3:
         raise ValueError(f"loss_adjusted needs at least 3 questions with positive intensity and loss; got {n}")
 
-    def fit(i_sft, i_rl, l_sft, l_rl):
-        y = np.concatenate([i_sft, i_rl])
-        X = np.column_stack([np.ones(2 * len(i_sft)), np.concatenate([l_sft, l_rl]),
-                             np.repeat([0.0, 1.0], len(i_sft))])
-        return np.linalg.lstsq(X, y, rcond=None)[0]  # a, b, c
+    def fit(i_sft, i_rl, l_sft, l_rl, axis=-1):
+        """(a, b, c) by the normal equations, batched over leading axes (one fit per bootstrap resample)."""
+        i_sft, i_rl, l_sft, l_rl = (np.moveaxis(v, axis, -1) for v in (i_sft, i_rl, l_sft, l_rl))
+        m = i_sft.shape[-1]
+        x, y = np.concatenate([l_sft, l_rl], -1), np.concatenate([i_sft, i_rl], -1)
+        ones = np.ones_like(x[..., 0])
+        G = np.stack([np.stack([2 * m * ones, x.sum(-1), m * ones], -1),
+                      np.stack([x.sum(-1), (x * x).sum(-1), l_rl.sum(-1)], -1),
+                      np.stack([m * ones, l_rl.sum(-1), m * ones], -1)], -2)  # X^T X [..., 3, 3]
+        r = np.stack([y.sum(-1), (x * y).sum(-1), i_rl.sum(-1)], -1)  # X^T y [..., 3]
+        return np.moveaxis(np.linalg.pinv(G) @ r[..., None], -2, 0)[..., 0]  # pinv: all losses equal still fits
 
     a, b, c = fit(*logs)
-    boot = dict(level=level, n_boot=n_resamples, seed=seed)
-    return {"c": float(c), "c_ci": bootstrap_ci(*logs, stat=lambda *x: fit(*x)[2], **boot),
-            "b": float(b), "b_ci": bootstrap_ci(*logs, stat=lambda *x: fit(*x)[1], **boot),
+    boot = dict(level=level, n_boot=n_resamples, seed=seed, vectorized=True)
+    return {"c": float(c), "c_ci": bootstrap_ci(*logs, stat=lambda *x, axis=-1: fit(*x, axis=axis)[2], **boot),
+            "b": float(b), "b_ci": bootstrap_ci(*logs, stat=lambda *x, axis=-1: fit(*x, axis=axis)[1], **boot),
             "a": float(a), "n": n, "n_dropped": int((~keep).sum())}
