@@ -1,0 +1,166 @@
+"""Coverage of the EAP intervals by simulation from a known population (issue 10, method.md 2.6).
+
+    PYTHONPATH=. python benchmarks/coverage_eap_intervals.py               # n = 8 and 30, 400 replications each
+    PYTHONPATH=. python benchmarks/coverage_eap_intervals.py --reps 200 --n 8
+
+Population: a question k has a scale s_k ~ lognormal(0, SCALE_SD), shared by both stages. SFT edges are s_k * t3
+draws (E = 400); RL edges are s_k * f_k * (0.6 * the SFT draw + 0.8 * t5), f_k ~ lognormal(0.3, 0.3): heavy tails,
+per-sample scale spread, and a real pairing between the stages. Losses: log loss_k = log(scale) + N(0, 0.2) (RL -1),
+so loss_adjusted has a population value too. The population value of each number is its expectation, computed from a
+large independent draw (the mean of per-sample values, the paired mean difference, the least-squares c); for the paper's
+pooled complexity (whose expectation depends on n) it is the mean over independent data sets of the same n.
+
+Before: the old `summarize` (percentile bootstrap, 1000 resamples, pooled complexity on a histogram range fixed at the
+full-data max). After: `compare` and `loss_adjusted` (BCa, 2000 resamples). Prints one row per number: the share of
+replications whose 95% interval contains the population value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from rlsft.eap import METRICS, compare, compare_values, loss_adjusted, per_sample
+
+E_SHAPE = (20, 20)  # E = 400 edges, all real (the mask is all True)
+MASK = np.ones(E_SHAPE, dtype=bool)
+OLD = ["activation_intensity", "information_complexity_pooled", "distribution_kurtosis"]
+
+
+SCALE_SD = 0.5  # sd of log scale_k; the embedded pair's log intensity_k spreads by 0.1-0.4 (see --scale-sd)
+
+
+def draw(rng, n: int):
+    """n paired questions: W_sft, W_rl [n, 20, 20] and losses [n] per stage."""
+    s = rng.lognormal(0.0, SCALE_SD, size=(n, 1, 1))
+    f = rng.lognormal(0.3, 0.3, size=(n, 1, 1))
+    base = rng.standard_t(3, size=(n, *E_SHAPE))
+    W_sft = s * base
+    W_rl = s * f * (0.6 * base + 0.8 * rng.standard_t(5, size=(n, *E_SHAPE)))
+    loss_sft = np.exp(np.log(s[:, 0, 0]) + rng.normal(0, 0.2, n))
+    loss_rl = np.exp(np.log((s * f)[:, 0, 0]) - 1.0 + rng.normal(0, 0.2, n))
+    return W_sft, W_rl, loss_sft, loss_rl
+
+
+def population(n_values=(8, 30), size: int = 40_000, pooled_sets: int = 2000, seed: int = 12345) -> dict:
+    """{number: {"sft", "rl", "diff"}} for the per-sample numbers; pooled complexity per n."""
+    rng = np.random.default_rng(seed)
+    vals = {m: {"sft": [], "rl": []} for m in [*METRICS, "self_entropy"]}
+    logs = {"i_sft": [], "i_rl": [], "l_sft": [], "l_rl": []}
+    for _ in range(size // 2000):
+        W_sft, W_rl, l_sft, l_rl = draw(rng, 2000)
+        for m in METRICS:
+            vals[m]["sft"].append(per_sample(W_sft, MASK, m))
+            vals[m]["rl"].append(per_sample(W_rl, MASK, m))
+        vals["self_entropy"]["sft"].append(l_sft)
+        vals["self_entropy"]["rl"].append(l_rl)
+        logs["i_sft"].append(per_sample(W_sft, MASK, "activation_intensity"))
+        logs["i_rl"].append(per_sample(W_rl, MASK, "activation_intensity"))
+        logs["l_sft"].append(l_sft)
+        logs["l_rl"].append(l_rl)
+    out = {}
+    for m, v in vals.items():
+        a, b = np.concatenate(v["sft"]), np.concatenate(v["rl"])
+        out[m] = {"sft": a.mean(), "rl": b.mean(), "diff": (b - a).mean()}
+    i_s, i_r, l_s, l_r = (np.log(np.concatenate(logs[k])) for k in ("i_sft", "i_rl", "l_sft", "l_rl"))
+    N = len(i_s)
+    X = np.column_stack([np.ones(2 * N), np.r_[l_s, l_r], np.r_[np.zeros(N), np.ones(N)]])
+    out["loss_adjusted"] = {"diff": np.linalg.lstsq(X, np.r_[i_s, i_r], rcond=None)[0][2]}
+    for n in n_values:  # the pooled statistic's expectation at this n
+        p = np.array([[_pooled(W) for W in draw(rng, n)[:2]] for _ in range(pooled_sets)])
+        out[f"information_complexity_pooled@{n}"] = {"sft": p[:, 0].mean(), "rl": p[:, 1].mean(),
+                                                     "diff": (p[:, 1] - p[:, 0]).mean()}
+    return out
+
+
+def _pooled(W, bins: int = 100) -> float:
+    a = np.abs(W).ravel()
+    p = np.histogram(a, bins=bins, range=(0, a.max()))[0] / a.size
+    return float(-(p * np.log(p + 1e-12)).sum())
+
+
+def old_summarize(W_sft, W_rl, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The removed `summarize`: percentile bootstrap over samples, pooled complexity on the full-data range.
+
+    Vectorised but equal to the old loop: a resample's pooled histogram is the sum of its samples' histograms on the
+    fixed range, and its intensity/kurtosis are means of per-sample values.
+    """
+    n = len(W_sft)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+    def per_row(W):
+        A = np.abs(W.reshape(n, -1))
+        counts = np.stack([np.histogram(a, bins=100, range=(0, A.max()))[0] for a in A])
+        return {"activation_intensity": A.mean(1), "information_complexity_pooled": counts,
+                "distribution_kurtosis": per_sample(W, MASK, "distribution_kurtosis")}
+
+    def stat(name, rows, which):
+        if name != "information_complexity_pooled":
+            return rows[name][which].mean(-1)
+        c = rows[name][which].sum(-2)
+        p = c / c.sum(-1, keepdims=True)
+        return -(p * np.log(p + 1e-12)).sum(-1)
+
+    rs, rr = per_row(W_sft), per_row(W_rl)
+    out = {}
+    for name in OLD:
+        s_full, r_full = stat(name, rs, slice(None)), stat(name, rr, slice(None))
+        s_boot, r_boot = stat(name, rs, idx), stat(name, rr, idx)
+        pct = lambda x: tuple(np.percentile(x, [2.5, 97.5]))  # noqa: E731
+        out[name] = {"sft": s_full, "rl": r_full, "sft_ci": pct(s_boot), "rl_ci": pct(r_boot),
+                     "diff_ci": pct(r_boot - s_boot)}
+    return out
+
+
+def coverage(n: int, reps: int, pop: dict, n_resamples: int = 2000, seed: int = 0, before: bool = True) -> dict:
+    """{(when, number, side): share of replications covering the population value}."""
+    rng = np.random.default_rng(seed)
+    hits: dict = {}
+
+    def count(when, name, side, ci, truth):
+        hits.setdefault((when, name, side), []).append(ci[0] <= truth <= ci[1])
+
+    for r in range(reps):
+        W_sft, W_rl, l_sft, l_rl = draw(rng, n)
+        after = compare(W_sft, W_rl, MASK, n_resamples=n_resamples, seed=r)
+        after["self_entropy"] = compare_values(l_sft, l_rl, n_resamples=n_resamples, seed=r)
+        for name, res in after.items():
+            for side in ("sft", "rl", "diff"):
+                count("after", name, side, res[f"{side}_ci"], pop[name][side])
+        la = loss_adjusted(per_sample(W_sft, MASK, "activation_intensity"),
+                           per_sample(W_rl, MASK, "activation_intensity"), l_sft, l_rl, n_resamples=n_resamples, seed=r)
+        count("after", "loss_adjusted", "diff", la["c_ci"], pop["loss_adjusted"]["diff"])
+        if before:
+            for name, res in old_summarize(W_sft, W_rl, seed=r).items():
+                key = f"{name}@{n}" if name == "information_complexity_pooled" else name
+                for side in ("sft", "rl", "diff"):
+                    count("before", name, side, res[f"{side}_ci"], pop[key][side])
+    return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=400)
+    ap.add_argument("--n", type=int, nargs="+", default=[8, 30])
+    ap.add_argument("--population", type=int, default=40_000, help="questions drawn for the population values")
+    ap.add_argument("--scale-sd", type=float, default=SCALE_SD, help="sd of the log per-sample scale")
+    args = ap.parse_args()
+    globals()["SCALE_SD"] = args.scale_sd
+    t0 = time.time()
+    pop = population(tuple(args.n), size=args.population)
+    print(f"population values from {args.population} questions, scale sd {SCALE_SD} ({time.time() - t0:.0f} s)")
+    table = {n: coverage(n, args.reps, pop) for n in args.n}
+    print(f"\ncoverage of nominal 95% intervals, {args.reps} replications per n "
+          f"(binomial SE at 95%: {np.sqrt(0.95 * 0.05 / args.reps):.3f})\n")
+    print("| when | number | side | " + " | ".join(f"n={n}" for n in args.n) + " |")
+    print("|---|---|---|" + "---|" * len(args.n))
+    for key in table[args.n[0]]:
+        print(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(f"{table[n][key]:.3f}" for n in args.n) + " |")
+    worst = min(v for t in table.values() for k, v in t.items() if k[0] == "after")
+    print(f"\nworst 'after' coverage: {worst:.3f} ({time.time() - t0:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()
