@@ -7,7 +7,8 @@ Needs only torch, transformers (with its own dependencies: tokenizers, safetenso
 and the repository's source: no hydra, wandb, datasets, math-verify, hub access or download. Models are randomly
 initialised from the real shapes below (cost does not depend on the weights' values). Parts, in the order they run:
 
-  bf16_vs_fp32   EAP scores of a small random model in bf16 vs fp32: relative error of W and of each EAP metric
+  bf16_vs_fp32   EAP scores of a small random model in bf16 vs fp32: relative error of W and of each registered
+                 EAP metric (rlsft.eap.metrics.METRICS, mean over samples)
   grpo_3b        the rebuttal recipe (conf/grpo/rebuttal.yaml: 32 questions x 4 answers, 200 new tokens, 4 mini-batches,
                  full fine-tuning with the frozen initial copy, bf16 autocast over fp32 master weights, AdamW) on a
                  Qwen2.5-3B-size model with a synthetic reward: one warm-up step, then 2 timed steps split into
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +53,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from bench_eap import baseline, make_batch  # noqa: E402  (the same baseline and batch, so the same ratios)
 
 from rlsft.eap import build_graph, edge_scores, estimate_memory, patched_losses, sample_losses  # noqa: E402
+from rlsft.eap.metrics import METRICS, per_sample  # noqa: E402
 
 GiB = 2**30
 BUDGET_S = 480  # the whole GPU run, startup included, must fit in 8 minutes
@@ -259,20 +262,6 @@ def patch_ig_part(ctx: Context, rows: list) -> None:
                          finite=bool(torch.isfinite(out).all())))
 
 
-def metric_functions() -> dict:
-    """name -> fn(W, mask) -> float: every registered EAP metric (mean over samples) when rlsft.eap.metrics has the
-    registry, otherwise its public whole-set metrics."""
-    from rlsft.eap import metrics
-
-    if hasattr(metrics, "METRICS") and hasattr(metrics, "per_sample"):
-        import numpy as np
-
-        return {name: (lambda W, mask, name=name: float(np.nanmean(metrics.per_sample(W, mask, name))))
-                for name in metrics.METRICS}
-    return {name: getattr(metrics, name) for name in
-            ("activation_intensity", "information_complexity", "distribution_kurtosis", "sample_diversity")}
-
-
 def bf16_part(ctx: Context, rows: list) -> None:
     """The same random weights scored in fp32 and in bf16: how far bf16 moves W and each metric."""
     s = ctx.scale
@@ -287,8 +276,8 @@ def bf16_part(ctx: Context, rows: list) -> None:
                      rel_error=float((X16 - X32).norm() / X32.norm()),
                      max_rel_error=float((X16 - X32).abs().max() / X32.abs().max()),
                      pearson=float(torch.corrcoef(torch.stack([X32.flatten(), X16.flatten()]))[0, 1])))
-    for name, fn in metric_functions().items():
-        a, b = fn(W32, mask), fn(W16, mask)
+    for name in METRICS:  # each registered metric: its mean over the samples
+        a, b = (float(np.nanmean(per_sample(W, mask, name))) for W in (W32, W16))
         rows.append(dict(quantity=name, fp32=a, bf16=b, rel_error=abs(b - a) / abs(a) if a else None))
 
 

@@ -97,7 +97,9 @@ def test_smoke_run_measures_every_part(tmp_path):
 
     W, *metrics = parts["bf16_vs_fp32"]["rows"]
     assert 0 < W["rel_error"] < 0.1 and W["pearson"] > 0.99  # bf16 keeps ~3 digits; an fp32 copy would give 0
-    assert {m["quantity"] for m in metrics} >= {"activation_intensity", "information_complexity"}
+    from rlsft.eap.metrics import METRICS
+
+    assert [m["quantity"] for m in metrics] == list(METRICS)  # every registered metric, none invented
 
     *steps, mean = parts["grpo_3b"]["rows"]
     assert [s["step"] for s in steps] == [1, 2]
