@@ -13,7 +13,6 @@ import shutil
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..cache import atomic_path, intact, locked, stage_dir, stage_key
 from ..eap import (METRICS, build_graph, collate, compare, compare_values, cut_length, edge_scores, estimate_memory,
@@ -21,7 +20,8 @@ from ..eap import (METRICS, build_graph, collate, compare, compare_values, cut_l
                    sample_diversity, select_samples, truncation_inputs)
 from ..errors import RlsftError
 from ..models import fingerprint
-from .common import RunContext, markdown_table
+from ..console import progress
+from .common import RunContext, markdown_table, stage_color
 
 log = logging.getLogger(__name__)
 SCORES_VERSION = 3  # 2: per-sample loss saved beside the scores; 3: number of scored tokens per sample
@@ -83,7 +83,7 @@ def _compute_scores(ctx: RunContext, stage, answers: list[dict], cut_len: int, s
     log.info("edge_scores [%s]: %d samples, up to %d tokens, about %.2f GiB of activations per batch",
              stage.name, len(items), longest, need / 2**30)
     mats, losses = [], []
-    for i in tqdm(range(0, len(items), batch_size), desc=f"edge_scores [{stage.name}]", disable=None):
+    for i in progress(desc=f"edge_scores [{stage.name}]", unit="batch", iterable=range(0, len(items), batch_size)):
         ids, loss_mask, attention = collate(items[i : i + batch_size], pad_id=tok.pad_token_id, side="left")
         scores, loss = edge_scores(model, ids, loss_mask, attention, graph=graph, positions=settings["positions"],
                                    return_losses=True)
@@ -157,6 +157,8 @@ def compare_alpha(eap_cfg, scored: dict, seed: int) -> dict:
     """Every number of one alpha (method.md 2.5-2.6), JSON-ready: metrics, self_entropy, loss_adjusted, pooled."""
     mask, sft, rl = scored["mask"], scored["sft"], scored["rl"]
     boot = dict(n_resamples=eap_cfg.n_boot, seed=seed)
+    log.info("bootstrap intervals: %d resamples of %d questions for %d metrics", eap_cfg.n_boot, len(sft["W"]),
+             len(METRICS) + 2)  # the silent part before the table: say what it is
     summary = compare(sft["W"], rl["W"], mask, **boot)
     summary["self_entropy"] = compare_values(sft["loss"], rl["loss"], **boot)
     intensity = {side: per_sample(scored[side]["W"], mask, "activation_intensity") for side in ("sft", "rl")}
@@ -331,7 +333,9 @@ def relative_change_figure(plt, sc: dict, names: dict, alpha: float):
     ax.set_yticks(range(len(sources)), sources, fontsize=5)
     ax.set(xlabel="target node", ylabel="source node")
     ax.set_title(f"relative change of mean |W|, {names['rl']} vs {names['sft']} (alpha={alpha:g}; grey: not an edge)")
-    fig.colorbar(im, ax=ax)
+    bar = fig.colorbar(im, ax=ax)
+    bar.set_label(f"({names['rl']} - {names['sft']}) / {names['sft']} of mean |W|", fontsize=9)
+    bar.ax.tick_params(labelsize=8)
     return fig
 
 
@@ -342,8 +346,9 @@ def diversity_figure(plt, sc: dict, names: dict):
         W = sc[side]["W"]
         corr = np.corrcoef(W[:, mask].astype(np.float64))
         per_q = 1 - (corr.sum(1) - 1) / max(len(corr) - 1, 1)  # 1 - mean correlation with the other samples
-        a1.plot(sorted(per_q), label=f"{names[side]} (diversity {sample_diversity(W, mask):.3f})")
-        a2.plot(output_edge_entropy(W, mask), marker=".", label=names[side])
+        color = stage_color(names[side])
+        a1.plot(sorted(per_q), color=color, label=f"{names[side]} (diversity {sample_diversity(W, mask):.3f})")
+        a2.plot(output_edge_entropy(W, mask), marker=".", color=color, label=names[side])
     a1.set(xlabel="sample (sorted)", ylabel="1 - mean Pearson r with other samples", title="per-sample diversity")
     a2.set_xticks(range(len(sc["sources"])), sc["sources"], rotation=90, fontsize=6)
     a2.set(ylabel="entropy of |W| over outgoing edges", title="output-edge entropy per source node")
@@ -362,25 +367,28 @@ def loss_figure(plt, scored: dict, summaries: dict, names: dict):
             inten = per_sample(sc[side]["W"], sc["mask"], "activation_intensity")
             ok = (loss > 0) & (inten > 0)
             x, y = np.log(loss[ok]), np.log(inten[ok])
-            dots = ax.scatter(x, y, s=12, label=names[side])
+            dots = ax.scatter(x, y, s=12, color=stage_color(names[side]), label=names[side])
             if la and len(x):
                 grid = np.linspace(x.min(), x.max(), 2)
                 ax.plot(grid, la["a"] + la["b"] * grid + shift * la["c"], color=dots.get_facecolor()[0])
         title = f"alpha={alpha:g}" + (f": c = {la['c']:.3g} [{la['c_ci'][0]:.3g}, {la['c_ci'][1]:.3g}]" if la else "")
         ax.set(xlabel="log loss_k (self-entropy)", ylabel="log intensity_k", title=title)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(4))  # close losses: default ticks overlap
         ax.legend(fontsize=7)
     return fig
 
 
 def alpha_figure(plt, summaries: dict, names: dict):
     alphas = sorted(float(a) for a in summaries)
-    fig, axes = plt.subplots(1, len(STAGE_ROWS), figsize=(3.3 * len(STAGE_ROWS), 3.3))
+    fig, axes = plt.subplots(1, len(STAGE_ROWS), figsize=(3.3 * len(STAGE_ROWS), 3.3), layout="constrained")
     for ax, m in zip(axes, STAGE_ROWS):
         for side in ("sft", "rl"):
             s = [summaries[f"{a:g}"][m] for a in alphas]
-            ax.plot(alphas, [v[side] for v in s], marker="o", label=names[side])
-            ax.fill_between(alphas, [v[f"{side}_ci"][0] for v in s], [v[f"{side}_ci"][1] for v in s], alpha=0.2)
-        ax.set(xscale="log", xlabel="alpha", title=m)
+            color = stage_color(names[side])
+            ax.plot(alphas, [v[side] for v in s], marker="o", color=color, label=names[side])
+            ax.fill_between(alphas, [v[f"{side}_ci"][0] for v in s], [v[f"{side}_ci"][1] for v in s], color=color,
+                            alpha=0.2)
+        ax.set(xscale="log", xlabel="alpha", title=m.replace("_", " "))
         ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
         ax.minorticks_off()
         ax.legend(fontsize=7)
