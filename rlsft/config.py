@@ -150,6 +150,8 @@ class EAPConfig:
     sft_stage: str = "sft"
     rl_stage: str = "rl"
     require_correct: bool = True  # method.md 2.1: only questions both models answer correctly (false: smoke tests)
+    reference: Optional[str] = None  # several stages at once: each of `compare` against this stage, one selection
+    compare: List[str] = field(default_factory=list)
 
 
 @dataclass

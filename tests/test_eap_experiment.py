@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import scipy.stats
 
 from conftest import launch
@@ -110,3 +111,39 @@ def test_out_of_range_alpha_and_beta(tmp_path, cache_dir):
     assert res.returncode == 2 and "eap.alphas must each be in (0, 1]" in res.stderr
     res = launch(*TINY, "truncation.beta=2.0", f"hydra.run.dir={tmp_path / 'b'}")
     assert res.returncode == 2 and "truncation.beta must be >= 0 and < truncation.gamma" in res.stderr
+
+
+THREE = ["model_pair.stages=[{name:a,model:{source:tiny,tiny:{seed:0}}},{name:b,model:{source:tiny,tiny:{seed:1}}},"
+         "{name:c,model:{source:tiny,tiny:{seed:2}}}]"]
+
+
+@pytest.mark.slow  # three tiny models scored in a subprocess
+def test_several_stages_against_one_reference_on_one_selection(tmp_path, cache_dir):
+    import csv
+
+    run_dir = tmp_path / "run"
+    res = launch(*TINY, *THREE, "eap.reference=a", "eap.compare=[b,c]", "eap.alphas=[0.5]", f"hydra.run.dir={run_dir}")
+    assert res.returncode == 0, res.stderr
+    ids = json.loads((run_dir / "eap_selection.json").read_text())["ids"]
+    values = {}
+    for stage in "abc":  # every stage scored on the one shared selection
+        saved = np.load(run_dir / f"eap_scores_{stage}_alpha0.5.npz")
+        assert list(saved["ids"]) == ids
+        values[stage] = stage_means(saved["W"], saved["mask"])
+    for m in ("activation_intensity", "distribution_kurtosis"):
+        rows = list(csv.DictReader(open(run_dir / f"eap_compare_{m}.csv")))
+        assert [r["stage"] for r in rows] == ["a", "b", "c"] and all(int(r["n"]) == len(ids) for r in rows)
+        for r in rows:  # each row recomputable from the saved matrices; the difference is to the reference
+            assert np.isclose(float(r["value"]), values[r["stage"]][m]), (m, r)
+            if r["stage"] != "a":
+                assert np.isclose(float(r["minus_reference"]), values[r["stage"]][m] - values["a"][m])
+                assert float(r["diff_lo"]) <= float(r["minus_reference"]) <= float(r["diff_hi"])
+        assert (run_dir / f"eap_compare_{m}.png").exists()
+    assert "stage - a [95% CI]" in res.stdout
+
+
+def test_compare_names_bad_stages(tmp_path, cache_dir):
+    res = launch(*TINY, *THREE, "eap.reference=a", "eap.compare=[b,zz]", f"hydra.run.dir={tmp_path / 'x'}")
+    assert res.returncode == 2 and "name stages ['zz'] that model_pair 'tiny' does not have" in res.stderr
+    res = launch(*TINY, "eap.reference=sft", f"hydra.run.dir={tmp_path / 'y'}")
+    assert res.returncode == 2 and "eap.reference='sft' needs eap.compare" in res.stderr

@@ -23,4 +23,5 @@ from .calibration import calibrate_temperature, mean_self_entropy
 from .patching import patched_losses
 from .scores import (ARCHITECTURES, edge_scores, estimate_memory, mean_source_outputs, sample_losses,
                      source_outputs)
-from .selection import Selection, TruncatedInput, collate, cut_length, select_samples, truncation_inputs
+from .selection import (Selection, TruncatedInput, collate, cut_length, select_samples, select_shared,
+                        truncation_inputs)

@@ -17,7 +17,7 @@ import torch
 from ..cache import atomic_path, intact, locked, stage_dir, stage_key
 from ..eap import (METRICS, build_graph, collate, compare, compare_values, cut_length, edge_scores, estimate_memory,
                    information_complexity_pooled, loss_adjusted, output_edge_entropy, per_sample, relative_change,
-                   sample_diversity, select_samples, truncation_inputs)
+                   sample_diversity, select_samples, select_shared, truncation_inputs)
 from ..errors import RlsftError
 from ..models import fingerprint
 from ..console import progress
@@ -100,14 +100,14 @@ def _compute_scores(ctx: RunContext, stage, answers: list[dict], cut_len: int, s
 
 
 # ------------------------------------------------------------------------------------------------ the named steps
-def generations(ctx: RunContext, sft, rl) -> dict:
+def generations(ctx: RunContext, *stages) -> dict:
     """{stage name: {question id: generation}}, one greedy answer per question (cached)."""
     sampling = ctx.sampling()
     if sampling.n_samples != 1:
         raise RlsftError(f"eap scores one answer per question; got generation.n_samples={sampling.n_samples}")
     records = ctx.records()
     gens = {}
-    for stage in (sft, rl):
+    for stage in stages:
         gens[stage.name] = {g["id"]: g for g in ctx.generations(stage, records, sampling)}
         ctx.release(stage)
     return gens
@@ -181,6 +181,8 @@ def compare_alpha(eap_cfg, scored: dict, seed: int) -> dict:
 
 
 def run(cfg, ctx: RunContext) -> dict:
+    if cfg.eap.reference:
+        return run_compare(cfg, ctx)
     stages = {"sft": _stage(ctx, cfg.eap.sft_stage), "rl": _stage(ctx, cfg.eap.rl_stage)}
     gens = generations(ctx, stages["sft"], stages["rl"])
     selection, counts = select(cfg, gens, stages["sft"], stages["rl"])
@@ -201,6 +203,138 @@ def run(cfg, ctx: RunContext) -> dict:
     print(console_summary(cfg.dataset.name, counts, summaries, names["sft"], names["rl"]))
     return {"selection": counts, "alphas": {a: {m: {k: s[m][k] for k in ("sft", "rl", "diff")} for m in METRICS}
                                             for a, s in summaries.items()}}
+
+
+# --------------------------------------------------------------------- several stages against one reference
+def shared_questions(gens: dict[str, dict[str, dict]], require_correct: bool) -> tuple[list[str], dict]:
+    """Question ids every stage can be scored on (all correct, one prompt length, non-empty answers), with counts."""
+    names = list(gens)
+    ids = [q for q in gens[names[0]] if all(q in gens[n] for n in names)]
+    counts = {"questions": len(ids), **{f"{n}_correct": sum(gens[n][q]["correct"] for q in ids) for n in names}}
+    keep = [q for q in ids if all(gens[n][q]["correct"] for n in names)] if require_correct else ids
+    counts["all_correct"] = len(keep) if require_correct else None
+    same_len = [q for q in keep if len({len(gens[n][q]["prompt_ids"]) for n in names}) == 1]
+    counts["dropped_prompt_length_mismatch"] = len(keep) - len(same_len)
+    usable = [q for q in same_len if all(gens[n][q]["output_ids"] for n in names)]
+    counts["dropped_empty_answer"] = len(same_len) - len(usable)
+    return usable, counts
+
+
+def compare_stages(ctx: RunContext) -> tuple[str, dict]:
+    """The reference and the ordered {name: stage} of eap.reference + eap.compare (bad names are named)."""
+    cfg = ctx.cfg.eap
+    names = [cfg.reference, *cfg.compare]
+    if not cfg.compare or len(set(names)) != len(names):
+        raise RlsftError(f"eap.reference={cfg.reference!r} needs eap.compare: a list of other stages, each once "
+                         f"(got {list(cfg.compare)})")
+    stages = {s.name: s for s in ctx.stages()}
+    unknown = [n for n in names if n not in stages]
+    if unknown:
+        raise RlsftError(f"eap.reference / eap.compare name stages {unknown} that model_pair "
+                         f"{ctx.cfg.model_pair.name!r} does not have (stages: {list(stages)})")
+    return cfg.reference, {n: stages[n] for n in names}
+
+
+def select_compared(cfg, gens: dict):
+    """The shared selection: questions every compared stage and the reference answer correctly, length filter."""
+    usable, counts = shared_questions(gens, cfg.eap.require_correct)
+    if len(usable) < 2:
+        correct = ", ".join(f"{n}: {counts[f'{n}_correct']}/{counts['questions']}" for n in gens)
+        raise RlsftError(f"only {len(usable)} question(s) of {cfg.dataset.name} answered correctly by every "
+                         f"compared stage ({correct})")
+    t = cfg.truncation
+    try:
+        selection = select_shared({n: {q: len(g[q]["output_ids"]) for q in usable} for n, g in gens.items()},
+                                  t.beta, t.gamma, t.delta, t.n, t.seed)
+    except ValueError as exc:
+        raise RlsftError(f"truncation: {exc}") from None
+    if len(selection.ids) < 2:
+        raise RlsftError(f"only {len(selection.ids)} question(s) left after the length filter ({selection.n_correct} "
+                         f"usable, {selection.n_in_window} in window, {selection.n_balanced} balanced); loosen "
+                         f"truncation.beta/gamma/delta")
+    counts.update(n_usable=selection.n_correct, n_in_window=selection.n_in_window, n_balanced=selection.n_balanced,
+                  n_selected=len(selection.ids), tbar=selection.tbar, t_min=selection.t_min, t_max=selection.t_max)
+    return selection, counts
+
+
+def run_compare(cfg, ctx: RunContext) -> dict:
+    """eap.reference=<stage> with eap.compare=[...]: each compared stage against the reference on one shared
+    selection; per metric one table and one figure with a row per stage (the reference first)."""
+    reference, stages = compare_stages(ctx)
+    gens = generations(ctx, *stages.values())
+    selection, counts = select_compared(cfg, gens)
+    ctx.write_json("eap_selection.json", {"counts": counts, "ids": selection.ids, "params": selection.params})
+    log.info("eap selection (shared by %s): %s", list(stages), counts)
+    summaries: dict = {}
+    for alpha in list(cfg.eap.alphas) or [cfg.truncation.alpha]:
+        scored = score_alpha(ctx, gens, selection, alpha, stages)
+        summaries[f"{alpha:g}"] = {
+            name: compare_alpha(cfg.eap, {"cut_len": scored["cut_len"], "mask": scored["mask"],
+                                          "sft": scored[reference], "rl": scored[name]}, cfg.truncation.seed)
+            for name in list(stages)[1:]}
+    columns, tables = compare_tables(cfg.dataset.name, summaries, reference)
+    for metric, rows in tables.items():
+        ctx.write_table(f"eap_compare_{metric}", columns, rows)
+    ctx.write_json("eap_compare.json", {"selection": counts, "reference": reference, "alphas": summaries})
+    ctx.tracker.summary({f"eap/{m}/{row[3]}{'' if row[3] == reference else '_minus_' + reference}":
+                         row[5] if row[3] == reference else row[8] for m, rows in tables.items() for row in rows})
+    compare_figures(ctx, tables, reference)
+    print(compare_console(cfg.dataset.name, counts, tables, reference))
+    return {"selection": counts, "reference": reference, "tables": tables}
+
+
+def compare_tables(dataset: str, summaries: dict, reference: str) -> tuple[list[str], dict[str, list[list]]]:
+    """{metric: rows}; a row per alpha and stage: value [CI], then stage - reference [paired CI] (None for the
+    reference). loss_adjusted has the stage coefficient c in the difference columns and no value."""
+    columns = ["dataset", "alpha", "cut_len", "stage", "n", "value", "lo", "hi", "minus_reference", "diff_lo",
+               "diff_hi"]
+    tables: dict[str, list[list]] = {m: [] for m in [*STAGE_ROWS, "loss_adjusted"]}
+    for a, per_stage in summaries.items():
+        first = next(iter(per_stage.values()))
+        head = [dataset, float(a), first["cut_len"]]
+        for m in STAGE_ROWS:
+            tables[m].append([*head, reference, first["n_samples"], first[m]["sft"], *first[m]["sft_ci"],
+                              None, None, None])
+            tables[m] += [[*head, name, s["n_samples"], s[m]["rl"], *s[m]["rl_ci"], s[m]["diff"], *s[m]["diff_ci"]]
+                          for name, s in per_stage.items()]
+        tables["loss_adjusted"] += [[*head, name, s["n_samples"], None, None, None, s["loss_adjusted"]["c"],
+                                     *s["loss_adjusted"]["c_ci"]] for name, s in per_stage.items()
+                                    if "loss_adjusted" in s]
+    return columns, {m: rows for m, rows in tables.items() if rows}
+
+
+def compare_console(dataset: str, counts: dict, tables: dict, reference: str) -> str:
+    stages = list(dict.fromkeys(row[3] for row in tables[STAGE_ROWS[0]]))
+    correct = ", ".join(f"{n} {counts[f'{n}_correct']}/{counts['questions']}" for n in stages)
+    head = (f"{dataset}: {correct} correct; {counts['n_selected']} questions selected, answered correctly by all "
+            f"(Tbar {counts['tbar']:.1f} tokens)\n")
+    rows = [[row[1], row[2], m, row[3], "" if row[5] is None else _ci(row[5], row[6:8]),
+             "" if row[8] is None else _ci(row[8], row[9:11])] for m, t in tables.items() for row in t]
+    return head + markdown_table(["alpha", "T_cut", "metric", "stage", "value [95% CI]",
+                                  f"stage - {reference} [95% CI]"], rows)
+
+
+def compare_figures(ctx: RunContext, tables: dict, reference: str) -> None:
+    """One figure per metric: a row per stage (and alpha) with its value and its difference from the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for metric, rows in tables.items():
+        fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.5), sharey=True)
+        labels = [f"{row[3]} (alpha {row[1]:g})" for row in rows]
+        for ax, (v, lo, hi), title in ((axes[0], (5, 6, 7), metric), (axes[1], (8, 9, 10), f"minus {reference}")):
+            for y, row in enumerate(rows):
+                if row[v] is not None:
+                    ax.errorbar(row[v], y, xerr=[[row[v] - row[lo]], [row[hi] - row[v]]], fmt="o", capsize=3)
+            ax.set(title=title)
+        axes[1].axvline(0, color="grey", lw=0.8)
+        axes[0].set_yticks(range(len(rows)), labels)
+        axes[0].invert_yaxis()
+        fig.tight_layout()
+        ctx.save_figure(f"eap_compare_{metric}", fig)
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------------------- outputs
