@@ -53,7 +53,8 @@ def _complexity(X, bins: int = 100):
 def _kurtosis(X):
     """Fisher (excess) kurtosis of the signed edge values, biased moments (scipy.stats.kurtosis's default).
 
-    nan for a constant sample (0/0); `compare` leaves such questions out.
+    nan for a constant sample (0/0); `compare` leaves such questions out. With very heavy-tailed edges (t3) kurtosis_k
+    is itself so skewed that its interval over 8 questions covers only ~70-84% (benchmarks/coverage_eap_intervals.py).
     """
     d = X - X.mean(1, keepdims=True)
     m2, m4 = (d**2).mean(1), (d**4).mean(1)
