@@ -27,10 +27,10 @@ def test_reported_intervals_cover_a_known_population():
     cov = bench.coverage(8, reps=100, pop=pop, n_resamples=999)
     after = {k: v for k, v in cov.items() if k[0] == "after"}
     assert len(after) == 3 * 7 + 1  # six metrics and self_entropy x (sft, rl, diff), and loss_adjusted
-    # 100 replications: SE 0.022 at 95%; an interval whose true coverage is 75% fails this with probability ~0.99.
+    # 100 replications: SE 0.03 at 90%; an interval whose true coverage is 70% passes 0.82 with probability 0.004.
     # Kurtosis is the known exception: with t3 edges the per-sample kurtosis is itself so skewed that no bootstrap
     # of its mean over 8 questions reaches 90% (measured 0.69-0.84 at n = 8; see the benchmark's table).
-    short = {k: v for k, v in after.items() if k[1] != "distribution_kurtosis" and v < 0.85}
+    short = {k: v for k, v in after.items() if k[1] != "distribution_kurtosis" and v < 0.82}
     assert not short, short
-    assert min(v for k, v in after.items() if k[1] == "distribution_kurtosis") >= 0.6
+    assert min(v for k, v in after.items() if k[1] == "distribution_kurtosis") >= 0.55
     assert cov[("before", "information_complexity_pooled", "diff")] < 0.75  # the old interval: far too narrow
