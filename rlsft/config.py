@@ -152,6 +152,14 @@ class EAPConfig:
     require_correct: bool = True  # method.md 2.1: only questions both models answer correctly (false: smoke tests)
     reference: Optional[str] = None  # several stages at once: each of `compare` against this stage, one selection
     compare: List[str] = field(default_factory=list)
+    # rlsft's additions (method.md 2.6-2.7); all of them are part of the scores' cache key
+    target: str = "nll"  # nll: the paper's loss | margin: own-token logit margin (does not vanish as p -> 1)
+    calibrate: str = "none"  # none | match_sft: RL logits / tau so its mean self-entropy equals SFT's (tau recorded)
+    method: str = "eap"  # eap | eap_ig: integrated gradients over the input embeddings (Hanna et al. 2024)
+    ig_steps: int = 5  # eap_ig: forward+backward passes per batch
+    faithfulness: bool = False  # edge-patching curves and frac80 per stage (held-out halves, bootstrap band)
+    faithfulness_points: int = 13  # kept fractions on a log grid from 0.001 to 1
+    faithfulness_baseline: str = "zero"  # zero | mean: what a removed edge is replaced by
 
 
 @dataclass
@@ -252,6 +260,17 @@ def validate(cfg: Any) -> None:
     _check(cfg.eap.bins >= 2, f"eap.bins must be >= 2, got {cfg.eap.bins}")
     _check(cfg.eap.batch_size >= 1, f"eap.batch_size must be >= 1, got {cfg.eap.batch_size}")
     _check(all(0 < a <= 1 for a in cfg.eap.alphas), f"eap.alphas must each be in (0, 1], got {list(cfg.eap.alphas)}")
+    _check(cfg.eap.target in ("nll", "margin"), f"eap.target must be nll or margin, got {cfg.eap.target!r}")
+    _check(cfg.eap.calibrate in ("none", "match_sft"),
+           f"eap.calibrate must be none or match_sft, got {cfg.eap.calibrate!r}")
+    _check(cfg.eap.method in ("eap", "eap_ig"), f"eap.method must be eap or eap_ig, got {cfg.eap.method!r}")
+    _check(cfg.eap.ig_steps >= 1, f"eap.ig_steps must be >= 1, got {cfg.eap.ig_steps}")
+    _check(cfg.eap.faithfulness_points >= 2,
+           f"eap.faithfulness_points must be >= 2, got {cfg.eap.faithfulness_points}")
+    _check(cfg.eap.faithfulness_baseline in ("zero", "mean"),
+           f"eap.faithfulness_baseline must be zero or mean, got {cfg.eap.faithfulness_baseline!r}")
+    _check(not cfg.eap.reference or (not cfg.eap.faithfulness and cfg.eap.calibrate == "none"),
+           "eap.faithfulness and eap.calibrate compare the sft/rl pair; leave eap.reference unset to use them")
     _check(cfg.eap.n_boot >= 100, f"eap.n_boot must be >= 100 (method.md 2.6 uses 2000), got {cfg.eap.n_boot}")
     # eap.alphas (the default job's [0.1, 0.3, 0.5, 1.0]) overrides truncation.alpha: say so rather than ignore it.
     _check(cfg.run.experiment != "eap" or not cfg.eap.alphas or t.alpha == TruncationConfig.alpha,

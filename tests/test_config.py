@@ -91,6 +91,12 @@ def test_misspelt_key_and_wrong_type_fail_at_composition():
     ("model_pair.template=nope", "model_pair.template 'nope' is unknown"),
     ("logger.mode=loud", "logger.mode must be"),
     ("dataset.n=0", "dataset.n must be >= 1"),
+    ("eap.target=kl", "eap.target must be nll or margin, got 'kl'"),
+    ("eap.calibrate=match_rl", "eap.calibrate must be none or match_sft, got 'match_rl'"),
+    ("eap.method=ig", "eap.method must be eap or eap_ig, got 'ig'"),
+    ("eap.ig_steps=0", "eap.ig_steps must be >= 1, got 0"),
+    ("eap.faithfulness_points=1", "eap.faithfulness_points must be >= 2"),
+    ("eap.faithfulness_baseline=input", "eap.faithfulness_baseline must be zero or mean"),
 ])
 def test_out_of_range_values_are_named(override, message):
     with pytest.raises(RlsftError) as err:

@@ -147,3 +147,35 @@ def test_compare_names_bad_stages(tmp_path, cache_dir):
     assert res.returncode == 2 and "name stages ['zz'] that model_pair 'tiny' does not have" in res.stderr
     res = launch(*TINY, "eap.reference=sft", f"hydra.run.dir={tmp_path / 'y'}")
     assert res.returncode == 2 and "eap.reference='sft' needs eap.compare" in res.stderr
+
+
+@pytest.mark.slow
+def test_causal_checks_and_calibration_end_to_end(tmp_path, cache_dir):
+    """eap.faithfulness, eap.calibrate=match_sft, eap.method=eap_ig, eap.target=margin on the tiny pair; then the same
+    with identical stages, where tau must be 1 and every RL - SFT frac80 difference exactly 0."""
+    run_dir = tmp_path / "run"
+    opts = ["eap.alphas=[0.5]", "eap.faithfulness=true", "eap.faithfulness_points=5", "eap.calibrate=match_sft"]
+    res = launch(*TINY, *opts, "eap.method=eap_ig", "eap.ig_steps=2", "eap.target=margin",
+                 f"hydra.run.dir={run_dir}", "logger=offline")
+    assert res.returncode == 0, res.stderr
+    s = json.loads((run_dir / "eap_metrics.json").read_text())["alphas"]["0.5"]
+    f = s["faithfulness"]
+    assert f["grid"][0] == 0.001 and f["grid"][-1] == 1.0 and len(f["grid"]) == 5
+    for side in ("sft", "rl"):
+        assert f[side]["curve"][-1] == 1.0  # every edge kept is the model itself
+        lo, hi = f[side]["frac80_ci"]
+        assert lo <= f[side]["frac80"] <= hi
+    assert f["diff"]["frac80"] == f["rl"]["frac80"] - f["sft"]["frac80"]
+    assert s["tau"] > 0
+    wb = read_offline_run(run_dir)
+    assert wb["summary"]["eap/frac80/diff"] == f["diff"]["frac80"] and wb["summary"]["eap/tau/rl"] == s["tau"]
+    curves = (run_dir / "eap_faithfulness.csv").read_text().splitlines()
+    assert len(curves) == 1 + 2 * 5 and (run_dir / "eap_faithfulness.png").exists()
+    assert "frac80" in res.stdout and "tau" in res.stdout
+
+    same = tmp_path / "same"
+    res = launch(*TINY, *opts, "model_pair.stages.1.model.tiny.seed=0", f"hydra.run.dir={same}", "logger=disabled")
+    assert res.returncode == 0, res.stderr
+    s = json.loads((same / "eap_metrics.json").read_text())["alphas"]["0.5"]
+    assert abs(s["tau"] - 1) < 1e-6
+    assert s["faithfulness"]["diff"]["frac80"] == 0.0 and s["faithfulness"]["diff"]["frac80_ci"] == [0.0, 0.0]

@@ -22,6 +22,7 @@ from ..errors import RlsftError
 from ..models import fingerprint
 from ..console import progress
 from .common import RunContext, markdown_table, stage_color
+from .eap_causal import calibrated_tau, curve_rows, faithfulness_alpha, faithfulness_figure
 
 log = logging.getLogger(__name__)
 SCORES_VERSION = 3  # 2: per-sample loss saved beside the scores; 3: number of scored tokens per sample
@@ -54,7 +55,13 @@ def paired_questions(gens: dict[str, dict[str, dict]], require_correct: bool) ->
 
 def score_settings(cfg) -> dict:
     """Everything besides the model, the samples and T_cut that changes the scores: one dict, all in the cache key."""
-    return {"attn_inputs": cfg.eap.attn_inputs, "positions": cfg.eap.positions, "dtype": cfg.run.dtype}
+    e = cfg.eap
+    settings = {"attn_inputs": e.attn_inputs, "positions": e.positions, "dtype": cfg.run.dtype}
+    if e.target != "nll":  # only what differs from the paper's setting, so existing caches stay valid
+        settings["target"] = e.target
+    if e.method != "eap":
+        settings |= {"method": e.method, "ig_steps": e.ig_steps}
+    return settings
 
 
 def scores_for(ctx: RunContext, stage, answers: list[dict], cut_len: int, settings: dict) -> dict:
@@ -86,7 +93,9 @@ def _compute_scores(ctx: RunContext, stage, answers: list[dict], cut_len: int, s
     for i in progress(desc=f"edge_scores [{stage.name}]", unit="batch", iterable=range(0, len(items), batch_size)):
         ids, loss_mask, attention = collate(items[i : i + batch_size], pad_id=tok.pad_token_id, side="left")
         scores, loss = edge_scores(model, ids, loss_mask, attention, graph=graph, positions=settings["positions"],
-                                   return_losses=True)
+                                   return_losses=True, target=settings.get("target", "nll"),
+                                   tau=settings.get("tau", 1.0), method=settings.get("method", "eap"),
+                                   ig_steps=settings.get("ig_steps", 5))
         mats.append(scores)
         losses.append(loss)
     W = torch.cat(mats).numpy().astype(np.float32)
@@ -140,10 +149,15 @@ def select(cfg, gens: dict, sft, rl):
 def score_alpha(ctx: RunContext, gens: dict, selection, alpha: float, stages: dict) -> dict:
     """Scores of both stages at one alpha: {"cut_len", "mask", "sources", "targets", side: saved arrays}."""
     cut = cut_length(alpha, selection.tbar)
-    out = {"cut_len": cut}
+    out = {"cut_len": cut, "settings": {}}
+    answers = {side: [gens[stage.name][q] for q in selection.ids] for side, stage in stages.items()}
     for side, stage in stages.items():
-        answers = [gens[stage.name][q] for q in selection.ids]
-        res = scores_for(ctx, stage, answers, cut, score_settings(ctx.cfg))
+        settings = score_settings(ctx.cfg)
+        if side == "rl" and ctx.cfg.eap.calibrate == "match_sft":  # method.md 2.6: RL scored at SFT's loss level
+            out["tau"] = calibrated_tau(ctx, stages, answers, cut, out["sft"])
+            settings["tau"] = out["tau"]
+        out["settings"][side] = settings
+        res = scores_for(ctx, stage, answers[side], cut, settings)
         shutil.copyfile(res["path"], ctx.run_dir / f"eap_scores_{stage.name}_alpha{alpha:g}.npz")
         out[side] = res
         out["mask"], out["sources"], out["targets"] = res["mask"], [str(s) for s in res["sources"]], \
@@ -193,10 +207,16 @@ def run(cfg, ctx: RunContext) -> dict:
     for alpha in alphas:
         scored[alpha] = score_alpha(ctx, gens, selection, alpha, stages)
         summaries[f"{alpha:g}"] = compare_alpha(cfg.eap, scored[alpha], cfg.truncation.seed)
+        if "tau" in scored[alpha]:
+            summaries[f"{alpha:g}"]["tau"] = scored[alpha]["tau"]
+        if cfg.eap.faithfulness:
+            summaries[f"{alpha:g}"]["faithfulness"] = faithfulness_alpha(ctx, gens, selection, scored[alpha], stages)
     names = {side: stage.name for side, stage in stages.items()}
     columns, rows = summary_rows(cfg.dataset.name, summaries, names)
     ctx.write_table("eap_summary", columns, rows)
     ctx.write_table("eap_differences", *difference_rows(cfg.dataset.name, summaries))
+    if cfg.eap.faithfulness:
+        ctx.write_table("eap_faithfulness", *curve_rows(cfg.dataset.name, summaries, names))
     ctx.write_json("eap_metrics.json", {"selection": counts, "alphas": summaries, "stages": names})
     track(ctx, summaries)
     figures(ctx, scored, summaries, names)
@@ -344,6 +364,10 @@ def summary_rows(dataset: str, summaries: dict, names: dict) -> tuple[list[str],
     for m in STAGE_ROWS:
         columns += [m, f"{m}_lo", f"{m}_hi"]
     columns += ["information_complexity_pooled", "sample_diversity", "scored_tokens", "shorter_than_cut"]
+    faithful = all("faithfulness" in s for s in summaries.values())
+    columns += ["frac80", "frac80_lo", "frac80_hi"] if faithful else []
+    calibrated = all("tau" in s for s in summaries.values())
+    columns += ["tau"] if calibrated else []
     rows = []
     for a, s in summaries.items():
         for side in ("sft", "rl"):
@@ -352,6 +376,10 @@ def summary_rows(dataset: str, summaries: dict, names: dict) -> tuple[list[str],
                 row += [s[m][side], *s[m][f"{side}_ci"]]
             row += [s["information_complexity_pooled"][side], s["sample_diversity"][side], s["scored_tokens"][side],
                     s["shorter_than_cut"][side]]
+            if faithful:
+                f = s["faithfulness"][side]
+                row += [f["frac80"], *f["frac80_ci"]]
+            row += [s["tau"] if side == "rl" else 1.0] if calibrated else []
             rows.append(row)
     return columns, rows
 
@@ -363,6 +391,9 @@ def difference_rows(dataset: str, summaries: dict) -> tuple[list[str], list[list
         rows += [[dataset, float(a), m, s[m]["diff"], *s[m]["diff_ci"]] for m in STAGE_ROWS]
         if "loss_adjusted" in s:
             rows.append([dataset, float(a), "loss_adjusted", s["loss_adjusted"]["c"], *s["loss_adjusted"]["c_ci"]])
+        if "faithfulness" in s:
+            d = s["faithfulness"]["diff"]
+            rows.append([dataset, float(a), "frac80", d["frac80"], *d["frac80_ci"]])
     return ["dataset", "alpha", "metric", "rl_minus_sft", "lo", "hi"], rows
 
 
@@ -379,6 +410,15 @@ def wandb_values(summary: dict) -> dict:
                 "eap/loss_adjusted/diff_hi": la["c_ci"][1], "eap/loss_adjusted/slope": la["b"]}
     pooled = summary["information_complexity_pooled"]
     out |= {f"eap/information_complexity_pooled/{k}": pooled[k] for k in ("sft", "rl", "diff")}
+    if "faithfulness" in summary:
+        f = summary["faithfulness"]
+        out |= {f"eap/frac80/{side}": f[side]["frac80"] for side in ("sft", "rl")}
+        out |= {f"eap/frac80/{side}_{e}": f[side]["frac80_ci"][i] for side in ("sft", "rl")
+                for i, e in enumerate(("lo", "hi"))}
+        out |= {"eap/frac80/diff": f["diff"]["frac80"], "eap/frac80/diff_lo": f["diff"]["frac80_ci"][0],
+                "eap/frac80/diff_hi": f["diff"]["frac80_ci"][1]}
+    if "tau" in summary:
+        out["eap/tau/rl"] = summary["tau"]
     return out
 
 
@@ -419,6 +459,12 @@ def console_rows(a: str, s: dict) -> list[list]:
     p = s["information_complexity_pooled"]
     rows.append([float(a), s["cut_len"], "information_complexity (pooled, no interval)", f"{p['sft']:.4g}",
                  f"{p['rl']:.4g}", f"{p['diff']:.4g}"])
+    if "faithfulness" in s:
+        f = s["faithfulness"]
+        rows.append([float(a), s["cut_len"], f"frac80: kept share of edges for 80% faithfulness ({f['baseline']})",
+                     *(_ci(f[k]["frac80"], f[k]["frac80_ci"]) for k in ("sft", "rl", "diff"))])
+    if "tau" in s:
+        rows.append([float(a), s["cut_len"], "calibration: RL logits divided by tau", "1", f"{s['tau']:.4g}", ""])
     return rows
 
 
@@ -447,6 +493,10 @@ def figures(ctx: RunContext, scored: dict, summaries: dict, names: dict) -> None
                           (f"eap_diversity_entropy_alpha{alpha:g}", diversity_figure(plt, sc, names))):
             ctx.save_figure(name, fig)
             plt.close(fig)
+    if all("faithfulness" in s for s in summaries.values()):
+        fig = faithfulness_figure(plt, summaries, names)
+        ctx.save_figure("eap_faithfulness", fig)
+        plt.close(fig)
     fig = loss_figure(plt, scored, summaries, names)
     ctx.save_figure("eap_intensity_vs_loss", fig)
     plt.close(fig)
