@@ -172,16 +172,18 @@ def table1(tables: dict) -> tuple[list[str], list[list]]:
         return [], []
     columns, rows = tables["eap_summary"]
     idx = {c: i for i, c in enumerate(columns)}
+    shown = EAP_METRICS + (["frac80"] if "frac80" in idx else [])  # eap.faithfulness=true: method.md 2.7
     cells: dict[tuple, dict] = {}
     for r in rows:
         key = (r[idx["model_pair"]], r[idx["dataset"]], float(r[idx["alpha"]]))
         cell = cells.setdefault(key, {})
-        for m in EAP_METRICS:
-            cell[(m, r[idx["stage"]])] = f"{float(r[idx[m]]):.4g} [{float(r[idx[m + '_lo']]):.3g}, " \
-                                         f"{float(r[idx[m + '_hi']]):.3g}]"
+        for m in shown:
+            if r[idx[m]] not in ("", None):
+                cell[(m, r[idx["stage"]])] = f"{float(r[idx[m]]):.4g} [{float(r[idx[m + '_lo']]):.3g}, " \
+                                             f"{float(r[idx[m + '_hi']]):.3g}]"
     stages = sorted({s for c in cells.values() for (_, s) in c}, key=lambda s: (s != "sft", s))
-    out_cols = ["model_pair", "dataset", "alpha"] + [f"{m} ({s})" for m in EAP_METRICS for s in stages]
-    out = [[p, d, a] + [cells[(p, d, a)].get((m, s), "") for m in EAP_METRICS for s in stages]
+    out_cols = ["model_pair", "dataset", "alpha"] + [f"{m} ({s})" for m in shown for s in stages]
+    out = [[p, d, a] + [cells[(p, d, a)].get((m, s), "") for m in shown for s in stages]
            for (p, d, a) in sorted(cells)]
     return out_cols, out
 
