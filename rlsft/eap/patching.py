@@ -47,25 +47,25 @@ class Patcher:
         self.patched_cols = set(removed.any(0).nonzero()[:, 0].tolist())  # targets with a removed edge
         self.baseline = baseline
         self.real = real[:, :, None]
-        self.diff = None  # [batch, n_src, seq, d]: O_u - B_u, zero at padding
+        self.diff = None  # [n_src, batch, seq, d]: O_u - B_u, zero at padding (sources first: a prefix is contiguous)
         self.resid = {}  # layer -> the residual read on the attention path (for q, k, v)
 
     def _keep_source(self, index, out):
         out = out[0] if isinstance(out, tuple) else out
         if self.diff is None:
             b, t, d = out.shape
-            self.diff = torch.zeros(b, self.graph.n_src, t, d, dtype=self.dtype, device=out.device)
+            self.diff = torch.zeros(self.graph.n_src, b, t, d, dtype=self.dtype, device=out.device)
         d = out.detach().to(self.dtype)
         if self.baseline is not None:
             d = d - self.baseline[:, index].to(d)
-        self.diff[:, index] = d.masked_fill(~self.real, 0)
+        self.diff[index] = d.masked_fill(~self.real, 0)
 
     def _patched(self, col, x):
         """x minus the sum of (O_u - B_u) over the sources removed into target `col`; x itself when none is."""
         if col not in self.patched_cols:
             return x
         k = int(self.graph.mask[:, col].sum())
-        delta = torch.einsum("bktd,k->btd", self.diff[:, :k], self.removed[:k, col])
+        delta = (self.removed[:k, col] @ self.diff[:k].view(k, -1)).view(self.diff.shape[1:])  # one pass over them
         return (x.to(self.dtype) - delta).to(x.dtype)
 
     def _hook_attention(self, model, block, layer, handles):
