@@ -6,7 +6,8 @@ a layer are separate targets: each projection reads the attention norm (if the f
 residual; a fused qkv projection is recomputed from the three. One forward per call,
 whatever `keep` is: the hooks keep every source's `O_u - B_u` (fp32) and give each target one weighted sum over the
 sources before it, so the extra cost is that buffer and n_dst matrix-vector products over the sources
-(benchmarks/bench_patching.py: about 1.1-1.3x a plain forward on SmolLM2).
+(benchmarks/bench_patching.py, SmolLM2 on a loaded 2-core CPU, 4 x 64 tokens, half the edges kept: 1.7x a plain
+no-grad forward).
 """
 
 from contextlib import contextmanager
