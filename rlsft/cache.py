@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -225,7 +226,8 @@ def damage(path: str | os.PathLike) -> str | None:
 def discard(path: str | os.PathLike, why: str) -> Path:
     """Move a damaged entry aside (kept for inspection, never read again) and say so in one line."""
     path = Path(path)
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    # The time says when; the random suffix keeps two discards of one entry within a second apart.
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}")
     os.replace(path, aside)
     if _sidecar(path).exists():
         os.replace(_sidecar(path), _sidecar(aside))

@@ -101,7 +101,7 @@ def test_block_statistics(tiny, tmp_path, how, caplog):
 def test_eap_scores(tmp_path, cache_dir):
     """Both stages' score files damaged, one truncated and one flipped: the cached run recomputes the same table."""
     args = ["experiment=eap", "model_pair=tiny", "eap.require_correct=false", "dataset.arithmetic.count=6",
-            "eap.alphas=[0.5]", "eap.n_boot=50", "logger=disabled"]
+            "eap.alphas=[0.5]", "eap.n_boot=100", "logger=disabled"]
     res = launch(*args, f"hydra.run.dir={tmp_path / 'a'}")
     assert res.returncode == 0, res.stderr
     files = sorted(cache_dir.glob("eap_scores/*/scores.npz"))
