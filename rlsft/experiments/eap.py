@@ -451,8 +451,9 @@ def console_rows(a: str, s: dict) -> list[list]:
     rows = [metric_row(m, f"{m} (scale-free)") for m, spec in METRICS.items() if not spec.paper]
     if "loss_adjusted" in s:
         la = s["loss_adjusted"]
-        rows.append([float(a), s["cut_len"], "loss_adjusted: RL effect on log intensity at matched loss",
-                     "slope on log loss:", _ci(la["b"], la["b_ci"]), _ci(la["c"], la["c_ci"])])
+        # No per-stage value exists: the stage columns stay empty and the slope b goes in the label.
+        rows.append([float(a), s["cut_len"], f"loss_adjusted: RL effect on log intensity at matched loss "
+                     f"(slope on log loss b = {_ci(la['b'], la['b_ci'])})", "", "", _ci(la["c"], la["c_ci"])])
     rows += [metric_row(m, m + (" (scale-free)" if spec.scale_free else "")) for m, spec in METRICS.items()
              if spec.paper]
     rows.append(metric_row("self_entropy", "self_entropy (loss, nats)"))
@@ -564,8 +565,12 @@ def loss_figure(plt, scored: dict, summaries: dict, names: dict):
 
 def alpha_figure(plt, summaries: dict, names: dict):
     alphas = sorted(float(a) for a in summaries)
-    fig, axes = plt.subplots(1, len(STAGE_ROWS), figsize=(3.3 * len(STAGE_ROWS), 3.3), layout="constrained")
-    for ax, m in zip(axes, STAGE_ROWS):
+    ncols = min(4, len(STAGE_ROWS))  # a grid, so eight panels stay readable on a page
+    nrows = -(-len(STAGE_ROWS) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.1 * nrows), layout="constrained", squeeze=False)
+    for ax in axes.flat[len(STAGE_ROWS):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, STAGE_ROWS):
         for side in ("sft", "rl"):
             s = [summaries[f"{a:g}"][m] for a in alphas]
             color = stage_color(names[side])
