@@ -68,3 +68,14 @@ def damage(path, how):
     else:
         data[len(data) // 2] ^= 0x04
     path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: training tests compare weights bit for bit, and thread counts change reduction order."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

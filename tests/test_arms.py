@@ -19,12 +19,7 @@ from rlsft.templates import encode_prompt
 TRAIN = {"name": "arith", "source": "arithmetic", "arithmetic": {"count": 30, "digits": 1}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: deterministic, single-thread sums
 
 
 def _recipe(**kw):

@@ -23,12 +23,7 @@ def _recipe(**kw):
     return as_recipe({**base, **kw})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: deterministic, single-thread sums
 
 
 def test_reward_rises_on_a_learnable_task_with_eap_evaluation():

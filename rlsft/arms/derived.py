@@ -16,19 +16,13 @@ import time
 from pathlib import Path
 
 from ..cache import atomic_dir, atomic_write_json, intact, locked, stage_key
-from ..errors import RlsftError
 from .config import ARM_VERSION, NON_TRAINING_KEYS, ArmConfig, arm_recipe_dict, as_arm_recipe
 
 
 def _parts(spec: dict) -> tuple[dict, ArmConfig]:
-    from ..models import spec_dict
+    from ..grpo.derived import split_spec
 
-    if not spec.get("base"):
-        raise RlsftError("a derived model spec needs `base` (the spec of the model to train) and `recipe`")
-    recipe = as_arm_recipe(spec.get("recipe"))
-    if recipe.template is None:
-        recipe.template = "chat"
-    return spec_dict(spec["base"]), recipe
+    return split_spec(spec, as_arm_recipe)
 
 
 def arm_key(spec: dict) -> str:

@@ -20,15 +20,20 @@ from ..errors import RlsftError
 from .config import GRPO_VERSION, NON_TRAINING_KEYS, GRPOConfig, as_recipe, recipe_dict
 
 
-def _parts(spec: dict) -> tuple[dict, GRPOConfig]:
+def split_spec(spec: dict, to_recipe=as_recipe):
+    """(base spec, recipe) of a derived model spec; ``to_recipe`` validates the recipe (GRPO's or an arm's)."""
     from ..models import spec_dict
 
     if not spec.get("base"):
         raise RlsftError("a derived model spec needs `base` (the spec of the model to train) and `recipe`")
-    recipe = as_recipe(spec.get("recipe"))
+    recipe = to_recipe(spec.get("recipe"))
     if recipe.template is None:
         recipe.template = "chat"
     return spec_dict(spec["base"]), recipe
+
+
+def _parts(spec: dict) -> tuple[dict, GRPOConfig]:
+    return split_spec(spec)
 
 
 def derived_key(spec: dict) -> str:
