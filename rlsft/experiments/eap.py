@@ -544,7 +544,7 @@ def diversity_figure(plt, sc: dict, names: dict):
 
 def loss_figure(plt, scored: dict, summaries: dict, names: dict):
     """log intensity_k against log loss_k per stage and alpha, with the loss_adjusted fit (parallel lines, gap c)."""
-    fig, axes = plt.subplots(1, len(scored), figsize=(4.2 * len(scored), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(scored), figsize=(4.2 * len(scored), 3.9), squeeze=False, layout="constrained")
     for ax, (alpha, sc) in zip(axes[0], scored.items()):
         la = summaries[f"{alpha:g}"].get("loss_adjusted")
         for side, shift in (("sft", 0.0), ("rl", 1.0)):
@@ -556,7 +556,8 @@ def loss_figure(plt, scored: dict, summaries: dict, names: dict):
             if la and len(x):
                 grid = np.linspace(x.min(), x.max(), 2)
                 ax.plot(grid, la["a"] + la["b"] * grid + shift * la["c"], color=dots.get_facecolor()[0])
-        title = f"alpha={alpha:g}" + (f": c = {la['c']:.3g} [{la['c_ci'][0]:.3g}, {la['c_ci'][1]:.3g}]" if la else "")
+        # Two lines: one line of title ran into the neighbouring panel's.
+        title = f"alpha={alpha:g}" + (f"\nc = {la['c']:.3g} [{la['c_ci'][0]:.3g}, {la['c_ci'][1]:.3g}]" if la else "")
         ax.set(xlabel="log loss_k (self-entropy)", ylabel="log intensity_k", title=title)
         ax.xaxis.set_major_locator(plt.MaxNLocator(4))  # close losses: default ticks overlap
         ax.legend(fontsize=7)
