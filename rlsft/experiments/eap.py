@@ -17,7 +17,7 @@ import torch
 from ..cache import atomic_path, intact, locked, stage_dir, stage_key
 from ..eap import (METRICS, build_graph, collate, compare, compare_values, cut_length, edge_scores, estimate_memory,
                    information_complexity_pooled, loss_adjusted, output_edge_entropy, per_sample, relative_change,
-                   sample_diversity, select_samples, select_shared, truncation_inputs)
+                   sample_diversity, select_shared, truncation_inputs)
 from ..errors import RlsftError
 from ..models import fingerprint
 from ..console import progress
@@ -130,10 +130,14 @@ def select(cfg, gens: dict, sft, rl):
             f"no question of {cfg.dataset.name} was answered correctly by both models "
             f"({sft.name}: {counts[f'{sft.name}_correct']}/{counts['questions']}, "
             f"{rl.name}: {counts[f'{rl.name}_correct']}/{counts['questions']})")
-    t = cfg.truncation
-    lengths = {name: {q: len(gens[name][q]["output_ids"]) for q in usable} for name in gens}
+    return length_filter(cfg.truncation, {n: gens[n] for n in (sft.name, rl.name)}, usable, counts)
+
+
+def length_filter(t, gens: dict, usable: list, counts: dict):
+    """method.md 2.1's length window over ``usable`` for two stages or more (two: select_samples exactly)."""
     try:
-        selection = select_samples(lengths[sft.name], lengths[rl.name], t.beta, t.gamma, t.delta, t.n, t.seed)
+        selection = select_shared({n: {q: len(g[q]["output_ids"]) for q in usable} for n, g in gens.items()},
+                                  t.beta, t.gamma, t.delta, t.n, t.seed)
     except ValueError as exc:
         raise RlsftError(f"truncation: {exc}") from None
     if len(selection.ids) < 2:
@@ -262,19 +266,7 @@ def select_compared(cfg, gens: dict):
         correct = ", ".join(f"{n}: {counts[f'{n}_correct']}/{counts['questions']}" for n in gens)
         raise RlsftError(f"only {len(usable)} question(s) of {cfg.dataset.name} answered correctly by every "
                          f"compared stage ({correct})")
-    t = cfg.truncation
-    try:
-        selection = select_shared({n: {q: len(g[q]["output_ids"]) for q in usable} for n, g in gens.items()},
-                                  t.beta, t.gamma, t.delta, t.n, t.seed)
-    except ValueError as exc:
-        raise RlsftError(f"truncation: {exc}") from None
-    if len(selection.ids) < 2:
-        raise RlsftError(f"only {len(selection.ids)} question(s) left after the length filter ({selection.n_correct} "
-                         f"usable, {selection.n_in_window} in window, {selection.n_balanced} balanced); loosen "
-                         f"truncation.beta/gamma/delta")
-    counts.update(n_usable=selection.n_correct, n_in_window=selection.n_in_window, n_balanced=selection.n_balanced,
-                  n_selected=len(selection.ids), tbar=selection.tbar, t_min=selection.t_min, t_max=selection.t_max)
-    return selection, counts
+    return length_filter(cfg.truncation, gens, usable, counts)
 
 
 def run_compare(cfg, ctx: RunContext) -> dict:
