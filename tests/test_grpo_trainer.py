@@ -2,6 +2,7 @@
 
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,55 @@ def test_reward_rises_on_a_learnable_task_with_eap_evaluation():
     for key in ("train/zero_var_frac", "train/entropy", "train/clip_frac", "train/answer_len", "train/truncated",
                 "train/reward_std"):
         assert key in history[-1]
+
+
+def test_faithfulness_at_each_evaluation_matches_a_per_sample_recomputation():
+    """grpo.eap_faithfulness logs frac80 of the current and initial model; at step 0 both are the same model (diff 0),
+    and the value equals frac80 rebuilt from each answer scored and patched on its own (right padding, batches of
+    one), which catches a trainer that mixes up answers, halves or cut lengths."""
+    from rlsft.eap import build_graph, edge_scores, patched_losses, truncation_inputs
+    from rlsft.eap.faithfulness import frac80, halves, log_grid, top_edges
+
+    model, tok = build_tiny_model(seed=0, layers=4)  # 2 layers: a flat curve, frac80 = the lowest grid point
+    recs = _records()
+    recipe = _recipe(steps=2, eval_every=2, eap_alphas=[1.0], eap_n=8, eval_n=8, eap_faithfulness=True,
+                     eap_faithfulness_points=9)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = GRPOTrainer(model, tok, recipe, recs[8:], recs[:8], "chat", log=lambda s: None)
+    history = trainer.train()
+    evals = [row for row in history if "eval/accuracy" in row]
+    assert evals[0]["eap/frac80_diff"] == 0.0 and 1e-3 < evals[0]["eap/frac80"] < 1
+    assert "eap/frac80_diff" in evals[-1]
+
+    fresh, _ = build_tiny_model(seed=0, layers=4)
+    fresh.load_state_dict(initial)
+    fresh.eval()
+    answers = trainer._initial_eap["answers"]
+    cut = max(int(1.0 * sum(len(a.output_ids) for a in answers) / len(answers)), 1)
+    graph = build_graph(fresh)
+    items = [truncation_inputs(a.prompt_ids, a.output_ids, cut) for a in answers]
+    one = [(torch.as_tensor(it.input_ids)[None], torch.as_tensor(it.loss_mask)[None],
+            torch.ones(1, len(it.input_ids), dtype=torch.long))
+           for it in items]
+    W = torch.cat([edge_scores(fresh, *x, graph) for x in one]).abs()
+    grid, half = log_grid(9), halves(len(items), seed=recipe.seed)
+    clean = np.array([float(patched_losses(fresh, *x, graph=graph)) for x in one])
+    none = np.array([float(patched_losses(fresh, *x, graph=graph, keep=torch.zeros_like(graph.mask))) for x in one])
+    f = np.zeros(len(grid))
+    for h in (0, 1):
+        rows = np.flatnonzero(half == h)
+        ranking = W[torch.as_tensor(half != h)].mean(0)
+        kept = np.array([[float(patched_losses(fresh, *one[k], graph=graph, keep=top_edges(ranking, graph.mask, q)))
+                          for k in rows] for q in grid])
+        f += (none[rows].mean() - kept.mean(1)) / (none[rows].mean() - clean[rows].mean()) / 2
+    assert evals[0]["eap/frac80"] == pytest.approx(frac80(grid, f), rel=1e-4)
+
+
+def test_faithfulness_needs_two_questions_per_half():
+    from rlsft.grpo.config import check_recipe
+
+    with pytest.raises(RlsftError, match="eap_faithfulness needs eap_alphas and eap_n >= 4"):
+        check_recipe(_recipe(eap_alphas=[1.0], eap_n=3, eap_faithfulness=True))
 
 
 def test_dynamic_sampling_keeps_only_mixed_groups():

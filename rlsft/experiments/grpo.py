@@ -15,7 +15,7 @@ from ..grpo import as_recipe
 from ..grpo.config import recipe_dict, recipe_hash
 from ..grpo.data import recipe_data
 from ..grpo.plots import plot_multirun, plot_runs
-from ..grpo.trainer import EAP_METRICS, GRPOTrainer
+from ..grpo.trainer import EAP_METRICS, FAITHFULNESS_METRICS, GRPOTrainer
 from .common import RunContext
 
 
@@ -26,7 +26,7 @@ def _summary(history: list[dict]) -> dict:
         out.update({"accuracy_initial": evals[0]["eval/accuracy"], "accuracy_final": evals[-1]["eval/accuracy"],
                     "answer_len_initial": evals[0]["eval/answer_len"], "answer_len_final": evals[-1]["eval/answer_len"],
                     "truncated_initial": evals[0]["eval/truncated"], "truncated_final": evals[-1]["eval/truncated"]})
-        for m in EAP_METRICS:
+        for m in EAP_METRICS + FAITHFULNESS_METRICS:
             if f"eap/{m}_diff" in evals[-1]:
                 out[f"eap_{m}_diff_final"] = evals[-1][f"eap/{m}_diff"]
     return out

@@ -89,10 +89,13 @@ class GRPOConfig:
     eap_batch_size: int = 4
     eap_positions: str = "all"
     eap_bins: int = 100
+    eap_faithfulness: bool = False  # also frac80 (method.md 2.7) of the current and the initial model at each evaluation
+    eap_faithfulness_points: int = 13  # kept fractions on the log grid from 0.1% to 100% (4 per decade)
 
 
 NON_TRAINING_KEYS = ("steps", "save_every", "keep_checkpoints", "resume", "save_final", "eval_every", "eval_max_new_tokens",
-                     "eval_batch_size", "eap_alphas", "eap_n", "eap_batch_size", "eap_positions", "eap_bins")
+                     "eval_batch_size", "eap_alphas", "eap_n", "eap_batch_size", "eap_positions", "eap_bins",
+                     "eap_faithfulness", "eap_faithfulness_points")
 
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "grpo"
@@ -193,3 +196,7 @@ def check_recipe(r: GRPOConfig) -> None:
     need(r.eap_n >= 2 or not r.eap_alphas, f"eap_n must be >= 2, got {r.eap_n}")
     need(r.eap_positions in ("all", "answer"), f"eap_positions must be all or answer, got {r.eap_positions!r}")
     need(r.eap_bins >= 2, f"eap_bins must be >= 2, got {r.eap_bins}")
+    need(r.eap_faithfulness_points >= 2, f"eap_faithfulness_points must be >= 2, got {r.eap_faithfulness_points}")
+    need(not r.eap_faithfulness or (r.eap_alphas and r.eap_n >= 4),
+         f"eap_faithfulness needs eap_alphas and eap_n >= 4 (two halves of >= 2 questions); got "
+         f"eap_alphas={list(r.eap_alphas)}, eap_n={r.eap_n}")

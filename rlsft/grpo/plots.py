@@ -15,21 +15,28 @@ import sys
 from pathlib import Path
 
 from ..cache import atomic_path, atomic_write_bytes, locked
-from .trainer import EAP_METRICS
+from .trainer import EAP_METRICS, FAITHFULNESS_METRICS
 
 PANELS = [("eval/accuracy", "held-out accuracy (greedy)"),
-          *[(f"eap/{m}_diff", f"{m}: current - initial") for m in EAP_METRICS]]
+          *[(f"eap/{m}_diff", f"{m}: current - initial") for m in EAP_METRICS + FAITHFULNESS_METRICS]]
 
 
 def plot_runs(runs: list[tuple[str, list[dict]]], title: str = ""):
-    """One figure, a panel per metric, a line per (label, history); steps without the metric are skipped."""
+    """One figure, a panel per metric some run logged, a line per (label, history); steps without the metric are
+    skipped."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
-    for ax, (key, name) in zip(axes, PANELS):
+    panels = [(k, n) for k, n in PANELS if k == "eval/accuracy" or any(k in row for _, h in runs for row in h)]
+    ncols = min(len(panels), 4)  # a grid: one row of nine panels is too wide to read
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    for ax, (key, name) in zip(axes, panels):
         for label, history in runs:
             pts = [(row["step"], row[key]) for row in history if isinstance(row.get(key), (int, float))]
             if pts:

@@ -43,6 +43,13 @@ from .rollout import Answer, completion_logprobs, generate, pack
 
 # The EAP registry's metrics (stage means of per-sample values) and the paper's pooled complexity (eap_bins bins).
 EAP_METRICS = (*METRICS, "information_complexity_pooled")
+# With eap_faithfulness: the kept share of edges for 80% faithfulness (method.md 2.7).
+FAITHFULNESS_METRICS = ("frac80",)
+
+
+def eap_metric_names(recipe: GRPOConfig) -> tuple[str, ...]:
+    """The `eap/<name>` keys an evaluation logs under this recipe."""
+    return EAP_METRICS + (FAITHFULNESS_METRICS if recipe.eap_faithfulness else ())
 
 
 class GRPOTrainer:
@@ -303,22 +310,29 @@ class GRPOTrainer:
             row.update(self._eap(answers[: self.recipe.eap_n]))
         return row
 
-    def _eap_scores(self, model, answers: list[Answer], cut: int) -> torch.Tensor:
-        from ..eap import build_graph, collate, edge_scores, truncation_inputs
+    def _eap_stage(self, model, answers: list[Answer], cut: int) -> dict:
+        """One model's EAP numbers on its answers cut at `cut`: the registry's metrics (stage means), the paper's pooled
+        complexity and, with ``eap_faithfulness``, frac80 (method.md 2.7: edges ranked by mean |W| on one half of the
+        questions, faithfulness judged on the other half, zero baseline)."""
+        from ..eap import build_graph, collate, edge_scores, information_complexity_pooled, per_sample, truncation_inputs
+        from ..eap.faithfulness import curve, frac80, halves, held_out_losses, log_grid
 
+        r = self.recipe
         graph = build_graph(model)
-        items = [truncation_inputs(a.prompt_ids, a.output_ids, cut) for a in answers]
-        out = []
-        for i in range(0, len(items), self.recipe.eap_batch_size):
-            ids, loss_mask, attn = collate(items[i : i + self.recipe.eap_batch_size], self.tokenizer.pad_token_id)
-            out.append(edge_scores(model, ids, loss_mask, attn, graph, self.recipe.eap_positions))
-        return torch.cat(out), graph.mask
-
-    def _metrics(self, W, mask) -> dict:
-        from ..eap import information_complexity_pooled, per_sample
-
-        out = {m: float(np.nanmean(per_sample(W, mask, m))) for m in METRICS}
-        return out | {"information_complexity_pooled": information_complexity_pooled(W, mask, bins=self.recipe.eap_bins)}
+        ids, loss_mask, attn = collate([truncation_inputs(a.prompt_ids, a.output_ids, cut) for a in answers],
+                                       self.tokenizer.pad_token_id)
+        W = torch.cat([edge_scores(model, ids[i : i + r.eap_batch_size], loss_mask[i : i + r.eap_batch_size],
+                                   attn[i : i + r.eap_batch_size], graph, r.eap_positions)
+                       for i in range(0, len(ids), r.eap_batch_size)])
+        out = {m: float(np.nanmean(per_sample(W, graph.mask, m))) for m in METRICS}
+        out["information_complexity_pooled"] = information_complexity_pooled(W, graph.mask, bins=r.eap_bins)
+        if r.eap_faithfulness and len(answers) < 4:  # halves() needs two per half
+            out["frac80"] = float("nan")
+        elif r.eap_faithfulness:
+            grid, half = log_grid(r.eap_faithfulness_points), halves(len(answers), seed=r.seed)
+            losses = held_out_losses(model, ids, loss_mask, attn, W, graph, grid, half, r.eap_batch_size)
+            out["frac80"] = frac80(grid, curve(losses, half))
+        return out
 
     def _eap(self, current: list[Answer]) -> dict:
         """Mean over alphas of metric(current) - metric(initial), each model on its own greedy answers.
@@ -338,20 +352,20 @@ class GRPOTrainer:
         if len(pairs) < 2:
             return {"eap/n": len(pairs)}
         tbar = min(sum(len(c.output_ids) for c, _ in pairs), sum(len(i.output_ids) for _, i in pairs)) / len(pairs)
-        diffs = {m: [] for m in EAP_METRICS}
-        values = {m: [] for m in EAP_METRICS}
+        names = eap_metric_names(self.recipe)
+        diffs = {m: [] for m in names}
+        values = {m: [] for m in names}
         for alpha in self.recipe.eap_alphas:
             cut = cut_length(alpha, tbar)
             key = (cut, tuple(i.question_id for _, i in pairs))
-            W, mask = self._eap_scores(self._current(), [c for c, _ in pairs], cut)
-            cur = self._metrics(W, mask)
+            cur = self._eap_stage(self._current(), [c for c, _ in pairs], cut)
             if key not in init["W"]:
                 if self.step == 0:
                     init["W"][key] = cur
                 else:
                     with self._initial() as model:
-                        init["W"][key] = self._metrics(*self._eap_scores(model, [i for _, i in pairs], cut))
-            for m in EAP_METRICS:
+                        init["W"][key] = self._eap_stage(model, [i for _, i in pairs], cut)
+            for m in names:
                 diffs[m].append(cur[m] - init["W"][key][m])
                 values[m].append(cur[m])
         row = {f"eap/{m}_diff": sum(v) / len(v) for m, v in diffs.items()}
@@ -434,7 +448,7 @@ class GRPOTrainer:
     def _progress(self, row: dict) -> None:
         keys = [("train/reward_mean", "reward"), ("train/accuracy", "train_acc"), ("train/answer_len", "len"),
                 ("train/zero_var_frac", "zero_var"), ("train/clip_frac", "clip"), ("eval/accuracy", "eval_acc"),
-                ("eap/activation_intensity_diff", "d_int"), ("time/step_s", "s")]
+                ("eap/activation_intensity_diff", "d_int"), ("eap/frac80", "frac80"), ("time/step_s", "s")]
         parts = [f"{name}={row[k]:.3g}" for k, name in keys if isinstance(row.get(k), (int, float))]
         self.log(f"[grpo] step {row['step']}/{self.recipe.steps} " + " ".join(parts))
 
