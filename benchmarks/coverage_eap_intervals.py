@@ -132,8 +132,13 @@ def coverage(n: int, reps: int, pop: dict, n_resamples: int = 2000, seed: int = 
         after = compare(W_sft, W_rl, MASK, n_resamples=n_resamples, seed=r)
         after["self_entropy"] = compare_values(l_sft, l_rl, n_resamples=n_resamples, seed=r)
         for name, res in after.items():
+            when = "after"
+            if not np.isfinite(res["sft_ci"]).any():  # a point value: the interval it would have had, "withheld"
+                when = "withheld"
+                res = compare_values(per_sample(W_sft, MASK, name), per_sample(W_rl, MASK, name),
+                                     n_resamples=n_resamples, seed=r)
             for side in ("sft", "rl", "diff"):
-                count("after", name, side, res[f"{side}_ci"], pop[name][side])
+                count(when, name, side, res[f"{side}_ci"], pop[name][side])
         la = loss_adjusted(per_sample(W_sft, MASK, "activation_intensity"),
                            per_sample(W_rl, MASK, "activation_intensity"), l_sft, l_rl, n_resamples=n_resamples, seed=r)
         count("after", "loss_adjusted", "diff", la["c_ci"], pop["loss_adjusted"]["diff"])

@@ -56,6 +56,9 @@ def test_alpha_sweep_generates_once_and_saves_recomputable_matrices(tmp_path, ca
             s = summary[m]
             expected = {"sft": s["sft"], "rl": s["rl"], "diff": s["diff"], "diff_lo": s["diff_ci"][0],
                         "diff_hi": s["diff_ci"][1]}
+            if m in METRICS and not METRICS[m].interval:  # a point value: no interval keys
+                expected = {k: v for k, v in expected.items() if k in ("sft", "rl", "diff")}
+                assert f"eap/{m}/diff_lo" not in wb["summary"]
             assert {k: wb["summary"][f"eap/{m}/{k}"] for k in expected} == expected, m
         assert (job / "eap_summary.md").exists() and (job / f"eap_relative_change_alpha{alpha}.png").exists()
     assert len(cuts) == 2
@@ -83,8 +86,8 @@ def test_identical_models_give_zero_differences(tmp_path, cache_dir):
     summary = alphas["0.3"]
     for m in [*METRICS, "self_entropy", "information_complexity_pooled", "sample_diversity"]:
         assert summary[m]["diff"] == 0.0, m
-    for m in [*METRICS, "self_entropy"]:  # every paired difference is exactly 0: a zero-width interval, not a crash
-        assert summary[m]["diff_ci"] == [0.0, 0.0], m
+    for m in [*(m for m, spec in METRICS.items() if spec.interval), "self_entropy"]:
+        assert summary[m]["diff_ci"] == [0.0, 0.0], m  # every paired difference is 0: a zero-width interval
     assert abs(summary["loss_adjusted"]["c"]) < 1e-9
     assert "(pooled, no interval)" in res.stdout and "loss_adjusted" in res.stdout
     # Several alphas in one job: one W&B row per alpha, eap/* plotted against alpha.
@@ -172,6 +175,9 @@ def test_causal_checks_and_calibration_end_to_end(tmp_path, cache_dir):
     curves = (run_dir / "eap_faithfulness.csv").read_text().splitlines()
     assert len(curves) == 1 + 2 * 5 and (run_dir / "eap_faithfulness.png").exists()
     assert "frac80" in res.stdout and "tau" in res.stdout
+    # The margin target's loss is not a self-entropy: labelled as what it is; loss_adjusted (on log NLL) not run.
+    assert "loss of eap.target=margin: -mean own-token margin" in res.stdout and "self_entropy (loss" not in res.stdout
+    assert s["target"] == "margin" and "loss_adjusted" not in s
 
     same = tmp_path / "same"
     res = launch(*TINY, *opts, "model_pair.stages.1.model.tiny.seed=0", f"hydra.run.dir={same}", "logger=disabled")

@@ -62,12 +62,34 @@ def reference(name, x):
         return np.sort(a)[::-1][: math.ceil(0.01 * a.size)].sum() / a.sum()
     if name == "gini":
         return hand_gini(a)
+    if name == "l_kurtosis":
+        return hand_l_kurtosis(x)
     raise KeyError(name)
+
+
+def hand_l_kurtosis(x):
+    """tau_4 from probability-weighted moments b_r = mean_i x_(i) C(i-1, r) / C(n-1, r) (Hosking 1990, eq. 2.5)."""
+    x = np.sort(x)
+    n = len(x)
+    b = [np.mean([x[i] * math.comb(i, r) / math.comb(n - 1, r) for i in range(n)]) for r in range(4)]
+    l2 = 2 * b[1] - b[0]
+    l4 = 20 * b[3] - 30 * b[2] + 12 * b[1] - b[0]
+    return l4 / l2
+
+
+def test_l_kurtosis_population_values():
+    """tau_4 = 30/pi arctan(sqrt 2) - 9 = 0.1226 for a normal, 1/(3 sqrt 2) = 0.2357 for a Laplace, 0 for a uniform
+    (Hosking 1990, table 1): catches a moment kurtosis, a missing normalisation by lambda_2, the wrong L-moment."""
+    rng = np.random.default_rng(0)
+    X = np.stack([rng.normal(size=400_000), rng.laplace(size=400_000), rng.uniform(size=400_000)])
+    got = METRICS["l_kurtosis"].fn(X)
+    assert np.allclose(got, [30 / math.pi * math.atan(math.sqrt(2)) - 9, 1 / (3 * math.sqrt(2)), 0.0], atol=3e-3)
 
 
 def test_registry_is_the_issue_list():
     assert set(METRICS) == {"activation_intensity", "information_complexity", "distribution_kurtosis",
-                            "effective_edges", "top_mass", "gini"}
+                            "effective_edges", "top_mass", "gini", "l_kurtosis"}
+    assert [m for m, s in METRICS.items() if not s.interval] == ["distribution_kurtosis"]  # point value only
     assert [m for m, s in METRICS.items() if not s.scale_free] == ["activation_intensity"]
     with pytest.raises(ValueError, match="unknown EAP metric 'nope'"):
         per_sample(scores(0), MASK, "nope")
@@ -114,6 +136,8 @@ def test_edge_cases_all_zero_and_constant_samples():
     assert np.allclose(per_sample(W, MASK, "top_mass"), math.ceil(0.01 * E) / E)
     assert np.allclose(per_sample(W, MASK, "information_complexity"), 0.0)
     assert np.isnan(per_sample(W, MASK, "distribution_kurtosis")).all()  # 0/0, left out by compare
+    assert np.isnan(per_sample(W, MASK, "l_kurtosis")).all()
+    assert np.isnan(per_sample(np.full((1, *MASK.shape), 0.3), MASK, "l_kurtosis")).all()
 
 
 def test_pooled_complexity_is_the_papers_number():
@@ -178,6 +202,9 @@ def test_compare_values_and_intervals_against_scipy():
         s, t = per_sample(W_sft, MASK, name), per_sample(W_rl, MASK, name)
         assert (r["sft"], r["rl"], r["n"]) == pytest.approx((s.mean(), t.mean(), 20))
         assert r["diff"] == pytest.approx((t - s).mean())
+        if not METRICS[name].interval:
+            assert all(math.isnan(v) for key in ("sft_ci", "rl_ci", "diff_ci") for v in r[key]), name
+            continue
         for key, x in (("sft_ci", s), ("rl_ci", t), ("diff_ci", t - s)):
             ci = scipy.stats.bootstrap((x,), np.mean, n_resamples=999, method="BCa", rng=np.random.default_rng(4),
                                        confidence_level=expanded_level(0.95, 20)).confidence_interval
@@ -213,7 +240,7 @@ def test_degenerate_samples_fall_back_to_a_t_interval():
     assert all(math.isnan(v) for v in bootstrap_ci([1.0]))
     W = scores(13, n=5)
     r = compare(W, W, MASK, n_resamples=200)
-    assert all(r[m]["diff_ci"] == (0.0, 0.0) for m in METRICS)
+    assert all(r[m]["diff_ci"] == (0.0, 0.0) for m, spec in METRICS.items() if spec.interval)
 
 
 def test_bootstrap_ci_paired_statistic():

@@ -180,10 +180,15 @@ def compare_alpha(eap_cfg, scored: dict, seed: int) -> dict:
     summary = compare(sft["W"], rl["W"], mask, **boot)
     summary["self_entropy"] = compare_values(sft["loss"], rl["loss"], **boot)
     intensity = {side: per_sample(scored[side]["W"], mask, "activation_intensity") for side in ("sft", "rl")}
-    try:
-        summary["loss_adjusted"] = loss_adjusted(intensity["sft"], intensity["rl"], sft["loss"], rl["loss"], **boot)
-    except ValueError as exc:
-        log.warning("loss_adjusted skipped: %s", exc)
+    summary["target"] = eap_cfg.target  # what "self_entropy" holds: the NLL, or minus the own-token margin
+    if eap_cfg.target != "nll":
+        log.info("loss_adjusted skipped: it regresses on log self-entropy, and eap.target=%s scores another loss "
+                 "(method.md 2.6)", eap_cfg.target)
+    else:
+        try:
+            summary["loss_adjusted"] = loss_adjusted(intensity["sft"], intensity["rl"], sft["loss"], rl["loss"], **boot)
+        except ValueError as exc:
+            log.warning("loss_adjusted skipped: %s", exc)
     top = {side: float(np.abs(scored[side]["W"][:, mask]).max()) for side in ("sft", "rl")}
     ranges = {side: (0.0, max(top.values()) if eap_cfg.shared_range else top[side]) for side in ("sft", "rl")}
     pooled = {side: information_complexity_pooled(scored[side]["W"], mask, bins=eap_cfg.bins, value_range=ranges[side])
@@ -390,12 +395,14 @@ def difference_rows(dataset: str, summaries: dict) -> tuple[list[str], list[list
 
 
 def wandb_values(summary: dict) -> dict:
-    """One W&B key per number: eap/<metric>/<sft|rl|diff|diff_lo|diff_hi> (alpha lives in the config or x axis)."""
+    """One W&B key per number: eap/<metric>/<sft|rl|diff|diff_lo|diff_hi> (alpha lives in the config or x axis);
+    a point-value metric (no valid interval) has no _lo/_hi keys."""
     out = {}
     for m in STAGE_ROWS:
         s = summary[m]
-        out |= {f"eap/{m}/sft": s["sft"], f"eap/{m}/rl": s["rl"], f"eap/{m}/diff": s["diff"],
-                f"eap/{m}/diff_lo": s["diff_ci"][0], f"eap/{m}/diff_hi": s["diff_ci"][1]}
+        out |= {f"eap/{m}/sft": s["sft"], f"eap/{m}/rl": s["rl"], f"eap/{m}/diff": s["diff"]}
+        if np.isfinite(s["diff_ci"]).any():
+            out |= {f"eap/{m}/diff_lo": s["diff_ci"][0], f"eap/{m}/diff_hi": s["diff_ci"][1]}
     if "loss_adjusted" in summary:
         la = summary["loss_adjusted"]
         out |= {"eap/loss_adjusted/diff": la["c"], "eap/loss_adjusted/diff_lo": la["c_ci"][0],
@@ -431,6 +438,8 @@ def track(ctx: RunContext, summaries: dict) -> None:
 
 
 def _ci(value: float, ci) -> str:
+    if not any(np.isfinite(ci)):  # a point value (no valid interval for this statistic)
+        return f"{value:.4g} (point)"
     return f"{value:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
 
 
@@ -448,7 +457,8 @@ def console_rows(a: str, s: dict) -> list[list]:
                      f"(slope on log loss b = {_ci(la['b'], la['b_ci'])})", "", "", _ci(la["c"], la["c_ci"])])
     rows += [metric_row(m, m + (" (scale-free)" if spec.scale_free else "")) for m, spec in METRICS.items()
              if spec.paper]
-    rows.append(metric_row("self_entropy", "self_entropy (loss, nats)"))
+    rows.append(metric_row("self_entropy", "self_entropy (loss, nats)" if s.get("target", "nll") == "nll" else
+                           f"loss of eap.target={s['target']}: -mean own-token margin (logits)"))
     p = s["information_complexity_pooled"]
     rows.append([float(a), s["cut_len"], "information_complexity (pooled, no interval)", f"{p['sft']:.4g}",
                  f"{p['rl']:.4g}", f"{p['diff']:.4g}"])
