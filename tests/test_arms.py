@@ -194,6 +194,9 @@ def test_derived_sft_trains_once_caches_and_records_its_budget(cache_dir, capsys
     assert budget["questions"] == budget["examples"] == distinct and budget["held_out"] == 4
     assert budget["optimizer_steps"] == 2 * -(-distinct // 8) and budget["answer_tokens"] > 2 * distinct
     assert budget["wall_s"] > 0 and budget["loss_last"] < budget["loss_first"]
+    from rlsft.arms.budget import training_budget
+
+    assert training_budget(spec) == budget  # what `evaluate` prints beside each arm's accuracy
 
 
 def _tiny(seed, **kw):

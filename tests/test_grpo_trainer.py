@@ -208,3 +208,10 @@ def test_derived_source_trains_once_and_caches(tmp_path, capsys):
 
     assert derived_key(changed) != derived_key(spec)
     assert derived_key({**spec, "recipe": {**spec["recipe"], "eval_every": 5}}) == derived_key(spec)
+    # Its budget, in the arms' fields: no dynamic sampling, so each step samples 4 questions x 8 answers and updates.
+    from rlsft.arms.budget import training_budget
+
+    budget = training_budget(spec, str(tmp_path))
+    assert (budget["kind"], budget["steps"], budget["optimizer_steps"], budget["samples"]) == ("grpo", 2, 2, 2 * 4 * 8)
+    assert 0 < budget["answer_tokens"] <= 2 * 4 * 8 * 16 and budget["wall_s"] > 0
+    assert training_budget(changed, str(tmp_path)) is None and training_budget(spec["base"]) is None

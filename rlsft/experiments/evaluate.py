@@ -1,10 +1,17 @@
-"""Accuracy of every stage of a pair on a dataset (the paper's Appendix C table), with truncated answers."""
+"""Accuracy of every stage of a pair on a dataset (the paper's Appendix C table), with truncated answers.
+
+Stages that are derived models (GRPO or an arm of method.md 8) also get their training budget (rlsft.arms.budget):
+optimizer steps, trained answer tokens, sampled answers and wall time, so arms are compared at a stated cost.
+"""
 
 from __future__ import annotations
 
 from scipy.stats import binomtest
 
+from ..arms.budget import training_budget
 from .common import RunContext, markdown_table
+
+BUDGET = ("optimizer_steps", "answer_tokens", "samples", "wall_s")
 
 
 def run(cfg, ctx: RunContext) -> dict:
@@ -22,8 +29,16 @@ def run(cfg, ctx: RunContext) -> dict:
         rows.append([stage.name, model, cfg.dataset.name, n, correct, correct / n, ci.low, ci.high, truncated])
         results[stage.name] = {"accuracy": correct / n, "n": n, "correct": correct, "truncated": truncated,
                                "ci95": [ci.low, ci.high]}
+        budget = training_budget(ctx.model_spec(stage), ctx.cache_dir)
+        if budget is not None:
+            results[stage.name]["budget"] = budget
         ctx.tracker.log({f"{stage.name}/accuracy": correct / n, f"{stage.name}/truncated": truncated})
         ctx.release(stage)
+    if any("budget" in r for r in results.values()):
+        columns += [f"train_{k}" for k in BUDGET]
+        for row, r in zip(rows, results.values()):
+            b = r.get("budget", {})
+            row += [round(b[k]) if k == "wall_s" and b.get(k) is not None else b.get(k) for k in BUDGET]
     ctx.write_table("accuracy", columns, rows)
     ctx.write_json("accuracy.json", results)
     print(markdown_table(columns, rows))

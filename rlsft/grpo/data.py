@@ -41,7 +41,8 @@ def recipe_data(recipe: GRPOConfig, default_dataset: Any = None) -> tuple[list[R
         if not kept:
             raise RlsftError(f"grpo: every training question is also an evaluation question ({len(train)} records)")
         if len(kept) < len(train):
-            print(f"[grpo] {len(train) - len(kept)} training records ask an evaluation question: left out of training")
+            print(f"[training data] {len(train) - len(kept)} training records ask an evaluation question: left out of "
+                  "training")
         return kept, evals
     # hold out whole questions: a synthetic set repeats question texts, and a repeat must not leak into training
     texts = sorted({r.question for r in train})

@@ -213,7 +213,8 @@ class GRPOTrainer:
                  "train/accuracy": sum(a.correct for a in sampled) / len(sampled),
                  "train/zero_var_frac": n_zero_var / n_groups, "train/answer_len": lengths.mean().item(),
                  "train/truncated": sum(a.finish_reason == "length" for a in sampled) / len(sampled),
-                 "train/groups_kept": len(kept[: r.batch_questions]), "train/rounds": rounds}
+                 "train/groups_kept": len(kept[: r.batch_questions]), "train/rounds": rounds,
+                 "train/sampled": len(sampled)}
         return kept[: r.batch_questions], stats
 
     # ------------------------------------------------------------------ update
