@@ -84,13 +84,15 @@ def synthetic(rng, n, slope_sft=1 / 3, slope_rl=1 / 2.5):
 
 
 @pytest.mark.slow
-def test_bootstrap_band_and_frac80_intervals_cover():
+@pytest.mark.parametrize("n", [8, 30])
+def test_bootstrap_band_and_frac80_intervals_cover(n):
+    """Catches the bootstrap at the nominal level: 83% (curve, sft frac80) at n = 8 (4 questions per half)."""
     rng = np.random.default_rng(0)
     hits = {"curve": 0, "sft": 0, "rl": 0, "diff": 0}
     reps = 200
     for rep in range(reps):
-        grid, stages, true = synthetic(rng, 30)
-        half = halves(30, seed=rep)
+        grid, stages, true = synthetic(rng, n)
+        half = halves(n, seed=rep)
         res = summarize(grid, stages, half, n_resamples=500, seed=rep)
         i = 6  # a grid point inside the rise: f = 0.5 for sft
         hits["curve"] += res["sft"]["curve_lo"][i] <= 0.5 <= res["sft"]["curve_hi"][i]

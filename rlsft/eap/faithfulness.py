@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from ..stats import expanded_level
 from .graph import Graph
 from .patching import patched_losses
 
@@ -110,6 +111,10 @@ def summarize(fractions, stages: dict[str, dict], half, level=0.95, n_resamples=
     """Curves, frac80 per stage and each later stage minus the first, with percentile bootstrap intervals over the
     evaluation questions (resampled within each half; the same resample for every stage, so differences are paired).
 
+    Each half is a stratum of n/2 questions, so the bootstrap runs at Hesterberg's expanded level for n/2
+    (rlsft.stats.expanded_level): at the nominal level it covered 83-90% at n = 8 and 88-95% at n = 16; expanded,
+    93-98% at n = 8, 16 and 30 (200 simulated data sets each, tests/test_eap_faithfulness.py).
+
     stages: name -> `held_out_losses` output, all on the same questions. Returns {stage: {curve, curve_lo, curve_hi,
     frac80, frac80_lo, frac80_hi}, f"{b}-{a}": {frac80, frac80_lo, frac80_hi}}.
     """
@@ -125,8 +130,8 @@ def summarize(fractions, stages: dict[str, dict], half, level=0.95, n_resamples=
 
     point = statistic(np.flatnonzero(half == 0), np.flatnonzero(half == 1))
     res = stats.bootstrap((np.flatnonzero(half == 0), np.flatnonzero(half == 1)), statistic, paired=False,
-                          vectorized=False, n_resamples=n_resamples, confidence_level=level, method="percentile",
-                          random_state=seed)
+                          vectorized=False, n_resamples=n_resamples, confidence_level=expanded_level(level, len(half) // 2),
+                          method="percentile", rng=np.random.default_rng(seed))
     lo, hi = res.confidence_interval.low, res.confidence_interval.high
     out = {}
     for j, s in enumerate(names):
