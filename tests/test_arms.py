@@ -196,7 +196,7 @@ def test_derived_sft_trains_once_caches_and_records_its_budget(cache_dir, capsys
     assert budget["wall_s"] > 0 and budget["loss_last"] < budget["loss_first"]
     from rlsft.arms.budget import training_budget
 
-    assert training_budget(spec) == budget  # what `evaluate` prints beside each arm's accuracy
+    assert training_budget(spec) == {"samples": 0, **budget}  # what `evaluate` prints beside each arm's accuracy
 
 
 def _tiny(seed, **kw):

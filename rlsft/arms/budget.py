@@ -43,7 +43,8 @@ def training_budget(spec: dict, cache_dir: str | None = None) -> dict | None:
         return None
     folder = model_folder(spec, cache_dir)
     if (folder / "arm_budget.json").is_file():
-        return json.loads((folder / "arm_budget.json").read_text())
+        budget = json.loads((folder / "arm_budget.json").read_text())
+        return {"samples": 0, **budget}  # sft trains on reference answers: it samples nothing
     if (folder / "grpo_history.json").is_file():
         return grpo_budget(json.loads((folder / "grpo_history.json").read_text()))
     return None

@@ -37,8 +37,9 @@ def run(cfg, ctx: RunContext) -> dict:
     if any("budget" in r for r in results.values()):
         columns += [f"train_{k}" for k in BUDGET]
         for row, r in zip(rows, results.values()):
-            b = r.get("budget", {})
-            row += [round(b[k]) if k == "wall_s" and b.get(k) is not None else b.get(k) for k in BUDGET]
+            b = r.get("budget")  # None: not a trained stage (blank); a field a budget lacks: n/a
+            row += ["" if b is None else "n/a" if b.get(k) is None else round(b[k]) if k == "wall_s" else b[k]
+                    for k in BUDGET]
     ctx.write_table("accuracy", columns, rows)
     ctx.write_json("accuracy.json", results)
     print(markdown_table(columns, rows))
