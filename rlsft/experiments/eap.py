@@ -338,14 +338,22 @@ def compare_figures(ctx: RunContext, tables: dict, reference: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    stages = list(dict.fromkeys(row[3] for t in tables.values() for row in t))
+    colour = {name: f"C{i}" for i, name in enumerate(stages)}  # one colour per stage in every panel and figure
     for metric, rows in tables.items():
         fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.5), sharey=True)
         labels = [f"{row[3]} (alpha {row[1]:g})" for row in rows]
+        point = metric in METRICS and not METRICS[metric].interval
         for ax, (v, lo, hi), title in ((axes[0], (5, 6, 7), metric), (axes[1], (8, 9, 10), f"minus {reference}")):
             for y, row in enumerate(rows):
                 if row[v] is not None:
-                    ax.errorbar(row[v], y, xerr=[[row[v] - row[lo]], [row[hi] - row[v]]], fmt="o", capsize=3)
-            ax.set(title=title)
+                    err = None if point else [[row[v] - row[lo]], [row[hi] - row[v]]]
+                    ax.errorbar(row[v], y, xerr=err, fmt="o", capsize=3, color=colour[row[3]])
+            ax.set(title=title + (" (point values: no interval covers)" if point and ax is axes[0] else ""))
+        for y in range(1, len(rows)):
+            if rows[y][1] != rows[y - 1][1]:  # a line between alphas
+                for ax in axes:
+                    ax.axhline(y - 0.5, color="lightgrey", lw=0.6)
         axes[1].axvline(0, color="grey", lw=0.8)
         axes[0].set_yticks(range(len(rows)), labels)
         axes[0].invert_yaxis()
