@@ -269,8 +269,8 @@ def validate(cfg: Any) -> None:
            f"eap.faithfulness_points must be >= 2, got {cfg.eap.faithfulness_points}")
     _check(cfg.eap.faithfulness_baseline in ("zero", "mean"),
            f"eap.faithfulness_baseline must be zero or mean, got {cfg.eap.faithfulness_baseline!r}")
-    _check(not cfg.eap.reference or (not cfg.eap.faithfulness and cfg.eap.calibrate == "none"),
-           "eap.faithfulness and eap.calibrate compare the sft/rl pair; leave eap.reference unset to use them")
+    _check(not cfg.eap.reference or cfg.eap.calibrate == "none",
+           "eap.calibrate matches the rl stage to the sft stage; leave eap.reference unset to use it")
     _check(cfg.eap.n_boot >= 100, f"eap.n_boot must be >= 100 (method.md 2.6 uses 2000), got {cfg.eap.n_boot}")
     # eap.alphas (the default job's [0.1, 0.3, 0.5, 1.0]) overrides truncation.alpha: say so rather than ignore it.
     _check(cfg.run.experiment != "eap" or not cfg.eap.alphas or t.alpha == TruncationConfig.alpha,

@@ -285,10 +285,14 @@ def run_compare(cfg, ctx: RunContext) -> dict:
     summaries: dict = {}
     for alpha in list(cfg.eap.alphas) or [cfg.truncation.alpha]:
         scored = score_alpha(ctx, gens, selection, alpha, stages)
-        summaries[f"{alpha:g}"] = {
-            name: compare_alpha(cfg.eap, {"cut_len": scored["cut_len"], "mask": scored["mask"],
-                                          "sft": scored[reference], "rl": scored[name]}, cfg.truncation.seed)
-            for name in list(stages)[1:]}
+        summaries[f"{alpha:g}"] = {}
+        for name in list(stages)[1:]:
+            pair = {"cut_len": scored["cut_len"], "mask": scored["mask"], "sft": scored[reference], "rl": scored[name],
+                    "settings": {"sft": scored["settings"][reference], "rl": scored["settings"][name]}}
+            summaries[f"{alpha:g}"][name] = compare_alpha(cfg.eap, pair, cfg.truncation.seed)
+            if cfg.eap.faithfulness:  # the reference's patched losses are cached: computed once for all pairs
+                summaries[f"{alpha:g}"][name]["faithfulness"] = faithfulness_alpha(
+                    ctx, gens, selection, pair, {"sft": stages[reference], "rl": stages[name]})
     columns, tables = compare_tables(cfg.dataset.name, summaries, reference)
     for metric, rows in tables.items():
         ctx.write_table(f"eap_compare_{metric}", columns, rows)
@@ -317,6 +321,13 @@ def compare_tables(dataset: str, summaries: dict, reference: str) -> tuple[list[
         tables["loss_adjusted"] += [[*head, name, s["n_samples"], None, None, None, s["loss_adjusted"]["c"],
                                      *s["loss_adjusted"]["c_ci"]] for name, s in per_stage.items()
                                     if "loss_adjusted" in s]
+        if all("faithfulness" in s for s in per_stage.values()):  # eap.faithfulness: frac80 per stage
+            ref = first["faithfulness"]["sft"]
+            tables.setdefault("frac80", []).append([*head, reference, first["n_samples"], ref["frac80"],
+                                                    *ref["frac80_ci"], None, None, None])
+            tables["frac80"] += [[*head, name, s["n_samples"], s["faithfulness"]["rl"]["frac80"],
+                                  *s["faithfulness"]["rl"]["frac80_ci"], s["faithfulness"]["diff"]["frac80"],
+                                  *s["faithfulness"]["diff"]["frac80_ci"]] for name, s in per_stage.items()]
     return columns, {m: rows for m, rows in tables.items() if rows}
 
 
