@@ -14,6 +14,7 @@ import argparse
 import csv
 import html
 import io
+import math
 import sys
 from pathlib import Path
 
@@ -179,13 +180,19 @@ def table1(tables: dict) -> tuple[list[str], list[list]]:
         cell = cells.setdefault(key, {})
         for m in shown:
             if r[idx[m]] not in ("", None):
-                cell[(m, r[idx["stage"]])] = f"{float(r[idx[m]]):.4g} [{float(r[idx[m + '_lo']]):.3g}, " \
-                                             f"{float(r[idx[m + '_hi']]):.3g}]"
+                lo, hi = _number(r[idx[m + "_lo"]]), _number(r[idx[m + "_hi"]])
+                interval = "(point)" if math.isnan(lo) else f"[{lo:.3g}, {hi:.3g}]"  # a point value has no interval
+                cell[(m, r[idx["stage"]])] = f"{float(r[idx[m]]):.4g} {interval}"
     stages = sorted({s for c in cells.values() for (_, s) in c}, key=lambda s: (s != "sft", s))
     out_cols = ["model_pair", "dataset", "alpha"] + [f"{m} ({s})" for m in shown for s in stages]
     out = [[p, d, a] + [cells[(p, d, a)].get((m, s), "") for m in shown for s in stages]
            for (p, d, a) in sorted(cells)]
     return out_cols, out
+
+
+def _number(cell) -> float:
+    """A numeric table cell; nan for an empty one (a point value's missing interval)."""
+    return math.nan if cell in ("", None) else float(cell)
 
 
 def _csv(columns, rows) -> str:
@@ -238,8 +245,8 @@ def metrics_vs_alpha(tables: dict, out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(EAP_METRICS), figsize=(3.3 * len(EAP_METRICS), 3.8), layout="constrained")
         for ax, m in zip(axes, EAP_METRICS):
             for stage in stage_order({r[idx["stage"]] for r in rs}):
-                pts = sorted((float(r[idx["alpha"]]), float(r[idx[m]]), float(r[idx[m + "_lo"]]),
-                              float(r[idx[m + "_hi"]])) for r in rs if r[idx["stage"]] == stage)
+                pts = sorted((float(r[idx["alpha"]]), float(r[idx[m]]), _number(r[idx[m + "_lo"]]),
+                              _number(r[idx[m + "_hi"]])) for r in rs if r[idx["stage"]] == stage)
                 a, v, lo, hi = zip(*pts)
                 ax.plot(a, v, marker="o", color=stage_color(stage), label=stage)
                 ax.fill_between(a, lo, hi, color=stage_color(stage), alpha=0.2)

@@ -314,9 +314,10 @@ def compare_tables(dataset: str, summaries: dict, reference: str) -> tuple[list[
         first = next(iter(per_stage.values()))
         head = [dataset, float(a), first["cut_len"]]
         for m in STAGE_ROWS:
-            tables[m].append([*head, reference, first["n_samples"], first[m]["sft"], *first[m]["sft_ci"],
+            tables[m].append([*head, reference, first["n_samples"], first[m]["sft"], *_bounds(first[m]["sft_ci"]),
                               None, None, None])
-            tables[m] += [[*head, name, s["n_samples"], s[m]["rl"], *s[m]["rl_ci"], s[m]["diff"], *s[m]["diff_ci"]]
+            tables[m] += [[*head, name, s["n_samples"], s[m]["rl"], *_bounds(s[m]["rl_ci"]), s[m]["diff"],
+                           *_bounds(s[m]["diff_ci"])]
                           for name, s in per_stage.items()]
         tables["loss_adjusted"] += [[*head, name, s["n_samples"], None, None, None, s["loss_adjusted"]["c"],
                                      *s["loss_adjusted"]["c_ci"]] for name, s in per_stage.items()
@@ -389,7 +390,7 @@ def summary_rows(dataset: str, summaries: dict, names: dict) -> tuple[list[str],
         for side in ("sft", "rl"):
             row = [dataset, float(a), s["cut_len"], names[side], s["n_samples"]]
             for m in STAGE_ROWS:
-                row += [s[m][side], *s[m][f"{side}_ci"]]
+                row += [s[m][side], *_bounds(s[m][f"{side}_ci"])]
             row += [s["information_complexity_pooled"][side], s["sample_diversity"][side], s["scored_tokens"][side],
                     s["shorter_than_cut"][side]]
             if faithful:
@@ -404,7 +405,7 @@ def difference_rows(dataset: str, summaries: dict) -> tuple[list[str], list[list
     """RL - SFT per alpha and metric with its paired interval; loss_adjusted is the stage coefficient c."""
     rows = []
     for a, s in summaries.items():
-        rows += [[dataset, float(a), m, s[m]["diff"], *s[m]["diff_ci"]] for m in STAGE_ROWS]
+        rows += [[dataset, float(a), m, s[m]["diff"], *_bounds(s[m]["diff_ci"])] for m in STAGE_ROWS]
         if "loss_adjusted" in s:
             rows.append([dataset, float(a), "loss_adjusted", s["loss_adjusted"]["c"], *s["loss_adjusted"]["c_ci"]])
         if "faithfulness" in s:
@@ -456,8 +457,13 @@ def track(ctx: RunContext, summaries: dict) -> None:
         ctx.tracker.summary(wandb_values(next(iter(summaries.values()))))
 
 
+def _bounds(ci) -> list:
+    """An interval's two table cells; empty (None) for a point value, which has no valid interval."""
+    return list(ci) if np.isfinite(ci).any() else [None, None]
+
+
 def _ci(value: float, ci) -> str:
-    if not any(np.isfinite(ci)):  # a point value (no valid interval for this statistic)
+    if any(v is None for v in ci) or not np.isfinite(ci).any():  # a point value (no valid interval for it)
         return f"{value:.4g} (point)"
     return f"{value:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
 
