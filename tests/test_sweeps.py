@@ -38,7 +38,8 @@ SLOW = {"ablation", "grpo", "grpo_rebuttal", "report"}  # each also has its own 
 
 
 def _text_to_none(columns, csv_rows, logged_rows):
-    """The CSV rows with what W&B logs: numbers as numbers, text in a numeric column as None."""
+    """The CSV rows with what W&B logs: numbers as numbers, text in a numeric column as None, an empty cell (None
+    written to the CSV: e.g. a point value's interval, a column that may be empty in every row) as None."""
     def number(v):
         try:
             return float(v)
@@ -47,7 +48,7 @@ def _text_to_none(columns, csv_rows, logged_rows):
 
     numeric = [any(isinstance(r[j], (int, float)) and not isinstance(r[j], bool) for r in logged_rows)
                for j in range(len(columns))]
-    return [[number(v) if numeric[j] else v for j, v in enumerate(r)] for r in csv_rows]
+    return [[number(v) if numeric[j] else None if v == "" else v for j, v in enumerate(r)] for r in csv_rows]
 
 
 def check_logged_tables(run_dir: Path, experiment: str, tables_dir: Path) -> int:
