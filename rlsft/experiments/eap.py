@@ -421,7 +421,7 @@ def wandb_values(summary: dict) -> dict:
     for m in STAGE_ROWS:
         s = summary[m]
         out |= {f"eap/{m}/sft": s["sft"], f"eap/{m}/rl": s["rl"], f"eap/{m}/diff": s["diff"]}
-        if np.isfinite(s["diff_ci"]).any():
+        if _has_interval(s["diff_ci"]):
             out |= {f"eap/{m}/diff_lo": s["diff_ci"][0], f"eap/{m}/diff_hi": s["diff_ci"][1]}
     if "loss_adjusted" in summary:
         la = summary["loss_adjusted"]
@@ -457,13 +457,18 @@ def track(ctx: RunContext, summaries: dict) -> None:
         ctx.tracker.summary(wandb_values(next(iter(summaries.values()))))
 
 
+def _has_interval(ci) -> bool:
+    """False for a point value's interval: (nan, nan) from `compare`, (None, None) once in a table row."""
+    return all(v is not None for v in ci) and bool(np.isfinite(ci).any())
+
+
 def _bounds(ci) -> list:
     """An interval's two table cells; empty (None) for a point value, which has no valid interval."""
-    return list(ci) if np.isfinite(ci).any() else [None, None]
+    return list(ci) if _has_interval(ci) else [None, None]
 
 
 def _ci(value: float, ci) -> str:
-    if any(v is None for v in ci) or not np.isfinite(ci).any():  # a point value (no valid interval for it)
+    if not _has_interval(ci):
         return f"{value:.4g} (point)"
     return f"{value:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
 
