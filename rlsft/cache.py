@@ -140,9 +140,10 @@ def atomic_dir(path: str | os.PathLike, sealed: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def default_cache_dir() -> Path:
-    """``$RLSFT_CACHE_DIR`` or ``~/.cache/rlsft`` (what conf/paths/default.yaml resolves to)."""
-    return Path(os.environ.get("RLSFT_CACHE_DIR") or "~/.cache/rlsft").expanduser()
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` if given, else ``$RLSFT_CACHE_DIR`` or ``~/.cache/rlsft`` (what conf/paths/default.yaml
+    resolves to)."""
+    return Path(cache_dir or os.environ.get("RLSFT_CACHE_DIR") or "~/.cache/rlsft").expanduser()
 
 
 def content_hash(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> str:
@@ -154,7 +155,7 @@ def content_hash(path: str | os.PathLike, cache_dir: str | os.PathLike | None = 
     path = Path(path).resolve()
     st = path.stat()
     stamp = [st.st_size, st.st_mtime_ns]
-    index_path = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    index_path = default_cache_dir(cache_dir)
     index_path = index_path / "file_hashes.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     known = index.get(str(path))

@@ -2,17 +2,18 @@
 
 The sft / rft / dpo arms save ``arm_budget.json`` beside their weights (rlsft.arms.derived); a GRPO model saves its
 per-step history (``grpo_history.json``), from which the same fields are summed here, so models trained before this
-module existed need no retraining. Fields: kind, examples (answers trained on, counted per epoch for the offline arms
-and per step for GRPO), answer_tokens (trained answer tokens, all epochs/steps), optimizer_steps, samples (answers
-sampled from a model to build the training data; 0 for sft), wall_s (training wall time on the machine that trained it).
+module existed need no retraining. Fields every arm has: kind, answer_tokens (trained answer tokens, all epochs or
+steps), optimizer_steps, samples (answers sampled from a model to build the training data; 0 for sft; None for a GRPO
+history older than ``train/sampled``), wall_s (training wall time on the machine that trained it); the offline arms
+add their examples per epoch and losses, GRPO its rollout steps.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..cache import default_cache_dir
 from . import arm_of
 
 
@@ -20,9 +21,8 @@ def model_folder(spec: dict, cache_dir: str | None = None) -> Path:
     """Where a derived model's weights are cached (trained or not)."""
     from ..grpo.derived import derived_key
 
-    cache = Path(cache_dir or os.environ.get("RLSFT_CACHE_DIR") or "~/.cache/rlsft").expanduser()
     key = derived_key(spec)
-    return cache / "models" / (f"grpo-{key}" if arm_of(spec.get("recipe")) == "grpo" else key)
+    return default_cache_dir(cache_dir) / "models" / (f"grpo-{key}" if arm_of(spec.get("recipe")) == "grpo" else key)
 
 
 def grpo_budget(history: list[dict]) -> dict:

@@ -10,12 +10,11 @@ examples, answer tokens, optimizer steps, wall time, and for rft/dpo the samples
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
 
-from ..cache import atomic_dir, atomic_write_json, intact, locked, stage_key
+from ..cache import atomic_dir, atomic_write_json, default_cache_dir, intact, locked, stage_key
 from .config import ARM_VERSION, NON_TRAINING_KEYS, ArmConfig, arm_recipe_dict, as_arm_recipe
 
 
@@ -84,7 +83,7 @@ def load_arm(spec: dict, device: str = "auto", dtype: str | None = None, cache_d
     from ..models import load_model, pick_device
 
     base, recipe = _parts(spec)
-    cache = Path(cache_dir or os.environ.get("RLSFT_CACHE_DIR") or "~/.cache/rlsft").expanduser()
+    cache = default_cache_dir(cache_dir)
     key = arm_key(spec)
     target = cache / "models" / key
     with locked(target):

@@ -10,12 +10,10 @@ folder is sealed (rlsft.cache): a damaged one is moved aside and trained again.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
-from pathlib import Path
 
-from ..cache import atomic_dir, atomic_write_json, intact, locked, stage_key
+from ..cache import atomic_dir, atomic_write_json, default_cache_dir, intact, locked, stage_key
 from ..errors import RlsftError
 from .config import GRPO_VERSION, NON_TRAINING_KEYS, GRPOConfig, as_recipe, recipe_dict
 
@@ -62,7 +60,7 @@ def load_derived(spec: dict, device: str = "auto", dtype: str | None = None, cac
 
         return load_arm(spec, device=device, dtype=dtype, cache_dir=cache_dir)
     base, recipe = _parts(spec)
-    cache = Path(cache_dir or os.environ.get("RLSFT_CACHE_DIR") or "~/.cache/rlsft").expanduser()
+    cache = default_cache_dir(cache_dir)
     key = derived_key(spec)
     target = cache / "models" / f"grpo-{key}"
     with locked(target):
