@@ -59,7 +59,8 @@ class Patcher:
         self.baseline = baseline
         self.real = real[:, :, None]
         self.diff = None  # [n_src, batch, seq, d]: O_u - B_u, zero at padding (sources first: a prefix is contiguous)
-        self.total = None  # sum of diff over the sources recorded so far
+        self.total = None  # sum of diff over the sources recorded so far (kept only when some target uses it)
+        self.keep_total = any(how == "all_but_kept" for how, _, _ in self.plan.values())
         self.recorded = 0  # how many sources (0, 1, ... in order) have been recorded
         self.resid = {}  # layer -> the residual read on the attention path (for q, k, v)
 
@@ -74,7 +75,8 @@ class Patcher:
         self.diff[index] = d.masked_fill(~self.real, 0)
         if index != self.recorded:
             raise RuntimeError(f"patching: source {index} ran out of order (expected {self.recorded})")
-        self.total = self.diff[index].clone() if self.total is None else self.total + self.diff[index]
+        if self.keep_total:
+            self.total = self.diff[index].clone() if self.total is None else self.total + self.diff[index]
         self.recorded += 1
 
     def _patched(self, col, x):
