@@ -222,6 +222,23 @@ def factual_records(n: int | None = None, seed: int = 0) -> list[Record]:
     return subset(records, n, seed)
 
 
+# ----------------------------------------------------------------------------------------------- distinct questions
+def normalise_question(text: str) -> str:
+    """The form two questions are compared in: case and runs of white space do not make a new question."""
+    return " ".join(str(text).split()).casefold()
+
+
+def distinct_records(records: list[Record]) -> tuple[list[Record], int]:
+    """(the first record of each normalised question text, how many repeats were dropped).
+
+    An evaluated set must not ask a question twice: a repeat counts twice in an interval and lands in both halves of
+    a split (method.md 2.8)."""
+    seen: dict[str, Record] = {}
+    for r in records:
+        seen.setdefault(normalise_question(r.question), r)
+    return list(seen.values()), len(records) - len(seen)
+
+
 # ----------------------------------------------------------------------------------------------- entry point
 def subset(records: list[Record], n: int | None, seed: int) -> list[Record]:
     """Deterministic subset of ``n`` records (in their original order) drawn with ``seed``."""

@@ -197,7 +197,7 @@ def test_launch_py_tiny_evaluate_sweep(slurm_cluster, tmp_path):
 def test_launch_py_job_requeued_mid_generation_resumes_from_the_cache(slurm_cluster, tmp_path):
     """Preempt a real launch.py job while it generates: the requeued job reuses the answers already cached."""
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
-    proc = run_sweep(sweep, "experiment=evaluate", "model_pair=tiny", "dataset.arithmetic.count=400",
+    proc = run_sweep(sweep, "experiment=evaluate", "model_pair=tiny", "dataset.arithmetic.count=400", "dataset.arithmetic.digits=2",
                      "generation.batch_size=2", "model_pair.max_new_tokens=48", "logger=disabled",
                      "dataset.seed=0", app=REPO / "launch.py", env={"RLSFT_CACHE_DIR": str(cache)}, wait=False)
     try:

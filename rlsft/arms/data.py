@@ -7,17 +7,14 @@ ending in the stop token, so training and inference see the same context. Base s
 
 from __future__ import annotations
 
-from ..data import Record
+from ..data import Record, distinct_records
 from ..errors import RlsftError
 from ..templates import encode_prompt
 
 
 def distinct_questions(records: list[Record]) -> list[Record]:
     """The first record of each question text: synthetic sets repeat questions, and each arm sees each once per epoch."""
-    seen: dict[str, Record] = {}
-    for r in records:
-        seen.setdefault(r.question, r)
-    return list(seen.values())
+    return distinct_records(records)[0]
 
 
 def reference_answer(record: Record) -> str:

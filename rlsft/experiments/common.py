@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ..cache import atomic_write_bytes, atomic_write_json
-from ..data import Record, load_records
+from ..data import Record, distinct_records, load_records
 from ..generate import Sampling, generate_answers
 from ..models import fingerprint, load_model, pick_device, pick_dtype
 from ..tracking import Tracker
@@ -27,6 +27,7 @@ class RunContext:
     cache_dir: str
     tracker: Tracker
     _models: dict = field(default_factory=dict)
+    _overlaps: dict = field(default_factory=dict)  # {dataset name: {stage: overlap}}, checked once per dataset
 
     # ------------------------------------------------------------------ models and data
     def stages(self) -> list[Any]:
@@ -49,7 +50,28 @@ class RunContext:
         self._models.pop(stage.name, None)
 
     def records(self, dataset_cfg: Any = None) -> list[Record]:
-        return load_records(dataset_cfg or self.cfg.dataset)
+        """The evaluated questions: distinct (repeats dropped, said once), train/eval overlap printed (method.md 2.8)."""
+        dataset_cfg = dataset_cfg or self.cfg.dataset
+        records, repeats = distinct_records(load_records(dataset_cfg))
+        if dataset_cfg.name not in self._overlaps:
+            if repeats:
+                print(f"[data] {dataset_cfg.name}: {repeats} repeated questions dropped ({len(records)} distinct "
+                      "questions evaluated)", flush=True)
+            self.check_overlap(dataset_cfg.name, records)
+        return records
+
+    def check_overlap(self, dataset: str, records: list[Record]) -> dict:
+        """Print and record (run summary, W&B ``data/overlap/<stage>``) each derived stage's train/eval overlap."""
+        from ..overlap import overlap_lines, stage_overlaps
+
+        overlaps = stage_overlaps({s.name: self.model_spec(s) for s in self.stages()}, records)
+        for line in overlap_lines(dataset, overlaps):
+            print(line, flush=True)
+        self._overlaps[dataset] = overlaps
+        self.write_json("data_overlap.json", self._overlaps)
+        self.tracker.summary({f"data/overlap/{dataset}/{name}": o["overlap"] for name, o in overlaps.items()
+                              if "overlap" in o})
+        return overlaps
 
     def sampling(self, **overrides: Any) -> Sampling:
         g = self.cfg.generation

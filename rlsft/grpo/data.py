@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from ..data import Record, load_records, subset
+from ..data import Record, load_records, normalise_question, subset
 from ..errors import RlsftError
 from .config import GRPOConfig
 
@@ -36,8 +36,8 @@ def recipe_data(recipe: GRPOConfig, default_dataset: Any = None) -> tuple[list[R
         every_eval = load_records(dataset_section(recipe.eval, "grpo.eval"))
         evals = subset(every_eval, recipe.eval_n, recipe.seed)
         # never train on an evaluation question: drop them from the training set (synthetic sets share questions)
-        held = {r.question for r in every_eval}
-        kept = [r for r in train if r.question not in held]
+        held = {normalise_question(r.question) for r in every_eval}
+        kept = [r for r in train if normalise_question(r.question) not in held]
         if not kept:
             raise RlsftError(f"grpo: every training question is also an evaluation question ({len(train)} records)")
         if len(kept) < len(train):
