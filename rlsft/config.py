@@ -139,6 +139,14 @@ class RunConfig:
 
 
 @dataclass
+class PrimaryConfig:
+    """method.md 2.8: the one RL - SFT comparison named before the run; every other difference is secondary."""
+
+    metric: str = "effective_edges"  # a metric with an interval (rlsft.eap.METRICS), self_entropy or loss_adjusted
+    alpha: float = 1.0  # one of the scored alphas (1.0: the whole answer)
+
+
+@dataclass
 class EAPConfig:
     attn_inputs: str = "qkv"  # qkv | joint
     positions: str = "all"  # all | answer
@@ -160,6 +168,7 @@ class EAPConfig:
     faithfulness: bool = False  # edge-patching curves and frac80 per stage (held-out halves, bootstrap band)
     faithfulness_points: int = 13  # kept fractions on a log grid from 0.001 to 1
     faithfulness_baseline: str = "zero"  # zero | mean: what a removed edge is replaced by
+    primary: PrimaryConfig = field(default_factory=PrimaryConfig)  # printed first; the rest: Holm-adjusted secondaries
 
 
 @dataclass
@@ -271,6 +280,13 @@ def validate(cfg: Any) -> None:
            f"eap.faithfulness_baseline must be zero or mean, got {cfg.eap.faithfulness_baseline!r}")
     _check(not cfg.eap.reference or cfg.eap.calibrate == "none",
            "eap.calibrate matches the rl stage to the sft stage; leave eap.reference unset to use it")
+    from .eap.metrics import METRICS  # here: the schema itself needs no torch
+
+    primaries = [m for m, spec in METRICS.items() if spec.interval] + ["self_entropy", "loss_adjusted"]
+    _check(cfg.eap.primary.metric in primaries,
+           f"eap.primary.metric must be one of {', '.join(primaries)} (a metric with an interval), got "
+           f"{cfg.eap.primary.metric!r}")
+    _check(0 < cfg.eap.primary.alpha <= 1, f"eap.primary.alpha must be in (0, 1], got {cfg.eap.primary.alpha}")
     _check(cfg.eap.n_boot >= 100, f"eap.n_boot must be >= 100 (method.md 2.6 uses 2000), got {cfg.eap.n_boot}")
     # eap.alphas (the default job's [0.1, 0.3, 0.5, 1.0]) overrides truncation.alpha: say so rather than ignore it.
     _check(cfg.run.experiment != "eap" or not cfg.eap.alphas or t.alpha == TruncationConfig.alpha,

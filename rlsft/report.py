@@ -184,10 +184,32 @@ def table1(tables: dict) -> tuple[list[str], list[list]]:
                 interval = "(point)" if math.isnan(lo) else f"[{lo:.3g}, {hi:.3g}]"  # a point value has no interval
                 cell[(m, r[idx["stage"]])] = f"{float(r[idx[m]]):.4g} {interval}"
     stages = sorted({s for c in cells.values() for (_, s) in c}, key=lambda s: (s != "sft", s))
-    out_cols = ["model_pair", "dataset", "alpha"] + [f"{m} ({s})" for m in shown for s in stages]
+    tests = _tests(tables)  # method.md 2.8: each difference's role and (Holm-adjusted) p, as the console says it
+    tested = [m for m in shown if any(k[3] == m for k in tests)]
+    out_cols = (["model_pair", "dataset", "alpha"] + [f"{m} ({s})" for m in shown for s in stages]
+                + [f"{m} (RL - SFT test)" for m in tested])
     out = [[p, d, a] + [cells[(p, d, a)].get((m, s), "") for m in shown for s in stages]
-           for (p, d, a) in sorted(cells)]
+           + [tests.get((p, d, a, m), "") for m in tested] for (p, d, a) in sorted(cells)]
     return out_cols, out
+
+
+def _tests(tables: dict) -> dict[tuple, str]:
+    """{(pair, dataset, alpha, metric): "diff [lo, hi] primary p=.. | secondary Holm p=.."} from eap_tests (plain
+    runs only: compare runs have a stage per row and their own tables)."""
+    if "eap_tests" not in tables:
+        return {}
+    columns, rows = tables["eap_tests"]
+    idx = {c: i for i, c in enumerate(columns)}
+    out = {}
+    for r in rows:
+        if r[idx["stage"]] not in ("", None) or r[idx["role"]] == "point":
+            continue
+        lo, hi = _number(r[idx["lo"]]), _number(r[idx["hi"]])
+        p = _number(r[idx["p"]] if r[idx["role"]] == "primary" else r[idx["p_holm"]])
+        label = "PRIMARY p" if r[idx["role"]] == "primary" else "secondary, Holm p"
+        out[(r[idx["model_pair"]], r[idx["dataset"]], float(r[idx["alpha"]]), r[idx["metric"]])] = (
+            f"{float(r[idx['diff']]):.3g} [{lo:.3g}, {hi:.3g}] {label} = {p:.2g}")
+    return out
 
 
 def _number(cell) -> float:

@@ -6,6 +6,9 @@
 - ``t_interval``: Student-t interval of a mean.
 - ``cv_interval``: t-interval of a mean over repeated k-fold CV scores with the Nadeau-Bengio variance correction:
   fold scores share training data, so their plain variance understates the uncertainty of the mean.
+- ``paired_p``: two-sided p-value of "mean of paired differences = 0" (Student t on d_k).
+- ``bootstrap_p``: two-sided p-value of "statistic = 0" from its bootstrap distribution (no d_k exists).
+- ``holm``: Holm's step-down adjustment of a family of p-values (family-wise error control).
 """
 
 from __future__ import annotations
@@ -97,3 +100,52 @@ def cv_interval(scores, test_fraction: float, level: float = 0.95) -> tuple[floa
     ratio = test_fraction / (1 - test_fraction)
     half = stats.t.ppf(1 - (1 - level) / 2, x.size - 1) * math.sqrt((1 / x.size + ratio) * x.var(ddof=1))
     return mean, mean - half, mean + half
+
+
+def paired_p(d) -> float:
+    """Two-sided p-value of mean(d) = 0 by the one-sample Student t test on the paired differences ``d`` (the t on
+    d_k of method.md 2.6); nan with fewer than two finite values, 1.0 when every d_k is equal to 0."""
+    d = np.asarray(d, dtype=float)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return math.nan
+    if np.all(d == d[0]):  # zero variance: t is undefined; all equal to 0 is no evidence, any other constant is
+        return 1.0 if d[0] == 0 else 0.0
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def bootstrap_p(*arrays, stat: Callable, n_boot: int = 2000, seed: int = 0) -> float:
+    """Two-sided p-value of stat = 0 from a paired bootstrap (``stat`` vectorised, as for ``bootstrap_ci``):
+    twice the smaller share of resampled statistics on either side of 0, at least 1 / (n_boot + 1) (the
+    percentile-interval test: 0 lies outside the (1 - p) percentile interval). For statistics without d_k
+    (a regression coefficient refitted per resample)."""
+    xs = [np.asarray(a, dtype=float) for a in arrays]
+    n = len(xs[0])
+    if n < 2:
+        return math.nan
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # [n_boot, n] resampled questions
+    boot = np.asarray(stat(*(x[idx] for x in xs), axis=-1), dtype=float)
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return math.nan
+    tail = min((boot <= 0).mean(), (boot >= 0).mean())
+    return float(min(1.0, max(2 * tail, 1 / (n_boot + 1))))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-adjusted p-values (Holm 1979): sort ascending, p_(i) * (m - i + 1) (i from 1), running maximum, cap 1.
+
+    Written here because scipy has only Benjamini-Hochberg (``false_discovery_control``, FDR control) and statsmodels
+    is not a dependency for these four lines. Rejecting every adjusted p <= a controls the family-wise error at a. nan
+    entries (no test) stay nan and do not count in the family size m.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for i, j in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[j]))
+        out[j] = running
+    return out

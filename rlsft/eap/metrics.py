@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from ..stats import bootstrap_ci
+from ..stats import bootstrap_ci, bootstrap_p
 
 
 def edge_values(W, mask) -> np.ndarray:
@@ -242,7 +242,7 @@ def loss_adjusted(intensity_sft, intensity_rl, loss_sft, loss_rl, level: float =
 
     Least squares over both stages' samples; intervals for c and b from a paired BCa bootstrap over questions (both
     stages of a question move together), refitting each time. Questions with a non-positive intensity or loss (log
-    undefined) are left out and counted. Returns {c, c_ci, b, b_ci, a, n, n_dropped}.
+    undefined) are left out and counted. Returns {c, c_ci, c_p, b, b_ci, a, n, n_dropped}; c_p: bootstrap p of c = 0.
     """
     arrays = [np.asarray(v, dtype=float) for v in (intensity_sft, intensity_rl, loss_sft, loss_rl)]
     if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 1:
@@ -267,6 +267,8 @@ def loss_adjusted(intensity_sft, intensity_rl, loss_sft, loss_rl, level: float =
 
     a, b, c = fit(*logs)
     boot = dict(level=level, n_boot=n_resamples, seed=seed, vectorized=True)
-    return {"c": float(c), "c_ci": bootstrap_ci(*logs, stat=lambda *x, axis=-1: fit(*x, axis=axis)[2], **boot),
+    c_of = lambda *x, axis=-1: fit(*x, axis=axis)[2]  # noqa: E731 - the statistic both bootstraps resample
+    return {"c": float(c), "c_ci": bootstrap_ci(*logs, stat=c_of, **boot),
+            "c_p": bootstrap_p(*logs, stat=c_of, n_boot=n_resamples, seed=seed),
             "b": float(b), "b_ci": bootstrap_ci(*logs, stat=lambda *x, axis=-1: fit(*x, axis=axis)[1], **boot),
             "a": float(a), "n": n, "n_dropped": int((~keep).sum())}

@@ -50,7 +50,8 @@ class RunContext:
         self._models.pop(stage.name, None)
 
     def records(self, dataset_cfg: Any = None) -> list[Record]:
-        """The evaluated questions: distinct (repeats dropped, said once), train/eval overlap printed (method.md 2.8)."""
+        """The evaluated questions: distinct (repeats dropped, said once), train/eval overlap printed (method.md
+        2.8)."""
         dataset_cfg = dataset_cfg or self.cfg.dataset
         records, repeats = distinct_records(load_records(dataset_cfg))
         if dataset_cfg.name not in self._overlaps:

@@ -23,6 +23,7 @@ from ..models import fingerprint
 from ..console import progress
 from .common import RunContext, markdown_table, stage_color
 from .eap_causal import calibrated_tau, curve_rows, faithfulness_alpha, faithfulness_figure
+from .eap_family import add_tests, family_cell, family_table, family_wandb, lookup, primary_text, run_family
 
 log = logging.getLogger(__name__)
 SCORES_VERSION = 3  # 2: per-sample loss saved beside the scores; 3: number of scored tokens per sample
@@ -200,6 +201,7 @@ def compare_alpha(eap_cfg, scored: dict, seed: int) -> dict:
     summary.update(cut_len=scored["cut_len"], n_samples=len(sft["W"]), n_edges=int(mask.sum()),
                    shorter_than_cut={side: int(scored[side]["shorter_than_cut"].sum()) for side in ("sft", "rl")},
                    scored_tokens={side: float(scored[side]["scored_tokens"].mean()) for side in ("sft", "rl")})
+    add_tests(summary, scored)  # p of each difference, near-duplicate metrics (method.md 2.8)
     return summary
 
 
@@ -221,15 +223,19 @@ def run(cfg, ctx: RunContext) -> dict:
         if cfg.eap.faithfulness:
             summaries[f"{alpha:g}"]["faithfulness"] = faithfulness_alpha(ctx, gens, selection, scored[alpha], stages)
     names = {side: stage.name for side, stage in stages.items()}
+    ranked = run_family(summaries, cfg.eap.primary)  # method.md 2.8: one primary, Holm over the secondaries
     columns, rows = summary_rows(cfg.dataset.name, summaries, names)
     ctx.write_table("eap_summary", columns, rows)
-    ctx.write_table("eap_differences", *difference_rows(cfg.dataset.name, summaries))
+    ctx.write_table("eap_differences", *difference_rows(cfg.dataset.name, summaries, ranked))
+    ctx.write_table("eap_tests", *family_table(cfg.dataset.name, ranked))
     if cfg.eap.faithfulness:
         ctx.write_table("eap_faithfulness", *curve_rows(cfg.dataset.name, summaries, names))
-    ctx.write_json("eap_metrics.json", {"selection": counts, "alphas": summaries, "stages": names})
+    ctx.write_json("eap_metrics.json", {"selection": counts, "alphas": summaries, "stages": names, "tests": ranked})
     track(ctx, summaries)
+    ctx.tracker.summary(family_wandb(ranked))
     figures(ctx, scored, summaries, names)
-    print(console_summary(cfg.dataset.name, counts, summaries, names["sft"], names["rl"]))
+    print(primary_text(ranked, cfg.eap.primary, names["rl"], names["sft"])
+          + console_summary(cfg.dataset.name, counts, summaries, names["sft"], names["rl"], ranked))
     return {"selection": counts, "alphas": {a: {m: {k: s[m][k] for k in ("sft", "rl", "diff")} for m in METRICS}
                                             for a, s in summaries.items()}}
 
@@ -293,22 +299,40 @@ def run_compare(cfg, ctx: RunContext) -> dict:
             if cfg.eap.faithfulness:  # the reference's patched losses are cached: computed once for all pairs
                 summaries[f"{alpha:g}"][name]["faithfulness"] = faithfulness_alpha(
                     ctx, gens, selection, pair, {"sft": stages[reference], "rl": stages[name]})
-    columns, tables = compare_tables(cfg.dataset.name, summaries, reference)
+    ranked = run_family(summaries, cfg.eap.primary, compare=True)  # primaries: one per compared stage
+    columns, tables = compare_tables(cfg.dataset.name, summaries, reference, ranked)
     for metric, rows in tables.items():
         ctx.write_table(f"eap_compare_{metric}", columns, rows)
-    ctx.write_json("eap_compare.json", {"selection": counts, "reference": reference, "alphas": summaries})
+    ctx.write_table("eap_tests", *family_table(cfg.dataset.name, ranked))
+    ctx.write_json("eap_compare.json", {"selection": counts, "reference": reference, "alphas": summaries,
+                                        "tests": ranked})
     ctx.tracker.summary({f"eap/{m}/{row[3]}{'' if row[3] == reference else '_minus_' + reference}":
                          row[5] if row[3] == reference else row[8] for m, rows in tables.items() for row in rows})
+    ctx.tracker.summary(family_wandb(ranked))
     compare_figures(ctx, tables, reference)
-    print(compare_console(cfg.dataset.name, counts, tables, reference))
+    print(primary_text(ranked, cfg.eap.primary, reference=reference)
+          + compare_console(cfg.dataset.name, counts, tables, reference))
     return {"selection": counts, "reference": reference, "tables": tables}
 
 
-def compare_tables(dataset: str, summaries: dict, reference: str) -> tuple[list[str], dict[str, list[list]]]:
+def compare_tables(dataset: str, summaries: dict, reference: str,
+                   ranked: list[dict] | None = None) -> tuple[list[str], dict[str, list[list]]]:
     """{metric: rows}; a row per alpha and stage: value [CI], then stage - reference [paired CI] (None for the
-    reference). loss_adjusted has the stage coefficient c in the difference columns and no value."""
+    reference). loss_adjusted has the stage coefficient c in the difference columns and no value. With the run's
+    ranked tests: role, p, Holm p and near-duplicate group of each difference (empty for the reference)."""
     columns = ["dataset", "alpha", "cut_len", "stage", "n", "value", "lo", "hi", "minus_reference", "diff_lo",
                "diff_hi"]
+    tables = _compare_rows(dataset, summaries, reference)
+    if ranked is None:
+        return columns, tables
+    tests = lookup(ranked)
+    tables = {m: [row + (_test_cells(None) if row[3] == reference else _test_cells(tests.get((row[1], m, row[3]))))
+                  for row in rows] for m, rows in tables.items()}
+    return columns + ["role", "p", "p_holm", "finding"], tables
+
+
+def _compare_rows(dataset: str, summaries: dict, reference: str) -> dict[str, list[list]]:
+    """compare_tables' rows without the tests."""
     tables: dict[str, list[list]] = {m: [] for m in [*STAGE_ROWS, "loss_adjusted"]}
     for a, per_stage in summaries.items():
         first = next(iter(per_stage.values()))
@@ -329,7 +353,7 @@ def compare_tables(dataset: str, summaries: dict, reference: str) -> tuple[list[
             tables["frac80"] += [[*head, name, s["n_samples"], s["faithfulness"]["rl"]["frac80"],
                                   *s["faithfulness"]["rl"]["frac80_ci"], s["faithfulness"]["diff"]["frac80"],
                                   *s["faithfulness"]["diff"]["frac80_ci"]] for name, s in per_stage.items()]
-    return columns, {m: rows for m, rows in tables.items() if rows}
+    return {m: rows for m, rows in tables.items() if rows}
 
 
 def compare_console(dataset: str, counts: dict, tables: dict, reference: str) -> str:
@@ -337,10 +361,21 @@ def compare_console(dataset: str, counts: dict, tables: dict, reference: str) ->
     correct = ", ".join(f"{n} {counts[f'{n}_correct']}/{counts['questions']}" for n in stages)
     head = (f"{dataset}: {correct} correct; {counts['n_selected']} questions selected, answered correctly by all "
             f"(Tbar {counts['tbar']:.1f} tokens)\n")
+    tested = len(tables[STAGE_ROWS[0]][0]) > 11  # compare_tables with the run's tests: role, p, p_holm, finding
     rows = [[row[1], row[2], m, row[3], "" if row[5] is None else _ci(row[5], row[6:8]),
-             "" if row[8] is None else _ci(row[8], row[9:11])] for m, t in tables.items() for row in t]
+             "" if row[8] is None else _ci(row[8], row[9:11]), *([_cell_of(row[11:])] if tested else [])]
+            for m, t in tables.items() for row in t]
     return head + markdown_table(["alpha", "T_cut", "metric", "stage", "value [95% CI]",
-                                  f"stage - {reference} [95% CI]"], rows)
+                                  f"stage - {reference} [95% CI]", *(["test (Holm p)"] if tested else [])], rows)
+
+
+def _cell_of(cells: list) -> str:
+    """The console's test column from a table row's role, p, p_holm and finding cells."""
+    role, p, p_holm, finding = cells
+    if role is None:
+        return ""
+    return family_cell({"role": role, "p": np.nan if p is None else p, "p_holm": np.nan if p_holm is None else p_holm,
+                        "finding": finding or ""})
 
 
 def compare_figures(ctx: RunContext, tables: dict, reference: str) -> None:
@@ -401,8 +436,9 @@ def summary_rows(dataset: str, summaries: dict, names: dict) -> tuple[list[str],
     return columns, rows
 
 
-def difference_rows(dataset: str, summaries: dict) -> tuple[list[str], list[list]]:
-    """RL - SFT per alpha and metric with its paired interval; loss_adjusted is the stage coefficient c."""
+def difference_rows(dataset: str, summaries: dict, ranked: list[dict] | None = None) -> tuple[list[str], list[list]]:
+    """RL - SFT per alpha and metric with its paired interval; loss_adjusted is the stage coefficient c. With the
+    run's ranked tests: role (primary | secondary | point), p and Holm-adjusted p, near-duplicate group."""
     rows = []
     for a, s in summaries.items():
         rows += [[dataset, float(a), m, s[m]["diff"], *_bounds(s[m]["diff_ci"])] for m in STAGE_ROWS]
@@ -411,7 +447,20 @@ def difference_rows(dataset: str, summaries: dict) -> tuple[list[str], list[list
         if "faithfulness" in s:
             d = s["faithfulness"]["diff"]
             rows.append([dataset, float(a), "frac80", d["frac80"], *d["frac80_ci"]])
-    return ["dataset", "alpha", "metric", "rl_minus_sft", "lo", "hi"], rows
+    columns = ["dataset", "alpha", "metric", "rl_minus_sft", "lo", "hi"]
+    if ranked is None:
+        return columns, rows
+    tests = lookup(ranked)
+    rows = [row + _test_cells(tests.get((row[1], row[2], None))) for row in rows]
+    return columns + ["role", "p", "p_holm", "finding"], rows
+
+
+def _test_cells(t: dict | None) -> list:
+    """role, p, Holm p and finding of a table row (empty for a row no test covers, e.g. frac80 before 19a's hook)."""
+    if t is None:
+        return [None, None, None, None]
+    ok = [None if not np.isfinite(t[k]) else t[k] for k in ("p", "p_holm")]
+    return [t["role"], *ok, t["finding"] or None]
 
 
 def wandb_values(summary: dict) -> dict:
@@ -473,45 +522,55 @@ def _ci(value: float, ci) -> str:
     return f"{value:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
 
 
-def console_rows(a: str, s: dict) -> list[list]:
-    """One alpha's console rows: scale-free shape, loss-adjusted, the paper's three, self-entropy, pooled complexity."""
+def console_rows(a: str, s: dict, tests: dict | None = None) -> list[list]:
+    """One alpha's console rows: scale-free shape, loss-adjusted, the paper's three, self-entropy, pooled complexity.
+    With ``tests`` ({(alpha, metric, None): ranked test}) a last column says primary / secondary and the p-value."""
+    def cell(m: str) -> list:
+        return [] if tests is None else [family_cell(tests.get((float(a), m, None)))]
+
     def metric_row(m: str, label: str) -> list:
         return [float(a), s["cut_len"], label, _ci(s[m]["sft"], s[m]["sft_ci"]), _ci(s[m]["rl"], s[m]["rl_ci"]),
-                _ci(s[m]["diff"], s[m]["diff_ci"])]
+                _ci(s[m]["diff"], s[m]["diff_ci"]), *cell(m)]
 
     rows = [metric_row(m, f"{m} (scale-free)") for m, spec in METRICS.items() if not spec.paper]
     if "loss_adjusted" in s:
         la = s["loss_adjusted"]
         # No per-stage value exists: the stage columns stay empty and the slope b goes in the label.
         rows.append([float(a), s["cut_len"], f"loss_adjusted: RL effect on log intensity at matched loss "
-                     f"(slope on log loss b = {_ci(la['b'], la['b_ci'])})", "", "", _ci(la["c"], la["c_ci"])])
+                     f"(slope on log loss b = {_ci(la['b'], la['b_ci'])})", "", "", _ci(la["c"], la["c_ci"]),
+                     *cell("loss_adjusted")])
     rows += [metric_row(m, m + (" (scale-free)" if spec.scale_free else "")) for m, spec in METRICS.items()
              if spec.paper]
     rows.append(metric_row("self_entropy", "self_entropy (loss, nats)" if s.get("target", "nll") == "nll" else
                            f"loss of eap.target={s['target']}: -mean own-token margin (logits)"))
     p = s["information_complexity_pooled"]
     rows.append([float(a), s["cut_len"], "information_complexity (pooled, no interval)", f"{p['sft']:.4g}",
-                 f"{p['rl']:.4g}", f"{p['diff']:.4g}"])
+                 f"{p['rl']:.4g}", f"{p['diff']:.4g}", *([] if tests is None else ["no test (point value)"])])
     if "faithfulness" in s:
         f = s["faithfulness"]
         rows.append([float(a), s["cut_len"], f"frac80: kept share of edges for 80% faithfulness ({f['baseline']})",
-                     *(_ci(f[k]["frac80"], f[k]["frac80_ci"]) for k in ("sft", "rl", "diff"))])
+                     *(_ci(f[k]["frac80"], f[k]["frac80_ci"]) for k in ("sft", "rl", "diff")),
+                     *([] if tests is None else ["not in the Holm family (no p)"])])
     if "tau" in s:
-        rows.append([float(a), s["cut_len"], "calibration: RL logits divided by tau", "1", f"{s['tau']:.4g}", ""])
+        rows.append([float(a), s["cut_len"], "calibration: RL logits divided by tau", "1", f"{s['tau']:.4g}", "",
+                     *([] if tests is None else [""])])
     return rows
 
 
-def console_summary(dataset: str, counts: dict, summaries: dict, sft: str, rl: str) -> str:
+def console_summary(dataset: str, counts: dict, summaries: dict, sft: str, rl: str,
+                    ranked: list[dict] | None = None) -> str:
     """What a run prints: accuracies, the selection, and per alpha each number with its 95% interval.
 
-    Means over questions of per-sample values; RL - SFT is the mean of the paired differences (BCa intervals).
+    Means over questions of per-sample values; RL - SFT is the mean of the paired differences (BCa intervals); with
+    the run's ranked tests, a last column with the role and the (Holm-adjusted) p-value.
     """
     head = (f"{dataset}: {sft} {counts[f'{sft}_correct']}/{counts['questions']} correct, {rl} "
             f"{counts[f'{rl}_correct']}/{counts['questions']}; {counts['n_selected']} questions selected "
             f"(Tbar {counts['tbar']:.1f} tokens)\n")
-    rows = [r for a, s in summaries.items() for r in console_rows(a, s)]
+    tests = None if ranked is None else lookup(ranked)
+    rows = [r for a, s in summaries.items() for r in console_rows(a, s, tests)]
     return head + markdown_table(["alpha", "T_cut", "metric", f"{sft} [95% CI]", f"{rl} [95% CI]",
-                                  f"{rl} - {sft} [95% CI]"], rows)
+                                  f"{rl} - {sft} [95% CI]", *([] if tests is None else ["test (Holm p)"])], rows)
 
 
 def figures(ctx: RunContext, scored: dict, summaries: dict, names: dict) -> None:
