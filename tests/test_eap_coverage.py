@@ -34,3 +34,29 @@ def test_reported_intervals_cover_a_known_population():
     # per-sample kurtosis is itself extremely skewed); l_kurtosis, its robust counterpart, is among the rows above.
     assert min(v for k, v in cov.items() if k[:2] == ("withheld", "distribution_kurtosis")) < 0.85
     assert cov[("before", "information_complexity_pooled", "diff")] < 0.75  # the old interval: far too narrow
+
+
+@pytest.mark.slow
+def test_plasmode_draws_from_a_saved_run_and_its_truth_is_the_pool_mean(tmp_path):
+    """The plasmode reads a run's saved matrices (eap_scores_<stage>_alpha<a>.npz) as its population; its "true"
+    values are means over the whole pool (written out here with numpy), and the reported intervals cover them."""
+    import numpy as np
+
+    bench = _bench()
+    rng = np.random.default_rng(7)
+    W_sft, W_rl, l_sft, l_rl = bench.draw(rng, 120)  # 120 "questions": a pool the size of the embedded pair's
+    ids = np.array([f"q{i}" for i in range(120)])
+    for name, W, loss in (("sft", W_sft, l_sft), ("rl", W_rl, l_rl)):
+        np.savez_compressed(tmp_path / f"eap_scores_{name}_alpha1.npz", W=W, loss=loss, ids=ids, mask=bench.MASK)
+    pool = bench.plasmode_pool(tmp_path, 1.0, save=tmp_path / "cache" / "pool.npz")
+    assert (tmp_path / "cache" / "pool.npz").exists()
+    truth = bench.pool_truth(pool)
+    A = np.abs(W_rl.reshape(120, -1))  # every edge of every RL question: the pool mean of intensity_k
+    assert truth["activation_intensity"]["rl"] == pytest.approx(A.mean())
+    assert truth["self_entropy"]["diff"] == pytest.approx((l_rl - l_sft).mean())
+    cov = bench.plasmode_coverage(pool, n=30, reps=80, n_resamples=999)
+    rows = {k: v for k, v in cov.items() if k[0] == "plasmode"}
+    assert len(rows) == 3 * 7 + 1
+    # 80 replications: SE 0.033 at 90%; a 70%-coverage interval passes 0.8 with probability about 0.01.
+    short = {k: v for k, v in rows.items() if v < 0.8}
+    assert not short, short

@@ -71,9 +71,13 @@ def test_alpha_sweep_generates_once_and_saves_recomputable_matrices(tmp_path, ca
     shutil.copytree(jobs[0], sweep / "99")
     (sweep / "99" / "result.json").unlink()
     assert main([str(sweep)]) == 0
-    table = (sweep / "report" / "table1_eap.csv").read_text().splitlines()
-    assert table[0].split(",")[3:] == [f"{m} ({s})" for m in METRICS for s in ("sft", "rl")]
-    assert [line.split(",")[2] for line in table[1:]] == ["0.1", "0.5"]
+    import csv
+
+    table = list(csv.reader((sweep / "report" / "table1_eap.csv").open()))
+    tested = [f"{m} (RL - SFT test)" for m, spec in METRICS.items() if spec.interval]  # point values: no test
+    assert table[0][3:] == [f"{m} ({s})" for m in METRICS for s in ("sft", "rl")] + tested
+    assert all(" secondary, Holm p = " in cell for cell in table[1][-len(tested):])  # no alpha 1 here: no primary
+    assert [row[2] for row in table[1:]] == ["0.1", "0.5"]
     page = (sweep / "report" / "index.html").read_text()
     assert "eap_vs_alpha_tiny_arithmetic.png" in page and "<td>99</td>" in page
     assert main([str(tmp_path / "nothing")]) == 2
