@@ -176,8 +176,10 @@ def plasmode_pool(run_dir, alpha: float, sft: str = "sft", rl: str = "rl", save=
     pool = {"W_sft": a["W"], "W_rl": b["W"], "loss_sft": a["loss"], "loss_rl": b["loss"],
             "mask": a["mask"].astype(bool)}
     if save is not None:
-        Path(save).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(save, **pool)
+        from rlsft.cache import atomic_path
+
+        with atomic_path(save) as tmp:  # two benchmark processes may save the same pool
+            np.savez_compressed(tmp, **pool)
     return pool
 
 
@@ -245,7 +247,7 @@ def run_plasmode(args) -> None:
     pool = plasmode_pool(args.plasmode, args.alpha, save=save)
     print(f"plasmode population: {len(pool['loss_sft'])} real questions of {args.plasmode} at alpha {args.alpha:g} "
           f"(saved to {save})")
-    table = {n: plasmode_coverage(pool, n, args.reps) for n in args.n}
+    table = {n: plasmode_coverage(pool, n, args.reps, n_resamples=args.resamples) for n in args.n}
     print_table(table, args.n, args.reps, "plasmode")
     worst = min(v for t in table.values() for k, v in t.items() if k[0] == "plasmode")
     print(f"\nworst plasmode coverage: {worst:.3f} ({time.time() - t0:.0f} s in all)")
@@ -259,6 +261,7 @@ def main() -> None:
     ap.add_argument("--scale-sd", type=float, default=SCALE_SD, help="sd of the log per-sample scale")
     ap.add_argument("--plasmode", help="an EAP run folder: its real per-question matrices are the population")
     ap.add_argument("--alpha", type=float, default=1.0, help="with --plasmode: the alpha whose matrices to use")
+    ap.add_argument("--resamples", type=int, default=2000, help="with --plasmode: bootstrap resamples per interval")
     args = ap.parse_args()
     if args.plasmode:
         return run_plasmode(args)

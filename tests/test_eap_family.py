@@ -128,6 +128,7 @@ def test_a_run_leads_with_the_primary_and_its_tables_and_wandb_agree(tmp_path, c
     assert [t["metric"] for t in saved] == [t["metric"] for t in tests]
 
 
+@pytest.mark.slow  # a second tiny EAP launch; the default suite keeps the plain-mode one
 def test_compare_mode_has_one_primary_per_compared_stage(tmp_path, cache_dir):
     run = tmp_path / "cmp"
     res = launch(*TINY, "logger=disabled", "eap.reference=sft", "eap.compare=[rl]", f"hydra.run.dir={run}")
