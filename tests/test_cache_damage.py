@@ -116,6 +116,25 @@ def test_eap_scores(tmp_path, cache_dir):
     assert a == b
 
 
+@pytest.mark.slow
+def test_eap_faithfulness(tmp_path, cache_dir):
+    """Both stages' faithfulness losses damaged (truncated, flipped): the cached run recomputes the same curves."""
+    args = ["experiment=eap", "model_pair=tiny", "eap.require_correct=false", "dataset.arithmetic.count=6",
+            "eap.alphas=[0.5]", "eap.n_boot=100", "logger=disabled", "eap.faithfulness=true",
+            "eap.faithfulness_points=4", "eap.faithfulness_splits=2", "eap.faithfulness_draws=1"]
+    res = launch(*args, f"hydra.run.dir={tmp_path / 'a'}")
+    assert res.returncode == 0, res.stderr
+    files = sorted(cache_dir.glob("eap_faithfulness/*/losses.npz"))
+    assert len(files) == 2
+    for path, how in zip(files, HOW):
+        damage(path, how)
+    res = launch(*args, f"hydra.run.dir={tmp_path / 'b'}")
+    assert res.returncode == 0, res.stderr
+    assert (res.stdout + res.stderr).count("moved aside") == 2, res.stderr
+    a, b = (json.loads((tmp_path / run / "eap_metrics.json").read_text()) for run in "ab")
+    assert a["alphas"]["0.5"]["faithfulness"] == b["alphas"]["0.5"]["faithfulness"]
+
+
 DERIVED = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}},
            "recipe": {"train": {"name": "arith", "source": "arithmetic", "arithmetic": {"count": 30, "digits": 1}},
                       "eval_n": 4, "steps": 1, "max_new_tokens": 8, "batch_questions": 4, "lr": 1e-3,
