@@ -113,7 +113,7 @@ def arithmetic_twins(question: str, value: int, lo: int, hi: int, rng: random.Ra
                for p in parts]
         new = [q if not p.isdigit() or len(q) == len(p) else p for p, q in zip(parts, new)]
         text = "".join(new)
-        expr = "".join(new[1:-1]) if text.startswith("What is ") else None
+        expr = text[len("What is ") : -1] if text.startswith("What is ") else None
         answer = _twin_answer(text, expr)
         if answer is not None and answer >= 0 and answer != value and text not in twins:
             twins.append(text)
@@ -125,10 +125,9 @@ def _twin_answer(text: str, expr: str | None) -> int | None:
     import re
 
     if expr is not None:
-        e = expr.rstrip("?")
-        if not re.fullmatch(r"[\d\s+\-*()]+", e):
+        if not re.fullmatch(r"[\d\s+\-*()]+", expr):
             return None
-        return int(eval(e))  # noqa: S307 - digits, spaces, + - * and parentheses only (checked above)
+        return int(eval(expr))  # noqa: S307 - digits, spaces, + - * and parentheses only (checked above)
     numbers = [int(x) for x in re.findall(r"\d+", text)]
     value = numbers[0]
     steps = re.findall(r"gets (\d+) more|gives away (\d+)|multiplied by (\d+)", text)

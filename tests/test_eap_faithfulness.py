@@ -205,8 +205,10 @@ def true_curve(rng, mu, n, shares, reps=300):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n", [10, 24])
+@pytest.mark.parametrize("n", [12])
 def test_cross_fitted_intervals_cover_with_the_ranking_redrawn(n):
+    """The truth is the population curve expected from a ranking learnt on n/2 questions; each simulated data set
+    redraws the questions (scores and effects), ranks, prunes and cross-fits as the engine does. About 5 minutes."""
     rng = np.random.default_rng(n)
     E = int(MASK.sum())
     mu = {"sft": population(rng, E), "rl": population(rng, E)}
@@ -214,7 +216,7 @@ def test_cross_fitted_intervals_cover_with_the_ranking_redrawn(n):
     truth = {s: curve_summaries(shares, true_curve(rng, mu[s], n, shares)) for s in mu}
     keys = ("auc", "frac80", "f_0.1", "f_0.2")
     names = {"auc": "faith_auc", "frac80": "frac80", "f_0.1": "f_0.1", "f_0.2": "f_0.2"}
-    hits, reps = {}, 60
+    hits, reps = {}, 50
     for rep in range(reps):
         shared = rng.standard_normal((n, E))  # the same questions for both stages: paired
         res = {}
