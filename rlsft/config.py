@@ -168,6 +168,7 @@ class EAPConfig:
     faithfulness_splits: int = 10  # random halvings; the curve is their mean, the interval includes their spread
     faithfulness_draws: int = 5  # random-edge control sets per sample and share
     faithfulness_ranking: str = "abs_mean"  # abs_mean: |mean_k W_k| | mean_abs: mean_k |W_k|
+    faithfulness_seed: Optional[int] = None  # draws the splits (None: truncation.seed); the split-seed stability check
 
 
 @dataclass

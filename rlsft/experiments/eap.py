@@ -22,7 +22,8 @@ from ..errors import RlsftError
 from ..models import fingerprint
 from ..console import progress
 from .common import RunContext, markdown_table, stage_color
-from .eap_causal import calibrated_tau, curve_rows, faithfulness_alpha, faithfulness_figure
+from .eap_causal import (calibrated_tau, curve_rows, faithfulness_alpha, faithfulness_console, faithfulness_figure,
+                         faithfulness_summary_rows)
 
 log = logging.getLogger(__name__)
 SCORES_VERSION = 3  # 2: per-sample loss saved beside the scores; 3: number of scored tokens per sample
@@ -226,10 +227,13 @@ def run(cfg, ctx: RunContext) -> dict:
     ctx.write_table("eap_differences", *difference_rows(cfg.dataset.name, summaries))
     if cfg.eap.faithfulness:
         ctx.write_table("eap_faithfulness", *curve_rows(cfg.dataset.name, summaries, names))
+        ctx.write_table("eap_faithfulness_summary", *faithfulness_summary_rows(cfg.dataset.name, summaries, names))
     ctx.write_json("eap_metrics.json", {"selection": counts, "alphas": summaries, "stages": names})
     track(ctx, summaries)
     figures(ctx, scored, summaries, names)
     print(console_summary(cfg.dataset.name, counts, summaries, names["sft"], names["rl"]))
+    if cfg.eap.faithfulness:
+        print(faithfulness_console(summaries, names))
     return {"selection": counts, "alphas": {a: {m: {k: s[m][k] for k in ("sft", "rl", "diff")} for m in METRICS}
                                             for a, s in summaries.items()}}
 

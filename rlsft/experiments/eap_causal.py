@@ -153,7 +153,8 @@ def faithfulness_alpha(ctx: RunContext, gens: dict, selection, scored: dict, sta
     intervals and p-values at one alpha, JSON-ready. `seed` draws the splits (default truncation.seed)."""
     cfg = ctx.cfg
     grid = share_grid(cfg.eap.faithfulness_points)
-    seed = cfg.truncation.seed if seed is None else seed
+    seed = seed if seed is not None else cfg.eap.faithfulness_seed if cfg.eap.faithfulness_seed is not None \
+        else cfg.truncation.seed
     if len(selection.ids) < 4:
         raise RlsftError(f"eap.faithfulness needs at least 4 selected questions (two per half); "
                          f"got {len(selection.ids)}")
@@ -194,6 +195,48 @@ def curve_rows(dataset: str, summaries: dict, names: dict) -> tuple[list[str], l
                 rows += [[dataset, float(a), names[side], label, q, v, l, h]
                          for q, v, l, h in zip(c["shares"], c[key], lo, hi)]
     return ["dataset", "alpha", "stage", "curve", "kept_share", "faithfulness", "lo", "hi"], rows
+
+
+SUMMARIES = ("faith_auc", "faith_auc_minus_control", "frac80", "f_0.05", "f_0.1", "f_0.2", "f_0.5", "control_auc",
+             "within_auc", "within_frac80")
+
+
+def _cannot_tell(ci) -> bool:
+    return not (ci[0] > 0 or ci[1] < 0)  # nan bounds: cannot tell either
+
+
+def faithfulness_summary_rows(dataset: str, summaries: dict, names: dict) -> tuple[list[str], list[list]]:
+    """Per alpha and summary: each stage's value with interval, RL - SFT with interval and unadjusted p-value."""
+    rows = []
+    for a, s in summaries.items():
+        f = s["faithfulness"]
+        for k in SUMMARIES:
+            sft, rl, d = f["sft"], f["rl"], f["diffs"][k]
+            rows.append([dataset, float(a), f["baseline"], k, sft[k], *sft[f"{k}_ci"], rl[k], *rl[f"{k}_ci"],
+                         d["diff"], *d["ci"], d["p"], "cannot tell" if _cannot_tell(d["ci"]) else
+                         ("RL higher" if d["ci"][0] > 0 else "RL lower")])
+    return ["dataset", "alpha", "baseline", "summary", names["sft"], "sft_lo", "sft_hi", names["rl"], "rl_lo", "rl_hi",
+            "rl_minus_sft", "diff_lo", "diff_hi", "p_unadjusted", "reading"], rows
+
+
+def faithfulness_console(summaries: dict, names: dict) -> str:
+    """The faithfulness block of the console: summaries per stage and RL - SFT ('cannot tell' where the interval
+    holds 0), and whether the cross-fitted curve beats the random control at every share >= 5%."""
+    lines = []
+    for a, s in summaries.items():
+        f = s["faithfulness"]
+        lines.append(f"faithfulness at alpha {a} (baseline {f['baseline']}, {f['splits']} splits, {f['draws']} control "
+                     f"draws; 95% intervals include the split; p unadjusted):")
+        for k in SUMMARIES:
+            d = f["diffs"][k]
+            cell = lambda r: f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]"  # noqa: E731
+            lines.append(f"  {k:<24} {names['sft']} {cell(f['sft'])}  {names['rl']} {cell(f['rl'])}  RL - SFT "
+                         f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] p={d['p']:.3g}"
+                         + ("  cannot tell" if _cannot_tell(d["ci"]) else ""))
+        for side in ("sft", "rl"):
+            lines.append(f"  {names[side]}: cross-fitted above the random control at every share >= 0.05: "
+                         f"{'yes' if f[side]['beats_control'] else 'no'}")
+    return "\n".join(lines)
 
 
 def faithfulness_figure(plt, summaries: dict, names: dict):
