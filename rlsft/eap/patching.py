@@ -7,7 +7,9 @@ residual; a fused qkv projection is recomputed from the three. One forward per c
 whatever `keep` is: the hooks keep every source's `O_u - B_u` (fp32) and their running sum, and each target subtracts
 either its removed sources or (the running sum) minus its kept ones, whichever reads fewer buffers; the extra cost is
 that buffer and those sums (benchmarks/bench_patching.py, SmolLM2 on a loaded 2-core CPU, 8 x 64 tokens, half the
-edges kept: 2.0x a plain no-grad forward; a 13-point faithfulness curve runs 1.9x faster than with direct sums only).
+edges kept: 2.0x a plain no-grad forward). With one kept set per row (`keep` [batch, n_src, n_dst]: the faithfulness
+curves batch many kept sets of one sample) each target sums its removed sources with one weighted einsum over the
+sources before it: about 121 x 30 x d multiply-adds per token for SmolLM2, under 1% of its forward.
 """
 
 from contextlib import contextmanager
