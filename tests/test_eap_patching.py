@@ -160,3 +160,21 @@ def test_bad_input_is_one_clear_error():
         patched_losses(model, ids, lm, am, baseline="random")
     with pytest.raises(ValueError, match=r"baseline 'mean' needs baseline_acts of shape \(5, 32\)"):
         patched_losses(model, ids, lm, am, baseline="mean")
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_one_kept_set_per_row_equals_each_row_patched_on_its_own(arch):
+    """keep [batch, n_src, n_dst] (the faithfulness batches) against one call per row with its [n_src, n_dst] set,
+    which takes the removed / running-sum path; a fused qkv (phi3) and a shared padded batch."""
+    model = tiny(arch)
+    ids, lm, am = batch()
+    graph = build_graph(model)
+    g = torch.Generator().manual_seed(3)
+    keeps = torch.stack([graph.mask & (torch.rand(graph.mask.shape, generator=g) < p) for p in (0.2, 0.7)])
+    B = torch.randn(2, graph.n_src, ids.shape[1], 32, generator=g, dtype=torch.float64)
+    together = patched_losses(model, ids, lm, am, graph=graph, keep=keeps, baseline="input", baseline_acts=B)
+    for b in range(2):
+        alone = patched_losses(model, ids[b : b + 1], lm[b : b + 1], am[b : b + 1], graph=graph, keep=keeps[b],
+                               baseline="input", baseline_acts=B[b : b + 1])
+        close(together[b], alone[0])
+    assert (together - patched_losses(model, ids, lm, am, graph=graph)).abs().min() > 1e-4  # the patch mattered

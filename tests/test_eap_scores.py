@@ -8,6 +8,7 @@ sources it reads sum to the residual stream); the loss from the model's own logi
 """
 
 import importlib
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -499,12 +500,49 @@ def test_eap_ig_matches_a_written_out_integral_and_one_step_is_eap():
         v = graph.targets.index(name)
         k = graph.n_preceding(name)
         assert_close(W[:, :k, v], Wref[:, :k], rtol=1e-6)
-    for baseline, acts in [("zero", None), ("mean", B),
+    for baseline, acts in [("mean", B),
                            ("input", source_outputs_engine(model, ids, am, graph, torch.zeros(2, 12, 32).double()))]:
         one = edge_scores(model, ids, lm, am, method="eap_ig", ig_steps=1, baseline=baseline, baseline_acts=acts)
         eap = edge_scores(model, ids, lm, am, method="eap", baseline=baseline, baseline_acts=acts)
         assert_close(one, eap, rtol=1e-6)
     assert not torch.allclose(W, edge_scores(model, ids, lm, am, baseline="mean", baseline_acts=B), rtol=1e-2)
+
+
+@contextmanager
+def embedded(model, x):
+    """The model run on embeddings `x` [batch, seq, d] whatever ids it is given (the embedding's output replaced)."""
+    handle = model.model.embed_tokens.register_forward_hook(lambda mod, args, out: x.to(out))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def test_eap_ig_zero_baseline_runs_the_zero_input_and_matches_finite_differences_on_the_path():
+    """Qwen2 has q/k/v biases, so at a zero input its attention blocks write nonzero outputs: B_u must come from that
+    forward. Each edge's W^IG against central differences of the loss at every point of the path, with target v's
+    input shifted by +-eps (O_u - B_u), averaged over the path (written here with plain hooks)."""
+    model = tiny("qwen2")
+    ids, lm, am = batch()
+    graph = build_graph(model)
+    m, eps = 3, 1e-5
+    W = edge_scores(model, ids, lm, am, method="eap_ig", ig_steps=m)
+    x = model.model.embed_tokens(ids).detach()
+    outs = source_outputs(model, ids, am)
+    with embedded(model, torch.zeros_like(x)):
+        base = source_outputs(model, ids, am)
+    assert base[1].abs().max() > 1e-2  # a0 writes at a zero input: B = 0 would be wrong
+    real = am[:, :, None].double()
+    for u, v in [(1, 3), (0, 7), (2, 6), (3, graph.n_dst - 1), (1, graph.n_dst - 1)]:  # a0->m0, in->m1, m0->a1.v, ...
+        assert graph.mask[u, v]
+        D = (outs[u] - base[u]) * real
+        fd = 0
+        for j in range(1, m + 1):
+            with embedded(model, (j / m) * x):
+                up = perturbed_losses(model, ids, lm, am, graph.targets[v], eps * D)
+                down = perturbed_losses(model, ids, lm, am, graph.targets[v], -eps * D)
+            fd = fd + (up - down) / (2 * eps) / m
+        assert_close(W[:, u, v], -fd, rtol=1e-6)
 
 
 def test_eap_ig_converges_as_steps_grow_and_is_batch_independent():

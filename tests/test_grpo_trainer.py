@@ -48,10 +48,13 @@ def test_reward_rises_on_a_learnable_task_with_eap_evaluation():
 
 def test_faithfulness_at_each_evaluation_matches_a_per_sample_recomputation():
     """grpo.eap_faithfulness logs frac80 of the current and initial model; at step 0 both are the same model (diff 0),
-    and the value equals frac80 rebuilt from each answer scored and patched on its own (right padding, batches of
-    one), which catches a trainer that mixes up answers, halves or cut lengths."""
+    and the value equals frac80 rebuilt from each answer run, scored and patched on its own (no padding, batches of
+    one; the mean-positional baseline averaged here by relative position), which catches a trainer that mixes up
+    answers, halves, baselines or cut lengths."""
     from rlsft.eap import build_graph, edge_scores, patched_losses, truncation_inputs
-    from rlsft.eap.faithfulness import frac80, halves, log_grid, top_edges
+    from rlsft.eap.faithfulness import cross_curve, faithfulness_losses, share_grid
+    from rlsft.eap.faithfulness_stats import curve_summaries
+    from rlsft.eap.scores import source_outputs
 
     model, tok = build_tiny_model(seed=0, layers=4)  # 2 layers: a flat curve, frac80 = the lowest grid point
     recs = _records()
@@ -72,20 +75,25 @@ def test_faithfulness_at_each_evaluation_matches_a_per_sample_recomputation():
     graph = build_graph(fresh)
     items = [truncation_inputs(a.prompt_ids, a.output_ids, cut) for a in answers]
     one = [(torch.as_tensor(it.input_ids)[None], torch.as_tensor(it.loss_mask)[None],
-            torch.ones(1, len(it.input_ids), dtype=torch.long))
-           for it in items]
-    W = torch.cat([edge_scores(fresh, *x, graph) for x in one]).abs()
-    grid, half = log_grid(9), halves(len(items), seed=recipe.seed)
-    clean = np.array([float(patched_losses(fresh, *x, graph=graph)) for x in one])
-    none = np.array([float(patched_losses(fresh, *x, graph=graph, keep=torch.zeros_like(graph.mask))) for x in one])
-    f = np.zeros(len(grid))
-    for h in (0, 1):
-        rows = np.flatnonzero(half == h)
-        ranking = W[torch.as_tensor(half != h)].mean(0)
-        kept = np.array([[float(patched_losses(fresh, *one[k], graph=graph, keep=top_edges(ranking, graph.mask, q)))
-                          for k in rows] for q in grid])
-        f += (none[rows].mean() - kept.mean(1)) / (none[rows].mean() - clean[rows].mean()) / 2
-    assert evals[0]["eap/frac80"] == pytest.approx(frac80(grid, f), rel=1e-4)
+            torch.ones(1, len(it.input_ids), dtype=torch.long)) for it in items]
+    with torch.no_grad():
+        outs = [source_outputs(fresh, x[0], x[2], graph)[0].float() for x in one]  # [n_src, len, d] each
+    T = max(o.shape[1] for o in outs)
+    total, count = torch.zeros(outs[0].shape[0], T, outs[0].shape[2]), torch.zeros(T)
+    for o in outs:
+        total[:, : o.shape[1]] += o
+        count[: o.shape[1]] += 1
+    B = [(total / count[None, :, None])[None, :, : o.shape[1]] for o in outs]
+    W = torch.cat([edge_scores(fresh, *x, graph, baseline="input", baseline_acts=b) for x, b in zip(one, B)])
+
+    def evaluate(pairs):
+        return np.array([float(patched_losses(fresh, *one[k], graph=graph, keep=torch.from_numpy(keep),
+                                              baseline="input", baseline_acts=B[k])) for k, keep in pairs])
+
+    res = faithfulness_losses(W.numpy(), graph, evaluate, share_grid(9), n_splits=1, draws=0, seed=recipe.seed,
+                              within=False)
+    expected = float(curve_summaries(res["shares"], cross_curve(res))["frac80"])
+    assert evals[0]["eap/frac80"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_faithfulness_needs_two_questions_per_half():

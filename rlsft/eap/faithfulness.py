@@ -1,12 +1,18 @@
 """Faithfulness curves (method.md 2.7): how large a share of the edges must be kept for the model to keep its behaviour.
 
 For a kept set K (every other edge patched to its baseline), `f(K) = (L_none - L_K) / (L_none - L_clean)` with the
-losses averaged over samples before the ratio. The edges are ranked by mean |W| on one half of the questions and `f` is
-evaluated on the other half (then the halves swap and the two curves are averaged), so a ranking is never judged on
-the samples it was fitted to. `frac80` is the smallest kept fraction where the curve reaches 0.8, interpolated
-linearly in log fraction: a more distributed circuit has a larger frac80.
+losses averaged over samples before the ratio. Kept sets are pruned to the edges on a path input -> logits
+(`kept_edges`), and the x axis is the kept share after pruning. Three curves per stage, all on one grid:
 
-Cost: one patched forward (`patched_losses`) per grid point and batch, plus two (all kept, none kept).
+  cross    cross-fitted: over S random halvings, each half is ranked on the other half's scores; the curve is the
+           mean over splits (concentration *and* consistency across questions);
+  control  random edges (same kept counts, pruned the same way), mean over draws per sample; it does not depend on
+           the split, so it is computed once per sample;
+  within   each sample ranked on its own W_k (concentration inside one question).
+
+Cost: the patched forwards. Identical (sample, kept set) pairs are evaluated once (neighbouring splits often rank the
+same top edges), and each forward batches rows of one sample with different kept sets (`patched_losses` takes one kept
+set per row). The statistics are in rlsft.eap.faithfulness_stats.
 """
 
 from __future__ import annotations
@@ -15,131 +21,258 @@ import math
 
 import numpy as np
 import torch
-from scipy import stats
 
-from ..stats import expanded_level
 from .graph import Graph
 from .patching import patched_losses
 
 LEVEL = 0.8
+RANKINGS = ("abs_mean", "mean_abs")
 
 
-def log_grid(n_points: int = 13, lowest: float = 1e-3) -> np.ndarray:
-    """Kept fractions from `lowest` to 1, evenly spaced in log (13 points: 4 per decade)."""
-    if n_points < 2 or not 0 < lowest < 1:
-        raise ValueError(f"a log grid needs >= 2 points and 0 < lowest < 1; got {n_points}, {lowest}")
-    return np.logspace(math.log10(lowest), 0, n_points)
+def share_grid(n_points: int = 20) -> np.ndarray:
+    """Kept shares 1/n, 2/n, ..., 1 (f at share 0 is 0 by definition and needs no forward)."""
+    if n_points < 2:
+        raise ValueError(f"a share grid needs >= 2 points; got {n_points}")
+    return np.arange(1, n_points + 1) / n_points
 
 
-def top_edges(ranking: torch.Tensor, mask: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The kept set [n_src, n_dst] (bool): the ceil(fraction * E) real edges with the largest `ranking` (ties: first
-    in row-major order)."""
-    values = ranking[mask]
-    k = min(len(values), max(1, math.ceil(fraction * len(values) - 1e-9)))
-    order = torch.sort(-values, stable=True).indices[:k]
-    chosen = torch.zeros(len(values), dtype=torch.bool)
-    chosen[order] = True
-    keep = torch.zeros_like(mask)
-    keep[mask] = chosen
-    return keep
+def _block_of(graph: Graph) -> np.ndarray:
+    """For each target, the source index of the block it feeds (-1 for logits): a{l}.q/k/v -> a{l}, m{l} -> m{l}."""
+    return np.array([-1 if t == "logits" else graph.sources.index(t.split(".")[0]) for t in graph.targets])
 
 
-def halves(n: int, seed: int = 0) -> np.ndarray:
-    """Each sample's half (0 or 1), balanced, in a fixed random order."""
+def prune_edges(keep: np.ndarray, graph: Graph) -> np.ndarray:
+    """The edges of `keep` [n_src, n_dst] (bool) that lie on a path input -> logits through kept edges.
+
+    A block is reached when any of its read edges (q, k, v or the MLP input) comes from a reached source; it is
+    useful when one of its kept out-edges goes to a useful target (logits, or a read of a useful block).
+    """
+    block = _block_of(graph)
+    reached = np.zeros(graph.n_src, bool)
+    reached[0] = True
+    for u in range(1, graph.n_src):  # sources in forward order: a block reads only earlier sources
+        reached[u] = (keep[:, block == u] & reached[:, None]).any()
+    useful_t = block == -1
+    for u in range(graph.n_src - 1, 0, -1):  # backwards: a block's out-edges go to later targets only
+        useful_t[block == u] = (keep[u] & useful_t).any()
+    return keep & reached[:, None] & useful_t[None, :]
+
+
+def _order(ranking, mask: np.ndarray) -> np.ndarray:
+    """Real edges' flat indices, highest ranking first (ties: first in row-major order)."""
+    flat = np.flatnonzero(mask)
+    values = np.asarray(ranking, float).reshape(-1)[flat]
+    return flat[np.argsort(-values, kind="stable")]
+
+
+def _top(order: np.ndarray, m: int, shape) -> np.ndarray:
+    keep = np.zeros(int(np.prod(shape)), bool)
+    keep[order[:m]] = True
+    return keep.reshape(shape)
+
+
+def kept_edges(ranking, graph: Graph, k: int, prune: bool = True) -> torch.Tensor:
+    """The kept set bool [n_src, n_dst]: the `k` highest-ranked real edges (ties in row-major order), then (prune)
+    only those on a path input -> logits through kept edges (method.md 2.7)."""
+    mask = graph.mask.numpy()
+    keep = _top(_order(torch.as_tensor(ranking).numpy(), mask), int(k), mask.shape)
+    return torch.from_numpy(prune_edges(keep, graph) if prune else keep)
+
+
+def kept_at_count(order: np.ndarray, graph: Graph, count: int) -> np.ndarray:
+    """The pruned kept set of the smallest top-m (by `order`) whose pruned size reaches `count` edges.
+
+    Pruning is monotone in the kept set, so the pruned size is non-decreasing in m: bisection over m.
+    """
+    shape = tuple(graph.mask.shape)
+    lo, hi = min(max(1, count), len(order)), len(order)  # pruned size <= m; the full set keeps every edge
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if prune_edges(_top(order, mid, shape), graph).sum() >= count:
+            hi = mid
+        else:
+            lo = mid + 1
+    return prune_edges(_top(order, lo, shape), graph)
+
+
+def rank_scores(W: np.ndarray, how: str = "abs_mean") -> np.ndarray:
+    """The ranking [n_src, n_dst] from scores W [n, n_src, n_dst]: |mean_k W_k| (default; an edge whose sign flips
+    between questions cancels) or mean_k |W_k|."""
+    if how == "abs_mean":
+        return np.abs(W.mean(0))
+    if how == "mean_abs":
+        return np.abs(W).mean(0)
+    raise ValueError(f"ranking must be one of {RANKINGS}; got {how!r}")
+
+
+def split_halves(n: int, n_splits: int, seed: int = 0) -> np.ndarray:
+    """[n_splits, n] in {0, 1}: balanced random halvings (each sample is ranked on the other half, once per split)."""
     if n < 4:
         raise ValueError(f"faithfulness needs at least 4 samples (two per half, ranked on the other); got {n}")
-    half = np.arange(n) % 2
-    return np.random.default_rng(seed).permutation(half)
+    if n_splits < 1:
+        raise ValueError(f"faithfulness needs >= 1 split; got {n_splits}")
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.permutation(np.arange(n) % 2) for _ in range(n_splits)])
 
 
-def held_out_losses(model, input_ids, loss_mask, attention_mask, W, graph: Graph, fractions, half, batch_size=8,
-                    **patch) -> dict:
-    """Per-sample losses for the curve: clean [n], none [n] (every edge removed), kept [n_frac, n] where sample k keeps
-    the top edges by mean |W| over the samples of the other half.
+class Plan:
+    """The kept sets each curve needs, per sample and share, and their losses once evaluated.
 
-    input_ids, loss_mask, attention_mask: [n, seq] (any padding); W: [n, n_src, n_dst] scores of the same samples;
-    half: [n] in {0, 1}; patch: baseline, baseline_acts, target, tau for `patched_losses`.
+    W [n, n_src, n_dst]; halves [S, n]; `evaluate(pairs)` takes [(sample, kept bool [n_src, n_dst]), ...] and returns
+    their losses (one patched forward per pair; the empty and the full set are the ends of the curve).
     """
-    W = torch.as_tensor(W).abs()
-    half = np.asarray(half)
-    n = len(half)
-    out = {"clean": np.zeros(n), "none": np.zeros(n), "kept": np.zeros((len(fractions), n))}
 
-    def run(rows, keep):
-        rows = np.flatnonzero(rows)
-        losses = [patched_losses(model, input_ids[r], loss_mask[r], attention_mask[r], graph=graph, keep=keep, **patch)
-                  for r in (rows[i : i + batch_size] for i in range(0, len(rows), batch_size))]
-        return rows, torch.cat(losses).double().numpy()
+    def __init__(self, W, graph: Graph, halves, evaluate, draws: int = 5, ranking: str = "abs_mean", seed: int = 0,
+                 within: bool = True):
+        self.W, self.graph, self.halves, self.evaluate = np.asarray(W, float), graph, np.asarray(halves), evaluate
+        self.n, self.E = len(self.W), graph.n_edges
+        self.draws, self.within = draws, within
+        mask = graph.mask.numpy()
+        self.cross_orders = [[_order(rank_scores(self.W[h != side], ranking), mask) for side in (0, 1)]
+                             for h in self.halves]
+        rng = np.random.default_rng([seed, 7])  # the control's draws do not depend on the split seed
+        self.control_orders = [[_order(rng.random(mask.shape), mask) for _ in range(draws)] for _ in range(self.n)]
+        self.within_orders = [_order(rank_scores(self.W[k : k + 1], ranking), mask) for k in range(self.n)]
+        full, empty = mask.copy(), np.zeros_like(mask)
+        ends = self.evaluate([(k, m) for k in range(self.n) for m in (full, empty)])
+        self.clean, self.none = ends[0::2], ends[1::2]
+        self.shares, self.cross, self.control, self.inside, self.counts = [], [], [], [], []
 
-    for name, keep in (("clean", None), ("none", torch.zeros_like(graph.mask))):
-        rows, losses = run(np.ones(n, bool), keep)
-        out[name][rows] = losses
-    for h in (0, 1):
-        ranking = W[torch.as_tensor(half != h)].mean(0)
-        for i, q in enumerate(fractions):
-            rows, losses = run(half == h, top_edges(ranking, graph.mask, q))
-            out["kept"][i, rows] = losses
-    return out
+    def add(self, shares) -> None:
+        """Evaluate every curve at these kept shares (deduplicated per sample)."""
+        shares = [float(q) for q in shares if not any(abs(q - s) < 1e-12 for s in self.shares)]
+        if not shares:
+            return
+        jobs, keys = {}, []  # (sample, mask bytes) -> (sample, mask); keys in the order of the results below
+        for q in shares:
+            c = max(1, math.ceil(q * self.E - 1e-9))
+            keys.append(self._plan_share(c, jobs))
+        losses = dict(zip(jobs, self.evaluate(list(jobs.values())))) if jobs else {}
+        for q, (cross, control, inside, counts) in zip(shares, keys):
+            self.shares.append(q)
+            self.cross.append([[losses[key] for key in row] for row in cross])  # [S, n]
+            self.control.append([np.mean([losses[key] for key in row]) if row else np.nan for row in control])
+            self.inside.append([losses[key] for key in inside] if self.within else [np.nan] * self.n)
+            self.counts.append(counts)
+
+    def _plan_share(self, count: int, jobs: dict):
+        def want(k, keep):
+            key = (k, keep.tobytes())
+            jobs.setdefault(key, (k, keep))
+            return key
+
+        sizes = []
+        cross = []
+        for h, orders in zip(self.halves, self.cross_orders):
+            sets = [kept_at_count(o, self.graph, count) for o in orders]
+            sizes += [int(s.sum()) for s in sets]
+            cross.append([want(k, sets[h[k]]) for k in range(self.n)])
+        control = [[want(k, kept_at_count(o, self.graph, count)) for o in self.control_orders[k]]
+                   for k in range(self.n)]
+        inside = [want(k, kept_at_count(self.within_orders[k], self.graph, count)) for k in range(self.n)] \
+            if self.within else []
+        return cross, control, inside, sizes
+
+    def result(self) -> dict:
+        """Per-sample losses on the sorted shares: clean, none [n]; cross [S, X, n]; control, within [X, n]; the
+        cross-fitted kept sets' pruned sizes [X, 2S] (at or just above ceil(share * E))."""
+        order = np.argsort(self.shares)
+        return dict(shares=np.asarray(self.shares)[order], clean=np.asarray(self.clean), none=np.asarray(self.none),
+                    cross=np.asarray(self.cross)[order].transpose(1, 0, 2), control=np.asarray(self.control)[order],
+                    within=np.asarray(self.inside)[order], sizes=np.asarray(self.counts)[order], n_edges=self.E)
 
 
-def curve(losses: dict, half, rows=None) -> np.ndarray:
-    """f on the grid [n_frac]: each half's f (its own clean/none/kept means), averaged over the two halves."""
-    half = np.asarray(half)
-    rows = np.arange(len(half)) if rows is None else np.asarray(rows)
-    fs = []
-    for h in (0, 1):
-        r = rows[half[rows] == h]
-        none, clean = losses["none"][r].mean(), losses["clean"][r].mean()
-        fs.append((none - losses["kept"][:, r].mean(1)) / (none - clean))
-    return np.mean(fs, 0)
+def crossing(shares, f, level: float = LEVEL) -> tuple[float, float] | None:
+    """The grid interval (x_lo, x_hi) where the running maximum of `f` (f(0) = 0 prepended) first reaches `level`."""
+    x = np.concatenate([[0.0], shares])
+    env = np.maximum.accumulate(np.concatenate([[0.0], f]))
+    above = np.flatnonzero(env >= level)
+    if len(above) == 0 or above[0] == 0:
+        return None
+    return float(x[above[0] - 1]), float(x[above[0]])
 
 
-def frac80(fractions, f, level: float = LEVEL) -> float:
-    """The smallest kept fraction where `f` reaches `level`, linear in log fraction between grid points (nan: never)."""
-    fractions, f = np.asarray(fractions, float), np.asarray(f, float)
-    above = np.flatnonzero(f >= level)
-    if len(above) == 0:
-        return float("nan")
-    i = above[0]
-    if i == 0:
-        return float(fractions[0])
-    t = (level - f[i - 1]) / (f[i] - f[i - 1])
-    return float(np.exp(np.log(fractions[i - 1]) + t * (np.log(fractions[i]) - np.log(fractions[i - 1]))))
+def faithfulness_losses(W, graph: Graph, evaluate, grid, n_splits: int = 10, draws: int = 5,
+                        ranking: str = "abs_mean", seed: int = 0, tol: float = 0.01, within: bool = True,
+                        level: float = LEVEL) -> dict:
+    """Per-sample losses of the three curves on `grid` plus a bisection to `tol` (share of E) around the
+    cross-fitted curve's crossing of `level` (method.md 2.7). See `Plan` for W and evaluate; `seed` draws the
+    splits (the control's draws are fixed: they do not depend on it)."""
+    halves = split_halves(len(W), n_splits, seed)
+    plan = Plan(W, graph, halves, evaluate, draws, ranking, seed=0, within=within)
+    plan.add(grid)
+    for _ in range(20):
+        res = plan.result()
+        f = cross_curve(res)
+        bracket = crossing(res["shares"], f, level)
+        if bracket is None or bracket[1] - bracket[0] <= tol:
+            break
+        plan.add([(bracket[0] + bracket[1]) / 2])
+    return plan.result() | {"halves": halves}
 
 
-def summarize(fractions, stages: dict[str, dict], half, level=0.95, n_resamples=2000, seed=0) -> dict:
-    """Curves, frac80 per stage and each later stage minus the first, with percentile bootstrap intervals over the
-    evaluation questions (resampled within each half; the same resample for every stage, so differences are paired).
+def cross_curve(res: dict) -> np.ndarray:
+    """The cross-fitted curve [X]: mean over splits of each split's f (ratio of sample means)."""
+    none, clean = res["none"].mean(), res["clean"].mean()
+    return ((none - res["cross"].mean(-1)) / (none - clean)).mean(0)
 
-    Each half is a stratum of n/2 questions, so the bootstrap runs at Hesterberg's expanded level for n/2
-    (rlsft.stats.expanded_level): at the nominal level it covered 83-90% at n = 8 and 88-95% at n = 16; expanded,
-    93-98% at n = 8, 16 and 30 (200 simulated data sets each, tests/test_eap_faithfulness.py).
 
-    stages: name -> `held_out_losses` output, all on the same questions. Returns {stage: {curve, curve_lo, curve_hi,
-    frac80, frac80_lo, frac80_hi}, f"{b}-{a}": {frac80, frac80_lo, frac80_hi}}.
-    """
-    half = np.asarray(half)
-    names = list(stages)
-    k = len(fractions)
+def patch_evaluator(model, graph: Graph, input_ids, loss_mask, attention_mask, baseline_acts=None,
+                    batch_size: int = 8, **loss):
+    """`evaluate(pairs)` for `Plan` on a model: each pair's patched loss, rows of one sample batched together (its
+    padding columns cut away). baseline_acts [n, n_src, seq, d] per sample (a counterfactual, resampled or
+    mean-positional baseline; None: zero); loss: target, tau for `patched_losses`."""
+    input_ids, loss_mask, attention_mask = (torch.as_tensor(t) for t in (input_ids, loss_mask, attention_mask))
 
-    def statistic(rows0, rows1):
-        rows = np.concatenate([rows0, rows1])
-        cs = [curve(stages[s], half, rows) for s in names]
-        f80 = [frac80(fractions, c) for c in cs]
-        return np.concatenate([np.concatenate([c, [f]]) for c, f in zip(cs, f80)] + [[f - f80[0] for f in f80[1:]]])
+    def evaluate(pairs) -> np.ndarray:
+        out = np.empty(len(pairs))
+        order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            rows = torch.tensor([pairs[i][0] for i in chunk])
+            real = attention_mask[rows].bool().any(0).nonzero()[:, 0]
+            cols = slice(int(real[0]), int(real[-1]) + 1)
+            keep = torch.from_numpy(np.stack([pairs[i][1] for i in chunk]))
+            patch = dict(baseline="zero") if baseline_acts is None else \
+                dict(baseline="input", baseline_acts=baseline_acts[rows][:, :, cols])
+            out[chunk] = patched_losses(model, input_ids[rows][:, cols], loss_mask[rows][:, cols],
+                                        attention_mask[rows][:, cols], graph=graph, keep=keep, **patch,
+                                        **loss).double().numpy()
+        return out
 
-    point = statistic(np.flatnonzero(half == 0), np.flatnonzero(half == 1))
-    res = stats.bootstrap((np.flatnonzero(half == 0), np.flatnonzero(half == 1)), statistic, paired=False,
-                          vectorized=False, n_resamples=n_resamples, confidence_level=expanded_level(level, len(half) // 2),
-                          method="percentile", rng=np.random.default_rng(seed))
-    lo, hi = res.confidence_interval.low, res.confidence_interval.high
-    out = {}
-    for j, s in enumerate(names):
-        sl = slice(j * (k + 1), j * (k + 1) + k)
-        f = j * (k + 1) + k
-        out[s] = dict(curve=point[sl], curve_lo=lo[sl], curve_hi=hi[sl], frac80=point[f], frac80_lo=lo[f],
-                      frac80_hi=hi[f])
-    for j, s in enumerate(names[1:]):
-        d = len(names) * (k + 1) + j
-        out[f"{s}-{names[0]}"] = dict(frac80=point[d], frac80_lo=lo[d], frac80_hi=hi[d])
+    return evaluate
+
+
+def baseline_outputs(model, graph: Graph, input_ids, attention_mask, batch_size: int = 8) -> torch.Tensor:
+    """Every source's output [n, n_src, seq, d] (fp32, zero at padding) on baseline inputs (the corrupted twins):
+    B_u for a counterfactual or resampled baseline."""
+    from .scores import check_batch, scoring_mode, source_outputs
+
+    out = []
+    with scoring_mode(model):
+        for i in range(0, len(input_ids), batch_size):
+            ids, am = input_ids[i : i + batch_size], attention_mask[i : i + batch_size]
+            ids, _, am = check_batch(model, graph, ids, torch.zeros_like(torch.as_tensor(ids)), am, scored=False)
+            out.append(source_outputs(model, ids, am, graph).float().cpu())
+    return torch.cat(out)
+
+
+def mean_positional(acts: torch.Tensor, attention_mask) -> torch.Tensor:
+    """The mean-positional baseline [n, n_src, seq, d]: at each position, counted from a sample's first real token,
+    the mean of the sources' outputs over every sample that reaches that position (acts [n, n_src, seq, d] from
+    `baseline_outputs` of the samples themselves, left or right padded)."""
+    am = torch.as_tensor(attention_mask).bool()
+    n, _, T, _ = acts.shape
+    start = am.float().argmax(1)  # first real position of each sample
+    total = torch.zeros_like(acts[0])
+    count = torch.zeros(T)
+    for k in range(n):
+        length = int(am[k].sum())
+        total[:, :length] += acts[k, :, start[k] : start[k] + length]
+        count[:length] += 1
+    mean = total / count.clamp(min=1)[None, :, None]
+    out = torch.zeros_like(acts)
+    for k in range(n):
+        length = int(am[k].sum())
+        out[k, :, start[k] : start[k] + length] = mean[:, :length]
     return out

@@ -424,9 +424,10 @@ def edge_scores(model, input_ids, loss_mask, attention_mask=None, graph=None, po
     near-certain of its own tokens has small scores whatever its circuits; worth reporting beside them).
     target, tau: the loss (`token_losses`: "nll" or "margin", logits divided by tau).
     method: "eap" scores -<dL/dH_v, O_u - B_u> (2.4; B = 0 for baseline "zero"); "eap_ig" (2.7) uses the mean gradient
-    over `ig_steps` inputs on the line from the baseline's own embedding output B_input to the real one (ig_steps
-    forward+backward passes; the gradients are summed into W, so memory is that of one EAP pass). With ig_steps=1 it
-    is "eap" against the same baseline. baseline, baseline_acts: see `baseline_tensor`.
+    over `ig_steps` inputs on the line from the baseline input x' (zero embeddings for "zero", else the baseline's own
+    embedding output B_input) to the real one, and B_u from a forward pass on x' ("mean": the given means); ig_steps
+    + 2 passes, the gradients summed into W, so memory is that of one EAP pass.
+    baseline, baseline_acts: see `baseline_tensor`.
     """
     arch = architecture(model)
     graph = graph if graph is not None else build_graph(model)
@@ -449,11 +450,13 @@ def edge_scores(model, input_ids, loss_mask, attention_mask=None, graph=None, po
             scores = recorder.result()
         else:
             x = embed(input_ids)
-            D = source_outputs(model, input_ids, attention_mask, graph, x)
             x0 = torch.zeros_like(x) if B is None else B[:, 0].to(x).expand_as(x)
-            if B is not None:
-                D -= B.to(D)
-                D.masked_fill_(~attention_mask.bool()[:, None, :, None], 0)
+            # O_u - B_u with B_u from a forward on the baseline input itself (method.md 2.7): a model with q/k/v or
+            # MLP biases writes nonzero block outputs at a zero input, so B_u = 0 would be wrong there. "mean" keeps
+            # its per-source means (no single input writes them).
+            D = source_outputs(model, input_ids, attention_mask, graph, x)
+            D -= B.to(D) if baseline == "mean" else source_outputs(model, input_ids, attention_mask, graph, x0)
+            D.masked_fill_(~attention_mask.bool()[:, None, :, None], 0)
             scores = 0
             for j in range(1, ig_steps + 1):
                 recorder = EdgeRecorder(model, graph, weight, sources=D)

@@ -22,7 +22,8 @@ from ..errors import RlsftError
 from ..models import fingerprint
 from ..console import progress
 from .common import RunContext, markdown_table, stage_color
-from .eap_causal import calibrated_tau, curve_rows, faithfulness_alpha, faithfulness_figure
+from .eap_causal import (calibrated_tau, curve_rows, faithfulness_alpha, faithfulness_console, faithfulness_figure,
+                         faithfulness_summary_rows)
 from .eap_family import add_tests, family_cell, family_table, family_wandb, lookup, primary_text, run_family
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,11 @@ def run(cfg, ctx: RunContext) -> dict:
         if "tau" in scored[alpha]:
             summaries[f"{alpha:g}"]["tau"] = scored[alpha]["tau"]
         if cfg.eap.faithfulness:
-            summaries[f"{alpha:g}"]["faithfulness"] = faithfulness_alpha(ctx, gens, selection, scored[alpha], stages)
+            faith = faithfulness_alpha(ctx, gens, selection, scored[alpha], stages)
+            summaries[f"{alpha:g}"]["faithfulness"] = faith
+            # method.md 2.8: the faithfulness summaries are secondary tests of the run like the metrics
+            summaries[f"{alpha:g}"]["faithfulness_tests"] = {
+                name if name.startswith(("faith", "frac80")) else f"faith_{name}": d for name, d in faith["diffs"].items()}
     names = {side: stage.name for side, stage in stages.items()}
     ranked = run_family(summaries, cfg.eap.primary)  # method.md 2.8: one primary, Holm over the secondaries
     columns, rows = summary_rows(cfg.dataset.name, summaries, names)
@@ -230,12 +235,15 @@ def run(cfg, ctx: RunContext) -> dict:
     ctx.write_table("eap_tests", *family_table(cfg.dataset.name, ranked))
     if cfg.eap.faithfulness:
         ctx.write_table("eap_faithfulness", *curve_rows(cfg.dataset.name, summaries, names))
+        ctx.write_table("eap_faithfulness_summary", *faithfulness_summary_rows(cfg.dataset.name, summaries, names))
     ctx.write_json("eap_metrics.json", {"selection": counts, "alphas": summaries, "stages": names, "tests": ranked})
     track(ctx, summaries)
     ctx.tracker.summary(family_wandb(ranked))
     figures(ctx, scored, summaries, names)
     print(primary_text(ranked, cfg.eap.primary, names["rl"], names["sft"])
           + console_summary(cfg.dataset.name, counts, summaries, names["sft"], names["rl"], ranked))
+    if cfg.eap.faithfulness:
+        print(faithfulness_console(summaries, names))
     return {"selection": counts, "alphas": {a: {m: {k: s[m][k] for k in ("sft", "rl", "diff")} for m in METRICS}
                                             for a, s in summaries.items()}}
 

@@ -313,10 +313,13 @@ class GRPOTrainer:
 
     def _eap_stage(self, model, answers: list[Answer], cut: int) -> dict:
         """One model's EAP numbers on its answers cut at `cut`: the registry's metrics (stage means), the paper's pooled
-        complexity and, with ``eap_faithfulness``, frac80 (method.md 2.7: edges ranked by mean |W| on one half of the
-        questions, faithfulness judged on the other half, zero baseline)."""
+        complexity and, with ``eap_faithfulness``, frac80 (method.md 2.7: edges ranked by |mean W| on one half of the
+        questions, pruned kept sets judged on the other half, one split, mean-positional baseline: a cheap trace over
+        training; the eap experiment's check is the one with splits, control and intervals)."""
         from ..eap import build_graph, collate, edge_scores, information_complexity_pooled, per_sample, truncation_inputs
-        from ..eap.faithfulness import curve, frac80, halves, held_out_losses, log_grid
+        from ..eap.faithfulness import (baseline_outputs, cross_curve, faithfulness_losses, mean_positional,
+                                        patch_evaluator, share_grid)
+        from ..eap.faithfulness_stats import curve_summaries
 
         r = self.recipe
         graph = build_graph(model)
@@ -330,9 +333,15 @@ class GRPOTrainer:
         if r.eap_faithfulness and len(answers) < 4:  # halves() needs two per half
             out["frac80"] = float("nan")
         elif r.eap_faithfulness:
-            grid, half = log_grid(r.eap_faithfulness_points), halves(len(answers), seed=r.seed)
-            losses = held_out_losses(model, ids, loss_mask, attn, W, graph, grid, half, r.eap_batch_size)
-            out["frac80"] = frac80(grid, curve(losses, half))
+            B = mean_positional(baseline_outputs(model, graph, ids, attn, r.eap_batch_size), attn)
+            ranked = torch.cat([edge_scores(model, ids[i : i + r.eap_batch_size], loss_mask[i : i + r.eap_batch_size],
+                                            attn[i : i + r.eap_batch_size], graph, r.eap_positions, baseline="input",
+                                            baseline_acts=B[i : i + r.eap_batch_size])
+                                for i in range(0, len(ids), r.eap_batch_size)])
+            evaluate = patch_evaluator(model, graph, ids, loss_mask, attn, B, r.eap_batch_size)
+            res = faithfulness_losses(ranked.numpy(), graph, evaluate, share_grid(r.eap_faithfulness_points),
+                                      n_splits=1, draws=0, seed=r.seed, within=False)
+            out["frac80"] = float(curve_summaries(res["shares"], cross_curve(res))["frac80"])
         return out
 
     def _eap(self, current: list[Answer]) -> dict:
