@@ -140,7 +140,8 @@ def weight_rows(ref_state: dict, state: dict, layers_path: str = "model.layers",
 
 
 def aggregate(rows: list[dict], by: str) -> dict[str, dict]:
-    """Rows grouped by "block" or "type": unchanged share, update mass and size; mean of each matrix lens present."""
+    """Rows grouped by "block" or "type": unchanged share, update mass and size; mean over the group's matrices of
+    each matrix lens present (ranks as shares of full rank)."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r[by], []).append(r)
@@ -150,9 +151,10 @@ def aggregate(rows: list[dict], by: str) -> dict[str, dict]:
         out[g] = {"numel": numel, "unchanged": 1 - sum(r["changed"] for r in rs) / numel,
                   "changed": sum(r["changed"] for r in rs), "mass": sum(r["mass"] for r in rs)}
         for lens in ("effective_rank", "numerical_rank", "spectral_drift", "max_angle_deg"):
-            vals = [r[lens] / (r["full_rank"] if lens == "numerical_rank" else 1) for r in rs if lens in r]
+            rank = lens.endswith("rank")  # as a share of the matrix's full rank, comparable across shapes
+            vals = [r[lens] / (r["full_rank"] if rank else 1) for r in rs if lens in r]
             if vals:
-                out[g]["numerical_rank_share" if lens == "numerical_rank" else lens] = float(np.mean(vals))
+                out[g][lens + "_share" if rank else lens] = float(np.mean(vals))
     return out
 
 
