@@ -103,7 +103,7 @@ def figures(ctx: RunContext, result: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for name, draw in (("lenses_pass_at_k", pass_figure), ("lenses_sparsity_blocks", sparsity_figure),
+    for name, draw in (("lenses_pass_at_k_curves", pass_figure), ("lenses_sparsity_blocks", sparsity_figure),
                        ("lenses_kl_vs_forgetting", forgetting_figure)):
         fig = draw(plt, result)
         ctx.save_figure(name, fig)
