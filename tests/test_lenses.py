@@ -126,6 +126,15 @@ def test_ranks_of_known_rank_matrices():
     lens = matrix_lenses(ref, new, k=4)
     assert lens["numerical_rank"] == 2 and lens["full_rank"] == 24 and 1 <= lens["effective_rank"] <= 2
     assert matrix_lenses(ref, ref.clone(), k=4)["max_angle_deg"] == pytest.approx(0.0, abs=1e-4)
+    # the Gram-matrix path of matrix_lenses against scipy on tall and wide matrices
+    for shape in ((32, 24), (24, 32)):
+        a = rng.normal(size=shape)
+        b = a + 0.5 * rng.normal(size=shape)
+        ua, ub = (np.linalg.svd(x, full_matrices=False)[0][:, :4] for x in (a, b))
+        lens = matrix_lenses(torch.tensor(a), torch.tensor(b), k=4)
+        assert lens["max_angle_deg"] == pytest.approx(np.degrees(subspace_angles(ua, ub).max()), rel=1e-6)
+        sa, sb = (np.linalg.svd(x, compute_uv=False)[:4] for x in (a, b))
+        assert lens["spectral_drift"] == pytest.approx(np.mean(np.abs(sb - sa) / sa), rel=1e-6)
 
 
 def test_jaccard_chance_matches_simulation():

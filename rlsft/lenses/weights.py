@@ -57,29 +57,47 @@ def effective_rank(s: np.ndarray) -> float:
 
 def singular_values(m: torch.Tensor) -> np.ndarray:
     """Descending singular values of a matrix, computed in fp32 (bf16 has no SVD)."""
-    return torch.linalg.svdvals(m.float()).numpy()
+    return torch.linalg.svdvals(m.float()).cpu().numpy()
 
 
 def principal_angles(A, B, k: int) -> np.ndarray:
     """Angles (radians, ascending) between the top-k left singular subspaces of A [m, n] and B [m, n']."""
     A, B = (torch.as_tensor(x).double() for x in (A, B))
-    Ua = torch.linalg.svd(A, full_matrices=False).U[:, :k]  # [m, k]
-    Ub = torch.linalg.svd(B, full_matrices=False).U[:, :k]
-    cos = torch.linalg.svdvals(Ua.T @ Ub).clamp(0.0, 1.0).numpy()  # descending cosines: ascending angles
+    return basis_angles(torch.linalg.svd(A, full_matrices=False).U[:, :k], torch.linalg.svd(B, full_matrices=False).U[:, :k])
+
+
+def basis_angles(Ua: torch.Tensor, Ub: torch.Tensor) -> np.ndarray:
+    """Principal angles (radians, ascending) between the spans of two orthonormal bases [m, k]."""
+    Ua, Ub = Ua.double(), Ub.double()
+    cos = torch.linalg.svdvals(Ua.T @ Ub).clamp(0.0, 1.0).cpu().numpy()  # descending cosines: ascending angles
     # arccos loses precision near cos = 1 (small angles); the sines of the same angles, the singular values of the
     # part of Ub outside span(Ua), are exact there (Bjorck and Golub 1973, as scipy.linalg.subspace_angles does)
-    sin = np.sort(torch.linalg.svdvals(Ub - Ua @ (Ua.T @ Ub)).clamp(0.0, 1.0).numpy())[:len(cos)]
+    sin = np.sort(torch.linalg.svdvals(Ub - Ua @ (Ua.T @ Ub)).clamp(0.0, 1.0).cpu().numpy())[:len(cos)]
     return np.sort(np.where(cos > 1 / math.sqrt(2), np.arcsin(sin), np.arccos(cos)))
+
+
+def gram_svd(m: torch.Tensor, k: int) -> tuple[np.ndarray, torch.Tensor]:
+    """All singular values (descending) and the top-k left singular vectors [out, k] of m [out, in], from the
+    eigendecomposition of the smaller fp64 Gram matrix: 5-10x faster than an SVD on CPU, and fp64 keeps singular
+    values down to ~1e-8 s_max exact, far below the rank threshold 1e-3 s_max."""
+    m = m.double()
+    wide = m.shape[0] <= m.shape[1]
+    evals, evecs = torch.linalg.eigh(m @ m.T if wide else m.T @ m)  # ascending
+    s = evals.clamp(min=0).sqrt().flip(0)
+    vecs = evecs.flip(1)[:, :k]
+    U = vecs if wide else (m @ vecs) / s[:k].clamp(min=1e-300)  # u_i = m v_i / s_i
+    return s.cpu().numpy(), U
 
 
 def matrix_lenses(ref: torch.Tensor, new: torch.Tensor, k: int = 16) -> dict[str, float]:
     """Rank of the update and spectral drift / rotation of one weight matrix [out, in]."""
-    delta = new.float() - ref.float()
-    s_delta = singular_values(delta)
-    s_ref, s_new = singular_values(ref), singular_values(new)
+    delta = new.double() - ref.double()
+    s_delta, _ = gram_svd(delta, 0)
+    s_ref, U_ref = gram_svd(ref, k)
+    s_new, U_new = gram_svd(new, k)
     k = min(k, len(s_ref))
     drift = np.abs(s_new[:k] - s_ref[:k]) / np.maximum(s_ref[:k], 1e-12)
-    angles = principal_angles(ref.float(), new.float(), k)
+    angles = basis_angles(U_ref[:, :k], U_new[:, :k])
     return {"numerical_rank": numerical_rank(s_delta), "full_rank": min(delta.shape),
             "effective_rank": effective_rank(s_delta), "spectral_drift": float(drift.mean()),
             "max_angle_deg": float(np.degrees(angles.max())), "mean_angle_deg": float(np.degrees(angles.mean()))}
