@@ -16,10 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..architectures import architecture
 from ..cache import atomic_path, intact, locked, stage_dir, stage_key
@@ -28,7 +26,7 @@ from ..lenses import (aggregate, answer_kls, block_eap_mass, crossover_k, mask_o
                       powers_of_two, top_blocks, update_meets_circuit, weight_rows)
 from ..models import fingerprint
 from ..stats import bootstrap_ci
-from .common import RunContext, markdown_table
+from .common import RunContext
 from .lenses_report import figures, tables
 
 log = logging.getLogger(__name__)
@@ -59,8 +57,9 @@ def cached_json(ctx: RunContext, stage: str, compute, **key) -> dict:
 
 
 def _state(ctx: RunContext, stage) -> dict:
+    """A stage's weights where the model runs (on a GPU the decompositions run there too)."""
     model, _ = ctx.load_stage(stage)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {k: v.detach() for k, v in model.state_dict().items()}
 
 
 def weight_lenses(ctx: RunContext, reference: str, stages: dict) -> dict:
@@ -79,7 +78,6 @@ def weight_lenses(ctx: RunContext, reference: str, stages: dict) -> dict:
             ctx.release(stages[name])
         return state[name]
 
-    layers = None
     rows = {}
     for name in list(stages)[1:]:
         def compute(name=name):
@@ -131,8 +129,10 @@ def output_lenses(ctx: RunContext, reference: str, stages: dict) -> dict:
     sampled = ctx.sampling(temperature=L.temperature, n_samples=1)
     greedy = ctx.sampling(temperature=0.0, n_samples=1)
     ref = stages[reference]
-    acc = {where: {n: np.array([g["correct"] for g in ctx.generations(s, recs, greedy)], dtype=float)
-                   for n, s in stages.items()} for where, recs in sets.items()}
+    # greedy answers on the whole sets (the evaluate experiment's cache for the task), then the same first questions
+    full = {"task": ctx.records(), "control": ctx.records(L.control)}
+    acc = {where: {n: np.array([g["correct"] for g in ctx.generations(s, recs, greedy)], dtype=float)[: L.kl_questions]
+                   for n, s in stages.items()} for where, recs in full.items()}
     out = {}
     for name in list(stages)[1:]:
         row = {}

@@ -120,12 +120,8 @@ def pass_figure(plt, result: dict):
         ax.fill_between(ks, [r["ci"][0] for r in c["rows"]], [r["ci"][1] for r in c["rows"]], color=stage_color(n),
                         alpha=0.12)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("k (samples per question)")
-    ax.set_ylabel("pass@k (mean over questions, 95% CI)")
-    ax.set_title("pass@k, unbiased estimator")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig
+    return _finish(fig, ax, "k (samples per question)", "pass@k (mean over questions, 95% CI)",
+                   "pass@k, unbiased estimator")
 
 
 def sparsity_figure(plt, result: dict):
@@ -135,12 +131,8 @@ def sparsity_figure(plt, result: dict):
         blocks.sort()
         ax.plot([b for b, _ in blocks], [u for _, u in blocks], marker="o", ms=3, color=stage_color(n),
                 label=f"{n} (all: {w['all']['unchanged']:.1%})")
-    ax.set_xlabel("decoder block")
-    ax.set_ylabel("share of parameters unchanged at bf16")
-    ax.set_title(f"Update sparsity per block, against {result['reference']}")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return fig
+    return _finish(fig, ax, "decoder block", "share of parameters unchanged at bf16",
+                   f"Update sparsity per block, against {result['reference']}")
 
 
 def forgetting_figure(plt, result: dict):
@@ -153,9 +145,14 @@ def forgetting_figure(plt, result: dict):
                     yerr=[[y["mean"] - y["ci"][0]], [y["ci"][1] - y["mean"]]], fmt="o", color=stage_color(n),
                     capsize=3, label=n)
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel(f"task KL({result['reference']} || stage) per answer token, nats")
-    ax.set_ylabel("control accuracy change (stage - reference)")
-    ax.set_title("Forgetting against KL on the task (95% CIs)")
+    return _finish(fig, ax, f"task KL({result['reference']} || stage) per answer token, nats",
+                   "control accuracy change (stage - reference)", "Forgetting against KL on the task (95% CIs)")
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
