@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from .common import RunContext, markdown_table, stage_color
 
@@ -120,6 +121,8 @@ def pass_figure(plt, result: dict):
         ax.fill_between(ks, [r["ci"][0] for r in c["rows"]], [r["ci"][1] for r in c["rows"]], color=stage_color(n),
                         alpha=0.12)
     ax.set_xscale("log", base=2)
+    ax.set_xticks(result["pass_at_k"][result["reference"]]["ks"], [str(k) for k in
+                                                                   result["pass_at_k"][result["reference"]]["ks"]])
     return _finish(fig, ax, "k (samples per question)", "pass@k (mean over questions, 95% CI)",
                    "pass@k, unbiased estimator")
 
@@ -131,6 +134,7 @@ def sparsity_figure(plt, result: dict):
         blocks.sort()
         ax.plot([b for b, _ in blocks], [u for _, u in blocks], marker="o", ms=3, color=stage_color(n),
                 label=f"{n} (all: {w['all']['unchanged']:.1%})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish(fig, ax, "decoder block", "share of parameters unchanged at bf16",
                    f"Update sparsity per block, against {result['reference']}")
 
@@ -145,6 +149,7 @@ def forgetting_figure(plt, result: dict):
                     yerr=[[y["mean"] - y["ci"][0]], [y["ci"][1] - y["mean"]]], fmt="o", color=stage_color(n),
                     capsize=3, label=n)
     ax.axhline(0, color="grey", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
     return _finish(fig, ax, f"task KL({result['reference']} || stage) per answer token, nats",
                    "control accuracy change (stage - reference)", "Forgetting against KL on the task (95% CIs)")
 
