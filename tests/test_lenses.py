@@ -168,7 +168,9 @@ def test_blocks_and_where_the_update_meets_the_circuit():
                                                                                        torch.zeros(8, 4)}
     new = {k: v.clone() for k, v in ref.items()}
     new["model.layers.2.mlp.w.weight"] += 1.0  # the whole update in block 2
-    rows = weight_rows(ref, new, spectra=False)
+    tie = "model.embed_tokens.weight"
+    rows = weight_rows(ref | {"lm_head.weight": ref[tie]}, new | {"lm_head.weight": new[tie]}, spectra=False)
+    assert [r["name"] for r in rows if r["block"] in ("embed", "head")] == ["model.embed_tokens.weight"]  # tied: once
     blocks = aggregate(rows, "block")
     assert blocks["block 2"]["unchanged"] == 0 and blocks["block 0"]["unchanged"] == 1
     assert aggregate(rows, "type")["mlp.w.weight"]["changed"] == 16

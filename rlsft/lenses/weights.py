@@ -142,11 +142,12 @@ def weight_rows(ref_state: dict, state: dict, layers_path: str = "model.layers",
                 spectra: bool = True, dtype=torch.bfloat16) -> list[dict]:
     """One row per tensor in both state dicts: block, matrix type, size, unchanged and changed counts, update mass
     sum |delta|; with ``spectra``, the rank / drift / rotation lenses of every 2-D matrix inside a decoder block."""
-    rows = []
+    rows, seen = [], set()
     for name, ref in ref_state.items():
         new = state.get(name)
-        if new is None or new.shape != ref.shape:
+        if new is None or new.shape != ref.shape or ref.data_ptr() in seen:  # a tied tensor (lm_head = embed) once
             continue
+        seen.add(ref.data_ptr())
         changed = changed_mask(ref, new, dtype)
         row = {"name": name, "block": block_of(name, layers_path), "type": matrix_type(name, layers_path),
                "numel": ref.numel(), "changed": int(changed.sum()),
@@ -181,9 +182,11 @@ def mask_overlap(ref_state: dict, a_state: dict, b_state: dict, dtype=torch.bflo
     tensors of what independent placement in each tensor gives, with the sizes each update has there)."""
     inter = union = 0
     chance_inter = chance_union = 0.0
+    seen = set()
     for name, ref in ref_state.items():
-        if name not in a_state or name not in b_state or ref.shape != a_state[name].shape:
+        if name not in a_state or name not in b_state or ref.shape != a_state[name].shape or ref.data_ptr() in seen:
             continue
+        seen.add(ref.data_ptr())
         a, b = changed_mask(ref, a_state[name], dtype), changed_mask(ref, b_state[name], dtype)
         na, nb, n = int(a.sum()), int(b.sum()), a.numel()
         inter += int((a & b).sum())
