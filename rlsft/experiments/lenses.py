@@ -162,9 +162,21 @@ def pass_lenses(ctx: RunContext, stages: dict) -> dict:
         for g in gens:
             correct[g["id"]] = correct.get(g["id"], 0) + bool(g["correct"])
         curve = pass_at_k_curve(np.array([correct[r.id] for r in records]), L.pass_n, ks, L.n_boot, ctx.cfg.run.seed)
-        curves[name] = {"ks": curve["ks"], "rows": curve["rows"]}
+        curves[name] = {"ks": curve["ks"], "rows": curve["rows"], "per_question": curve["per_question"].tolist()}
         ctx.release(stage)
     return curves
+
+
+def crossover(ref: dict, other: dict, n_boot: int, seed: int):
+    """The k where the reference overtakes, or "cannot tell" when the paired interval of reference - stage at that k
+    (over questions) holds 0; None when it never does."""
+    k = crossover_k(ref, other)
+    if k is None:
+        return None
+    j = ref["ks"].index(k)
+    diff = np.array(ref["per_question"])[:, j] - np.array(other["per_question"])[:, j]
+    lo, _ = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+    return k if lo > 0 else f"{k} (cannot tell)"
 
 
 def circuit_lenses(ctx: RunContext, reference: str, stages: dict, blocks: dict) -> dict:
@@ -201,8 +213,8 @@ def run(cfg, ctx: RunContext) -> dict:
                           for n, r in weights["rows"].items()}}
     result["outputs"] = output_lenses(ctx, reference, stages)
     result["pass_at_k"] = pass_lenses(ctx, stages)
-    result["crossover_k"] = {n: crossover_k(result["pass_at_k"][reference], result["pass_at_k"][n])
-                             for n in list(stages)[1:]}
+    result["crossover_k"] = {n: crossover(result["pass_at_k"][reference], result["pass_at_k"][n], cfg.lenses.n_boot,
+                                          cfg.run.seed) for n in list(stages)[1:]}
     result["circuit"] = circuit_lenses(ctx, reference, stages, blocks) if cfg.lenses.circuit else {}
     written = tables(ctx, result)
     figures(ctx, result)
