@@ -80,7 +80,7 @@ def main() -> None:
                        ("update sparsity", t_sparsity, t_sparsity * proj),
                        ("sparsity + ranks + drift + angles", t_lenses, (t_lenses - t_sparsity) * proj_svd
                         + t_sparsity * proj)):
-        print(f"| {name} | {t:.2f} | {p:.0f} |")
+        print(f"| {name} | {t:.3f} | {p:.0f} |")
     print(f"ratio to loading: sparsity {t_sparsity / t_load:.2f}x, all weight lenses "
           f"{t_lenses / t_load:.1f}x measured, {((t_lenses - t_sparsity) * proj_svd + t_sparsity * proj) / (t_load * proj):.0f}x "
           f"projected to full width (save took {t_save:.1f} s)")
