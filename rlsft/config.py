@@ -223,6 +223,22 @@ class VariabilityConfig:
 
 
 @dataclass
+class LensesConfig:
+    """method.md 9: what RL changes in weights, outputs and pass@k; stages from eap.reference / eap.compare."""
+
+    top_k: int = 16  # singular directions for spectral drift and principal angles
+    temperature: float = 0.7  # sampling temperature of the KL answers and of pass@k (the arms' GRPO temperature)
+    pass_n: int = 64  # samples per question for pass@k (k = 1, 2, 4, ... pass_n)
+    pass_questions: Optional[int] = None  # the first this many task questions for pass@k (None: all)
+    kl_questions: Optional[int] = None  # the first this many task / control questions for KL and accuracy (None: all)
+    control: DatasetConfig = field(
+        default_factory=lambda: DatasetConfig(name="factual", source="factual", answer_format="text"))
+    circuit: bool = True  # where the update meets the circuit (EAP scores of every stage at truncation.alpha)
+    circuit_share: float = 0.25  # the top this share of blocks by EAP mass
+    n_boot: int = 2000
+
+
+@dataclass
 class ReportConfig:
     dir: Optional[str] = None  # the multirun folder to gather
 
@@ -242,6 +258,7 @@ class Config:
     ablation: AblationConfig = field(default_factory=AblationConfig)
     variability: VariabilityConfig = field(default_factory=VariabilityConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    lenses: LensesConfig = field(default_factory=LensesConfig)
 
 
 def register_configs() -> None:
@@ -307,6 +324,7 @@ def validate(cfg: Any) -> None:
            f"truncation.alpha={t.alpha} would be ignored: eap.alphas={list(cfg.eap.alphas)} scores those alphas in "
            f"one job; add eap.alphas=[] to use truncation.alpha (e.g. to sweep it)")
     _validate_probe_ablation_variability(cfg)
+    _validate_lenses(cfg.lenses)
     _validate_grpo(cfg)
     from .templates import TEMPLATES
 
@@ -341,6 +359,16 @@ def _validate_probe_ablation_variability(cfg: Any) -> None:
     _check(a.n_boot >= 100, f"ablation.n_boot must be >= 100, got {a.n_boot}")
     _check(v.n_samples >= 2, f"variability.n_samples must be >= 2 (a CV needs two answers), got {v.n_samples}")
     _check(v.temperature > 0, f"variability.temperature must be > 0 (sampling), got {v.temperature}")
+
+
+def _validate_lenses(L: Any) -> None:
+    _check(L.top_k >= 1, f"lenses.top_k must be >= 1, got {L.top_k}")
+    _check(L.temperature > 0, f"lenses.temperature must be > 0 (sampling), got {L.temperature}")
+    _check(L.pass_n >= 1, f"lenses.pass_n must be >= 1, got {L.pass_n}")
+    for key in ("pass_questions", "kl_questions"):
+        _check(L[key] is None or L[key] >= 2, f"lenses.{key} must be >= 2 (an interval over questions), got {L[key]}")
+    _check(0 < L.circuit_share <= 1, f"lenses.circuit_share must be in (0, 1], got {L.circuit_share}")
+    _check(L.n_boot >= 100, f"lenses.n_boot must be >= 100, got {L.n_boot}")
 
 
 def _validate_grpo(cfg: Any) -> None:

@@ -28,6 +28,7 @@ SETTINGS = {
         "grpo.eval=null",  # eval_n questions held out of the training set
         "model_pair.stages=[{name: instruct, algorithm: sft, model: {source: tiny, tiny: {arch: llama, layers: 2, "
         "hidden: 64, heads: 4, kv_heads: 2, seed: 0}}}]", *GRPO_TINY],
+    "lenses": ["lenses.pass_n=4", "lenses.control.n=4", "eap.require_correct=false"],
     "probe": ["probe.folds=3", "probe.inner_folds=2", "probe.repeats=1", "probe.Cs=[0.1,10]", "probe.n_jobs=1",
               "probe.positions=[before_answer,question_end]", "dataset.n=null"],
     "variability": ["variability.n_samples=3"],

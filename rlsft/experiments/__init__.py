@@ -4,7 +4,7 @@ import importlib
 
 from ..errors import RlsftError
 
-EXPERIMENTS = ["evaluate", "eap", "report", "probe", "ablation", "variability", "grpo"]
+EXPERIMENTS = ["evaluate", "eap", "report", "probe", "ablation", "variability", "grpo", "lenses"]
 
 
 def get_experiment(name: str):

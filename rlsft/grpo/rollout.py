@@ -97,15 +97,20 @@ def pack(answers: list[Answer], pad_id: int, advantages: torch.Tensor | None = N
     return packed
 
 
-def completion_logprobs(model, batch: Packed, temperature: float = 1.0, entropy: bool = False):
-    """Per-token log-probs [B, C] of the completion (fp32) and, optionally, the policy's entropy per token."""
-    from .loss import token_logprobs
-
+def completion_logits(model, batch: Packed) -> torch.Tensor:
+    """Logits [B, C, V] predicting each completion token (the model's dtype)."""
     C = batch.completion_ids.shape[1]
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
                 use_cache=False, logits_to_keep=C + 1)
-    logits = out.logits[:, :-1]  # position t predicts token t+1: the last C+1 positions predict the C answer tokens
+    return out.logits[:, :-1]  # position t predicts token t+1: the last C+1 positions predict the C answer tokens
+
+
+def completion_logprobs(model, batch: Packed, temperature: float = 1.0, entropy: bool = False):
+    """Per-token log-probs [B, C] of the completion (fp32) and, optionally, the policy's entropy per token."""
+    from .loss import token_logprobs
+
+    logits = completion_logits(model, batch)
     if entropy:
         return token_logprobs(logits, batch.completion_ids, temperature, entropy=True)
     return token_logprobs(logits, batch.completion_ids, temperature), None

@@ -37,6 +37,7 @@ from ..templates import encode_prompt
 from .advantages import group_advantages, informative_groups
 from .checkpoint import load_checkpoint, newest_intact, save_checkpoint
 from .config import GRPOConfig, check_recipe, recipe_dict, recipe_hash
+from .dynamics import Dynamics, fit_entropy_reward
 from .loss import policy_loss
 from .reward import Scored, answer_reward, gold_value, overlong_penalty
 from .rollout import Answer, completion_logprobs, generate, pack
@@ -90,6 +91,11 @@ class GRPOTrainer:
         self.save_dtype = load_dtype
         self.model = self._prepare(model)
         self.ref_model = self._reference()
+        if self.ref_model is None and recipe.lora.r == 0:  # the dynamics' KL(pi_0 || pi) needs the initial policy
+            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.dynamics = Dynamics(self.model, self._initial, recipe.temperature, tokenizer.pad_token_id,
+                                 recipe.micro_batch_size)
+        self.entropy_reward_fit: dict = {}
         params = [p for p in self.model.parameters() if p.requires_grad]
         # fused: one kernel over all tensors, no foreach temporaries (a model-sized peak of memory otherwise)
         self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, betas=tuple(recipe.adam_betas),
@@ -232,6 +238,17 @@ class GRPOTrainer:
     def _fixed_logprobs(self, model, answers: list[Answer], adv: torch.Tensor) -> list[torch.Tensor]:
         """Log-probs under a fixed policy, in the same micro-batches (same padding) as the update uses."""
         return [self._logprobs(model, mb)[0] for _, mb in self._micro(answers, adv)]
+
+    def observe(self, groups: list[list[Answer]]) -> dict:
+        """The step's policy dynamics (rlsft.grpo.dynamics) on the answers it is about to learn from."""
+        if not groups:
+            return {}
+        answers = [a for g in groups for a in g]
+        adv = group_advantages(torch.tensor([a.reward for a in answers]), self.recipe.num_generations,
+                               self.recipe.scale_rewards)
+        self.model.eval()
+        with self._amp():
+            return self.dynamics.observe(self.model, answers, adv)
 
     def update(self, groups: list[list[Answer]]) -> dict:
         r, G = self.recipe, self.recipe.num_generations
@@ -408,6 +425,7 @@ class GRPOTrainer:
                 return False
         state = load_checkpoint(Path(path), self.model, self.optimizer, self.scheduler, self.hash, self.recipe_json)
         self.step, self.questions_drawn, self.history = state["step"], state["questions_drawn"], state["history"]
+        self.dynamics.resume(self.history)
         if state.get("initial_answers") is not None:
             self._initial_eap["answers"] = [Answer(**a) for a in state["initial_answers"]]
         self.log(f"[grpo] resumed from {path} at step {self.step}")
@@ -437,6 +455,7 @@ class GRPOTrainer:
         while self.step < r.steps:
             t0 = time.time()
             groups, stats = self.collect()
+            stats.update(self.observe(groups))
             t1 = time.time()
             stats.update(self.update(groups))
             self.step += 1
@@ -452,6 +471,7 @@ class GRPOTrainer:
                 self.save()
             self.write_history()
         self.log(f"[grpo] {r.steps} steps done ({time.time() - start:.0f} s this session)")
+        self.entropy_reward_fit = fit_entropy_reward(self.history)
         self.write_history()
         return self.history
 
