@@ -42,7 +42,12 @@ class RunContext:
             log.info("loading the %s model (%s)", stage.name, self.model_spec(stage).get("source"))
             self._models[stage.name] = load_model(self.model_spec(stage), device=self.cfg.run.device,
                                                   dtype=self.cfg.run.dtype, cache_dir=self.cache_dir)
-            log.info("loaded the %s model in %.0f s", stage.name, time.time() - start)
+            trained_s = getattr(self._models[stage.name][0], "rlsft_trained_s", None)
+            if trained_s is not None:  # a derived model trained on first use
+                log.info("trained the %s model in %.0f s (then loaded it: %.0f s in all)", stage.name, trained_s,
+                         time.time() - start)
+            else:
+                log.info("loaded the %s model in %.0f s", stage.name, time.time() - start)
         return self._models[stage.name]
 
     def release(self, stage: Any) -> None:
