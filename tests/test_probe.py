@@ -204,7 +204,7 @@ def test_end_to_end_tiny(tmp_path):
            "probe.positions=[question_end,answer_mean,before_answer]", "probe.folds=3", "probe.inner_folds=2",
            "probe.repeats=1", "probe.Cs=[0.1,10]", "probe.n_jobs=1", "generation.max_new_tokens=6",
            "logger=disabled", f"hydra.run.dir={run_dir}"]
-    out = launch(*cmd, env={"RLSFT_CACHE_DIR": str(tmp_path / "cache")}, timeout=300)
+    out = launch(*cmd, env={"RLSFT_CACHE_DIR": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-3000:]
     saved = json.loads((run_dir / "probe.json").read_text())
     for stage in ("sft", "rl"):
