@@ -86,10 +86,12 @@ def _main(cfg) -> dict:
     try:
         validate(cfg)
         from .experiments import get_experiment
-        from .experiments.common import RunContext
+        from .experiments.common import RunContext, check_architectures
         from .tracking import Tracker
 
         experiment = get_experiment(cfg.run.experiment)
+        check_architectures(cfg.run.experiment, list(cfg.model_pair.stages),
+                            lambda stage: OmegaConf.to_container(stage.model, resolve=True))
         resolved_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         if (run_dir / "result.json").exists():
             # A finished run is never overwritten. The same job run again (a SLURM requeue after it finished)

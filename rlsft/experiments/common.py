@@ -13,11 +13,34 @@ from omegaconf import OmegaConf
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..data import Record, load_records
+from ..errors import RlsftError
 from ..generate import Sampling, generate_answers
 from ..models import fingerprint, load_model, pick_device, pick_dtype
 from ..tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+
+# Experiments that read a model's modules (architectures.py): a stage they cannot read is refused before anything
+# is loaded or generated.
+READS_INTERNALS = ("eap", "probe", "ablation")
+
+
+def check_architectures(experiment: str, stages, spec_of) -> None:
+    """RlsftError naming the stage whose architecture ``experiment`` cannot read (``spec_of(stage)``: its model spec)."""
+    from ..architectures import architecture
+    from ..models import model_type
+
+    if experiment not in READS_INTERNALS:
+        return
+    for stage in stages:
+        kind = model_type(spec_of(stage))
+        if kind is not None:
+            try:
+                architecture(kind)
+            except RlsftError as exc:
+                raise RlsftError(f"stage {stage.name!r}: {exc} (experiment={experiment} reads the model's "
+                                 "modules)") from None
 
 
 @dataclass
