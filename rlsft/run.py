@@ -118,7 +118,9 @@ def _main(cfg) -> dict:
         result = experiment(cfg, ctx)
         atomic_write_json(run_dir / "result.json", result)
         failed = False
-        print(f"report: {result['index']}" if cfg.run.experiment == "report" else f"results: {run_dir}", flush=True)
+        if cfg.run.experiment == "report":
+            print(f"report: {result['index']}", flush=True)
+        print(f"results: {run_dir}", flush=True)  # every run ends naming its folder, the report's too
         return result
     except RlsftError as exc:
         _record_error(run_dir, str(exc))
