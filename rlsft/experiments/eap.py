@@ -586,7 +586,8 @@ def diversity_figure(plt, sc: dict, names: dict):
         a2.plot(output_edge_entropy(W, mask), marker=".", color=color, label=names[side])
     a1.set(xlabel="sample (sorted)", ylabel="1 - mean Pearson r with other samples", title="per-sample diversity")
     _sparse_ticks(a2, "x", list(sc["sources"]), most=20, rotation=90, fontsize=7)  # 61 names overlapped
-    a2.set(xlabel="source node", ylabel="entropy of |W| over outgoing edges", title="output-edge entropy per source node")
+    a2.set(xlabel="source node", ylabel="entropy of |W| over outgoing edges",
+           title="output-edge entropy per source node")
     a1.legend()
     a2.legend()
     return fig
