@@ -629,7 +629,9 @@ def alpha_figure(plt, summaries: dict, names: dict):
             ax.plot(alphas, [v[side] for v in s], marker="o", color=color, label=names[side])
             ax.fill_between(alphas, [v[f"{side}_ci"][0] for v in s], [v[f"{side}_ci"][1] for v in s], color=color,
                             alpha=0.2)
-        ax.set(xscale="log", xlabel="alpha", title=m.replace("_", " "))
+        point = not any(_has_interval(summaries[f"{a:g}"][m][f"{side}_ci"]) for a in alphas for side in ("sft", "rl"))
+        ax.set(xscale="log", xlabel="alpha")
+        ax.set_title(m.replace("_", " ") + (" (point value, no interval)" if point else ""), fontsize=9)
         ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
         ax.minorticks_off()
         ax.legend(fontsize=7)
