@@ -163,3 +163,10 @@ def test_log_copy_keeps_what_the_console_showed_and_progress_lines_are_rate_limi
     lines = [r.getMessage() for r in caplog.records]
     assert [line.split(",")[0] for line in lines] == ["work: 3/5 item", "work: 5/5 item (done)",
                                                   "again: 2/2 item"]
+
+
+def test_markdown_table_leaves_a_missing_value_empty_as_the_csv_does():
+    from rlsft.experiments.common import markdown_table
+
+    assert markdown_table(["metric", "lo"], [["kurtosis", None], ["gini", 0.25]]).splitlines()[2:] == [
+        "| kurtosis |  |", "| gini | 0.25 |"]

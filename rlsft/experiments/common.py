@@ -150,7 +150,7 @@ def stage_order(stages) -> list[str]:
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    return str(v)
+    return "" if v is None else str(v)  # an empty cell (a point value's interval), as in the CSV, not "None"
 
 
 def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
