@@ -87,12 +87,12 @@ class RunContext:
         return Sampling(**values)
 
     def generations(self, stage: Any, records: list[Record], sampling: Sampling | None = None,
-                    template: str | None = None) -> list[dict]:
+                    template: str | None = None, label: str = "") -> list[dict]:
         """Cached answers of one stage (the model is loaded only on a cache miss)."""
         return generate_answers(
             lambda: self.load_stage(stage), records, template or self.cfg.model_pair.template,
             sampling or self.sampling(), fingerprint(self.model_spec(stage)), self.cache_dir,
-            batch_size=self.cfg.generation.batch_size, desc=f"generate [{stage.name}]")
+            batch_size=self.cfg.generation.batch_size, desc=f"generate [{stage.name}{' ' + label if label else ''}]")
 
     # ------------------------------------------------------------------ outputs
     def write_json(self, name: str, obj: Any) -> Path:
