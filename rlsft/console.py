@@ -73,7 +73,7 @@ class LineProgress:
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
-            self._line()
+            self._line(done=self.total is not None and self.n >= self.total)  # a loop's last line says "(done)"
 
     def set_postfix(self, **values) -> None:
         self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
