@@ -2,9 +2,13 @@
 
 import sys
 
-import hydra
+from rlsft.threads import configure_env
 
-from rlsft.config import register_configs
+configure_env()  # before torch loads: OpenMP reads its thread count and wait policy once (rlsft/threads.py)
+
+import hydra  # noqa: E402
+
+from rlsft.config import register_configs  # noqa: E402
 
 register_configs()
 
@@ -17,6 +21,14 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    from pathlib import Path
+
+    from rlsft.overrides import check
+
+    problem = check(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+    if problem:  # a misspelt key, an unknown option, a wrong type: one line, before Hydra's own many
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        sys.exit(2)
     main()
     from rlsft.run import exit_status
 

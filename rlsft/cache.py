@@ -130,6 +130,9 @@ def atomic_dir(path: str | os.PathLike, sealed: bool = False) -> Iterator[Path]:
     _as_open_would(tmp, directory=True)
     try:
         yield tmp
+        for p in tmp.rglob("*"):  # writers that use a private temp file (safetensors' model.safetensors) leave 0600
+            if p.is_dir() or p.is_file():
+                _as_open_would(p, directory=p.is_dir())
         if sealed:
             files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != SEAL)
             lines = "".join(f"{file_sha256(p)}  {p.relative_to(tmp).as_posix()}\n" for p in files)

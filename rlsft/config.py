@@ -192,6 +192,7 @@ class ProbeConfig:
     Cs: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
     threshold: float = 0.7  # report the first layer whose balanced accuracy reaches it
     shuffle_control: bool = True
+    control_permutations: int = 3  # shuffled-label runs averaged in the control (one moves every layer together)
     batch_size: int = 8
     n_jobs: int = -1  # per-layer fits in parallel (joblib); 1 = serial
     seed: int = 0
@@ -346,6 +347,7 @@ def _validate_probe_ablation_variability(cfg: Any) -> None:
     _check(p.folds >= 2 and p.inner_folds >= 2, f"probe.folds and probe.inner_folds must be >= 2, got {p.folds}, "
            f"{p.inner_folds}")
     _check(p.repeats >= 1, f"probe.repeats must be >= 1, got {p.repeats}")
+    _check(p.control_permutations >= 1, f"probe.control_permutations must be >= 1, got {p.control_permutations}")
     _check(len(p.Cs) >= 1 and all(c > 0 for c in p.Cs), f"probe.Cs must be positive, got {list(p.Cs)}")
     _check(0 < p.threshold <= 1, f"probe.threshold must be in (0, 1], got {p.threshold}")
     _check(p.batch_size >= 1, f"probe.batch_size must be >= 1, got {p.batch_size}")

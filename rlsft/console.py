@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,7 +73,7 @@ class LineProgress:
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
-            self._line()
+            self._line(done=self.total is not None and self.n >= self.total)  # a loop's last line says "(done)"
 
     def set_postfix(self, **values) -> None:
         self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
@@ -113,6 +114,29 @@ def _iterate(bar, iterable: Iterable) -> Iterator:
             bar.update(1)
     finally:
         bar.close()
+
+
+class Heartbeat:
+    """A line every ``every`` seconds while a long step runs whose inner loops cannot report (one GRPO step on a
+    busy machine took minutes of silence); ``what`` may change as the step moves on. Quick steps stay silent."""
+
+    def __init__(self, say, what: str, every: float = LINE_EVERY_S):
+        self.say, self.what, self.every = say, what, every
+        self.start = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rlsft-heartbeat")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.say(f"{self.what} ({time.monotonic() - self.start:.0f} s into the step)")
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class _Tee:

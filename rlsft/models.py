@@ -14,6 +14,7 @@ Sources:
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -192,6 +193,31 @@ def _load_gguf(spec: dict, cache_dir: str | None):
                     tok.save_pretrained(tmp)
         return str(target), {}
     return str(folder), {"gguf_file": name, "quantization_config": GgufConfig(dequantize=True)}
+
+
+# ----------------------------------------------------------------------------------------------- model type
+def model_type(spec: Any) -> str | None:
+    """The ``model_type`` a spec will load, read from its ``config.json`` without loading weights or generating
+    anything (so an unsupported architecture is refused first, not after every answer); None when it cannot be told
+    this early (a GGUF file, a hub model not in the local cache, a registered source): the loaded model is checked."""
+    spec = spec_dict(spec)
+    source = spec.get("source", "hub")
+    if source == "tiny":
+        return (spec.get("tiny") or {}).get("arch", "llama")
+    if isinstance(spec.get("base"), dict):  # derived and vector models keep their base's architecture
+        return model_type(spec["base"])
+    config = None
+    if source == "local" and spec.get("path"):
+        config = Path(spec["path"]).expanduser() / "config.json"
+    elif source == "hub" and spec.get("path"):
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(spec["path"], "config.json", revision=spec.get("revision"))
+        config = Path(found) if isinstance(found, str) else None
+    try:
+        return json.loads(config.read_text()).get("model_type") if config else None
+    except (OSError, ValueError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------- resolver

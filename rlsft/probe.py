@@ -244,11 +244,12 @@ def check_classes(y: np.ndarray, groups: np.ndarray, folds: int, inner_folds: in
     for cls in (0, 1):
         k = len(set(groups[y == cls].tolist()))
         if k < need:
+            # Fewer folds need at least 2 groups per class: with fewer, only more questions (or another model) help.
+            fewer = " or fewer folds (probe.folds, probe.inner_folds)" if k >= 2 else ""
             raise ProbeInputError(
                 f"probe{what}: only {k} group(s) with a {label[cls]} answer (of {len(y)} samples, {int(y.sum())} "
                 f"correct); {folds}-fold CV with {inner_folds}-fold inner CV needs at least {need} per class. "
-                f"Use more questions (dataset.n / dataset.per_template) or fewer folds (probe.folds, "
-                f"probe.inner_folds)")
+                f"Use more questions (dataset.n / dataset.per_template){fewer}")
 
 
 def outer_splits(y, groups, folds: int, repeats: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -349,9 +350,51 @@ def _all_layers(X, y, groups, splits, Cs, inner_folds, seed, n_jobs, desc: str =
     return list(progress(total=n_layers, desc=desc, unit="layer", iterable=done))
 
 
+def shuffled_labels(y: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The control's labels: shuffled between groups where every group holds one label, else between samples.
+
+    A greedy stage answers a repeated question alike every time, so its labels are constant within a question; a
+    sample-wise shuffle makes mixed groups (identical features, both labels) that the real labels never have, a
+    different null. Groups of one size swap their labels whole, so the class counts and group sizes stay.
+    """
+    members: dict = {}
+    for i, g in enumerate(groups.tolist()):
+        members.setdefault(g, []).append(i)
+    if any(len(set(y[idx].tolist())) > 1 for idx in members.values()):
+        return rng.permutation(y)
+    out = y.copy()
+    by_size: dict[int, list] = {}
+    for idx in members.values():
+        by_size.setdefault(len(idx), []).append(idx)
+    for same in by_size.values():
+        for dst, src in zip(same, rng.permutation(len(same))):
+            out[dst] = y[same[src][0]]
+    return out
+
+
+def control_scores(X, y, groups, folds, inner_folds, repeats, Cs, seed, n_jobs, permutations: int,
+                   desc: str) -> list[LayerScores]:
+    """Per layer, the fold scores of ``permutations`` shuffled-label runs of the same CV, concatenated.
+
+    One permutation moves every layer together (the same labels, the same folds), so its layer curve can sit
+    several points off 0.5 everywhere (issue 23: 0.63 over 30 layers); averaging permutations shrinks that.
+    """
+    rng = np.random.default_rng(seed)
+    runs = []
+    for k in range(permutations):
+        y_perm = shuffled_labels(y, groups, rng)
+        splits = outer_splits(y_perm, groups, folds, repeats, seed + 10_000 * (k + 1))
+        runs.append(_all_layers(X, y_perm, groups, splits, Cs, inner_folds, seed, n_jobs,
+                                f"{desc} shuffled labels {k + 1}/{permutations}"))
+    return [LayerScores(*(np.concatenate([getattr(run[l], f) for run in runs]) for f in
+                          ("balanced_accuracy", "auroc", "inner", "C", "inner_balanced_accuracy")))
+            for l in range(len(runs[0]))]
+
+
 def probe_layers(X: np.ndarray, y, groups, folds: int = 5, inner_folds: int = 3, repeats: int = 2,
                  Cs=(0.01, 0.1, 1.0, 10.0, 100.0), seed: int = 0, shuffle_control: bool = True,
-                 n_jobs: int = 1, what: str = "", baseline: np.ndarray | None = None) -> ProbeResult:
+                 n_jobs: int = 1, what: str = "", baseline: np.ndarray | None = None,
+                 control_permutations: int = 3) -> ProbeResult:
     """Probe every layer of ``X`` [n, L, d] for the binary label ``y`` with question-grouped nested CV.
 
     ``baseline`` [n, k]: features of a baseline probe run through the same folds (e.g. the one-hot template id): a
@@ -369,9 +412,8 @@ def probe_layers(X: np.ndarray, y, groups, folds: int = 5, inner_folds: int = 3,
     layers = _all_layers(X, y, groups, splits, Cs, inner_folds, seed, n_jobs, desc)
     control = None
     if shuffle_control:
-        y_perm = np.random.default_rng(seed).permutation(y)
-        control = _all_layers(X, y_perm, groups, outer_splits(y_perm, groups, folds, repeats, seed + 10_000), Cs,
-                              inner_folds, seed, n_jobs, desc + " shuffled labels")
+        control = control_scores(X, y, groups, folds, inner_folds, repeats, Cs, seed, n_jobs, control_permutations,
+                                 desc)
     base = None
     if baseline is not None:
         base = fit_layer(np.asarray(baseline, dtype=np.float32), y, groups, splits, Cs, inner_folds, seed)

@@ -264,8 +264,15 @@ def metrics_vs_alpha(tables: dict, out: Path) -> list[Path]:
         groups.setdefault((r[idx["model_pair"]], r[idx["dataset"]]), []).append(r)
     paths = []
     for (pair, dataset), rs in sorted(groups.items()):
-        fig, axes = plt.subplots(1, len(EAP_METRICS), figsize=(3.3 * len(EAP_METRICS), 3.8), layout="constrained")
-        for ax, m in zip(axes, EAP_METRICS):
+        # A grid, 4 panels a row: one row of every metric was a 2541x418 strip, unreadable at page width.
+        ncols = min(4, len(EAP_METRICS))
+        nrows = -(-len(EAP_METRICS) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.1 * nrows + 0.4), layout="constrained",
+                                 squeeze=False)
+        for ax in axes.flat[len(EAP_METRICS):]:
+            ax.set_visible(False)
+        for ax, m in zip(axes.flat, EAP_METRICS):
+            point = all(math.isnan(_number(r[idx[m + "_lo"]])) for r in rs)  # no interval anywhere: say so
             for stage in stage_order({r[idx["stage"]] for r in rs}):
                 pts = sorted((float(r[idx["alpha"]]), float(r[idx[m]]), _number(r[idx[m + "_lo"]]),
                               _number(r[idx[m + "_hi"]])) for r in rs if r[idx["stage"]] == stage)
@@ -273,7 +280,8 @@ def metrics_vs_alpha(tables: dict, out: Path) -> list[Path]:
                 ax.plot(a, v, marker="o", color=stage_color(stage), label=stage)
                 ax.fill_between(a, lo, hi, color=stage_color(stage), alpha=0.2)
             alphas = sorted({float(r[idx["alpha"]]) for r in rs})
-            ax.set(xscale="log", xlabel="alpha", title=m.replace("_", " "))
+            ax.set(xscale="log", xlabel="alpha")
+            ax.set_title(m.replace("_", " ") + (" (point value, no interval)" if point else ""), fontsize=9)
             ax.set_xticks(alphas, [f"{a:g}" for a in alphas])  # only the swept alphas: no overlapping 10^k labels
             ax.minorticks_off()
             ax.legend(fontsize=8)

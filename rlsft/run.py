@@ -69,7 +69,9 @@ def _sweep_info():
 def main(cfg) -> dict:
     """One job. Everything it prints is also kept in its ``launch.log`` (rlsft.console.tee_console)."""
     from .console import hydra_log_file, quiet_libraries, tee_console
+    from .threads import configure_threads
 
+    configure_threads()  # the CPUs this process may use, not the machine's core count
     quiet_libraries(bool(cfg.run.get("verbose", False)))
     with tee_console(hydra_log_file()):
         return _main(cfg)
@@ -84,10 +86,12 @@ def _main(cfg) -> dict:
     try:
         validate(cfg)
         from .experiments import get_experiment
-        from .experiments.common import RunContext
+        from .experiments.common import RunContext, check_architectures
         from .tracking import Tracker
 
         experiment = get_experiment(cfg.run.experiment)
+        check_architectures(cfg.run.experiment, list(cfg.model_pair.stages),
+                            lambda stage: OmegaConf.to_container(stage.model, resolve=True))
         resolved_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         if (run_dir / "result.json").exists():
             # A finished run is never overwritten. The same job run again (a SLURM requeue after it finished)
@@ -114,7 +118,9 @@ def _main(cfg) -> dict:
         result = experiment(cfg, ctx)
         atomic_write_json(run_dir / "result.json", result)
         failed = False
-        print(f"report: {result['index']}" if cfg.run.experiment == "report" else f"results: {run_dir}", flush=True)
+        if cfg.run.experiment == "report":
+            print(f"report: {result['index']}", flush=True)
+        print(f"results: {run_dir}", flush=True)  # every run ends naming its folder, the report's too
         return result
     except RlsftError as exc:
         _record_error(run_dir, str(exc))

@@ -188,7 +188,7 @@ def test_end_to_end_tiny(tmp_path):
     run_dir = tmp_path / "run"
     args = ["experiment=ablation", "model_pair=tiny", "dataset.n=4", "ablation.control.n=3",
             "generation.max_new_tokens=6", "ablation.modes=[skip,mean]", "logger=disabled"]
-    out = launch(*args, f"hydra.run.dir={run_dir}", env=env, timeout=300)
+    out = launch(*args, f"hydra.run.dir={run_dir}", env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     saved = json.loads((run_dir / "ablation.json").read_text())
     for stage in ("sft", "rl"):
@@ -200,5 +200,5 @@ def test_end_to_end_tiny(tmp_path):
     assert (run_dir / "ablation_layers.png").exists()
     # every ablated generation is cached: 2 stages x 2 datasets x (1 baseline + 2 modes x 2 layers)
     assert len(list((tmp_path / "cache" / "generations").iterdir())) == 2 * 2 * 5
-    bad = launch(*args, "ablation.layers=[5]", f"hydra.run.dir={tmp_path / 'bad'}", env=env, timeout=300)
+    bad = launch(*args, "ablation.layers=[5]", f"hydra.run.dir={tmp_path / 'bad'}", env=env)
     assert bad.returncode == 2 and "ablation.layers [5] out of range" in bad.stderr

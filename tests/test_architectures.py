@@ -64,3 +64,25 @@ def test_unsupported_model_is_refused_in_one_line():
             call(model)
     with pytest.raises(RlsftError, match="unknown tiny architecture 'gpt2'"):
         build_tiny_model("gpt2")
+
+
+def test_unsupported_architecture_is_refused_before_loading_or_generating(tmp_path, cache_dir):
+    """A local GPT-2 folder (a tiny GPT2Config saved with save_pretrained): experiment=probe stops at the config's
+    model_type, before any model is loaded or answer generated (issue 23: it generated every answer first)."""
+    from conftest import launch
+    from rlsft.models import model_type
+
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64, n_positions=32)).save_pretrained(folder)
+    assert model_type({"source": "local", "path": str(folder)}) == "gpt2"
+    assert model_type({"source": "derived", "base": {"source": "local", "path": str(folder)}}) == "gpt2"
+    for experiment in ("probe", "eap"):
+        res = launch(f"experiment={experiment}", "model_pair=tiny", "model_pair.stages.1.model.source=local",
+                     f"model_pair.stages.1.model.path={folder}", "logger=disabled",
+                     f"hydra.run.dir={tmp_path / experiment}")
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.strip().splitlines() == [
+            f"error: stage 'rl': architecture 'gpt2' is not supported; supported: {', '.join(ARCHITECTURES)} "
+            f"(experiment={experiment} reads the model's modules)"], res.stderr
+        assert "generate" not in res.stdout + res.stderr and "loading the" not in res.stdout + res.stderr
+        assert not (cache_dir / "generations").exists()

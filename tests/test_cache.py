@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import damage
+from rlsft.models import build_tiny_model
 from rlsft.cache import (ResumableJsonl, atomic_dir, atomic_path, atomic_write_bytes, atomic_write_json, content_hash,
                          intact, locked, stage_key, tidy_on_failure)
 
@@ -61,10 +62,11 @@ def test_written_files_get_the_mode_open_gives(tmp_path, user_umask):
         tmp.write_bytes(b"x")
     with atomic_dir(tmp_path / "model", sealed=True) as tmp:
         (tmp / "weights").write_text("w")
+        build_tiny_model(layers=1, hidden=16, heads=2, kv_heads=1)[0].save_pretrained(tmp)  # safetensors: 0600 itself
     with locked(tmp_path / "d"):
         pass
     for name in ("a.json", "b.bin", "b.bin.sha256", "c.npz", "c.npz.sha256", "model/weights", "model/SHA256SUMS",
-                 "d.lock"):
+                 "model/model.safetensors", "model/config.json", "d.lock"):
         assert oct(stat.S_IMODE(os.stat(tmp_path / name).st_mode)) == oct(file_mode), name
     assert oct(stat.S_IMODE(os.stat(tmp_path / "model").st_mode)) == oct(dir_mode)
 

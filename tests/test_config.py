@@ -62,7 +62,7 @@ def test_olmo3_eap_reaches_the_hub_loader(cache_dir, tmp_path):
     the one unreachable-model line."""
     res = launch("experiment=eap", "model_pair=olmo3", "eap.sft_stage=think_sft", "eap.rl_stage=think",
                  "logger=disabled", f"hydra.run.dir={tmp_path / 'run'}",
-                 env={"HF_HUB_OFFLINE": "1", "RLSFT_CACHE_DIR": str(cache_dir)}, timeout=300)
+                 env={"HF_HUB_OFFLINE": "1", "RLSFT_CACHE_DIR": str(cache_dir)})
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("error: model 'allenai/Olmo-3-7B-Think-SFT' could not be loaded")
 

@@ -154,7 +154,7 @@ def test_log_copy_keeps_what_the_console_showed_and_progress_lines_are_rate_limi
             bar.close()  # and a final one
             again = LineProgress(2, "again", "item", every=10)
             now[0] = 30
-            again.update(2)  # a line at t=30 with everything done: close() adds none
+            again.update(2)  # a line at t=30 with everything done, saying so: close() adds none
             quick = LineProgress(3, "quick", "item", every=10)
             quick.update(3)
             quick.close()  # quick: silent
@@ -162,4 +162,11 @@ def test_log_copy_keeps_what_the_console_showed_and_progress_lines_are_rate_limi
         console.time.monotonic = real
     lines = [r.getMessage() for r in caplog.records]
     assert [line.split(",")[0] for line in lines] == ["work: 3/5 item", "work: 5/5 item (done)",
-                                                  "again: 2/2 item"]
+                                                  "again: 2/2 item (done)"]
+
+
+def test_markdown_table_leaves_a_missing_value_empty_as_the_csv_does():
+    from rlsft.experiments.common import markdown_table
+
+    assert markdown_table(["metric", "lo"], [["kurtosis", None], ["gini", 0.25]]).splitlines()[2:] == [
+        "| kurtosis |  |", "| gini | 0.25 |"]

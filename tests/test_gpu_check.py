@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import ROOT
+from conftest import ROOT, run_guarded
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 MISSING = ("hydra", "omegaconf", "wandb", "datasets", "math_verify", "submitit", "matplotlib", "trl", "pandas", "gguf",
@@ -31,11 +31,10 @@ GUARD = textwrap.dedent(f"""
 """)
 
 
-def bare_python(code: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def bare_python(code: str, *args: str) -> subprocess.CompletedProcess:
     """Run `code` after GUARD, from the repository root with only PYTHONPATH=. (as on the GPU node)."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-c", GUARD + code, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_guarded([sys.executable, "-c", GUARD + code, *args], cwd=ROOT, env=env)
 
 
 def test_engines_import_without_the_packages_a_gpu_node_lacks():

@@ -43,9 +43,9 @@ def _bad_rows(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["model_pair=nope"], "Could not find 'model_pair/nope'"),
-    (["dataset=nope"], "Could not find 'dataset/nope'"),
-    (["experiment=nope"], "Could not find 'experiment/nope'"),
+    (["model_pair=nope"], "unknown option 'nope' for model_pair"),
+    (["dataset=nope"], "unknown option 'nope' for dataset"),
+    (["experiment=nope"], "unknown option 'nope' for experiment"),
     (["model_pair.template=nope"], "model_pair.template 'nope' is unknown"),
     (["truncation.alpha=2"], "truncation.alpha must be in (0, 1]"),
     (["truncation.alpah=0.1"], "alpah"),

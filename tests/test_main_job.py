@@ -35,7 +35,7 @@ def _answers(cache):
 
 def test_default_run_trains_the_pair_runs_eap_and_is_cached_the_second_time(tmp_path, cache_dir):
     start = time.time()
-    first = launch(f"hydra.run.dir={tmp_path / 'first'}", timeout=1500)
+    first = launch(f"hydra.run.dir={tmp_path / 'first'}")
     first_s = time.time() - start
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-3000:]
@@ -72,7 +72,7 @@ def test_default_run_trains_the_pair_runs_eap_and_is_cached_the_second_time(tmp_
 
     # Second run: nothing is trained, generated or attributed again, and the numbers are the same.
     start = time.time()
-    second = launch(f"hydra.run.dir={tmp_path / 'second'}", timeout=600)
+    second = launch(f"hydra.run.dir={tmp_path / 'second'}")
     second_s = time.time() - start
     log2 = second.stdout + second.stderr
     assert second.returncode == 0, log2[-3000:]

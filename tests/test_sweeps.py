@@ -94,10 +94,10 @@ def test_experiment_runs_with_the_default_logger(experiment, tmp_path):
     if experiment == "report":  # gather a finished two-job sweep
         sweep = tmp_path / "sweep"
         out = launch("-m", "experiment=evaluate", *TINY, "dataset.n=2,3", "logger=disabled",
-                     f"hydra.sweep.dir={sweep}", env=env, timeout=300)
+                     f"hydra.sweep.dir={sweep}", env=env)
         assert out.returncode == 0, out.stderr[-3000:]
         overrides.append(f"report.dir={sweep}")
-    out = launch(*overrides, env=env, timeout=300)
+    out = launch(*overrides, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     assert json.loads((run_dir / "result.json").read_text()) is not None

@@ -147,3 +147,18 @@ def test_end_to_end_tiny(tmp_path):
         assert sum(b["questions"] for b in saved["stages"][stage]["bins_split"]) == 4
         assert all(b["ci_low"] is None for b in saved["stages"][stage]["bins"] if b["with_cv"] < 2)
     assert (run_dir / "variability_cv.png").exists() and (run_dir / "variability_bins.csv").exists()
+
+
+def test_cv_figure_scale_follows_the_bars_not_an_n2_interval():
+    """An n = 2 bin's [0, 4.06] interval no longer sets the y scale; its whisker's end is written instead."""
+    from rlsft.experiments.variability import figure
+    from rlsft.variability import BIN_LABELS
+
+    def bins(wide):
+        return [dict(mean_cv=0.3, ci_low=0.0 if wide and i == 1 else 0.2, ci_high=4.06 if wide and i == 1 else 0.4,
+                     answers=16, questions=2 if wide and i == 1 else 12, truncated_share=0.0, mean_cv_correct=0.3)
+                for i in range(len(BIN_LABELS))]
+
+    fig = figure({"sft": {"bins": bins(True), "bins_split": bins(False)}})
+    assert fig.axes[0].get_ylim()[1] < 1.0
+    assert any("CI to 4.06" in t.get_text() for t in fig.axes[0].texts)

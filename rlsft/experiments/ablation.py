@@ -20,12 +20,13 @@ from ..errors import RlsftError
 from ..generate import generate_answers
 from ..models import fingerprint
 from ..stats import bootstrap_ci, wilson_ci
-from .common import RunContext, markdown_table, precision
+from .common import RunContext, markdown_table, precision, stage_color
 
 ABLATION_VERSION = 1
 
 
-def ablated_generations(ctx: RunContext, stage, records, sampling, layer: int, mode: str, stats, stats_key: str):
+def ablated_generations(ctx: RunContext, stage, records, sampling, layer: int, mode: str, stats, stats_key: str,
+                        dataset: str = ""):
     """Answers with block ``layer`` intervened; cached like any generation, under a key naming the intervention."""
     ac = ctx.cfg.ablation
     what = {"layer": layer, "mode": mode, "version": ABLATION_VERSION}
@@ -47,7 +48,7 @@ def ablated_generations(ctx: RunContext, stage, records, sampling, layer: int, m
         return generate_answers(load, records, ctx.cfg.model_pair.template, sampling,
                                 {**fingerprint(ctx.model_spec(stage)), "ablation": what}, ctx.cache_dir,
                                 batch_size=ctx.cfg.generation.batch_size,
-                                desc=f"ablate [{stage.name} {mode} L{layer}]")
+                                desc=f"ablate [{stage.name} {dataset} {mode} L{layer}]".replace("  ", " "))
 
 
 def default_layers(n_layers: int, step: int) -> list[int]:
@@ -84,7 +85,7 @@ def run(cfg, ctx: RunContext) -> dict:
         results[stage.name] = {"representation": {}, "modes": {m: {} for m in ac.modes}}
         for dcfg in datasets:
             records = ctx.records(dcfg)
-            base = ctx.generations(stage, records, sampling)
+            base = ctx.generations(stage, records, sampling, label=dcfg.name)  # log lines name the dataset
             stats, key = cached_block_statistics(
                 lambda: ctx.load_stage(stage), base, fingerprint(ctx.model_spec(stage)), precision(ctx, stage),
                 ctx.cache_dir, cfg.generation.batch_size, ac.max_tokens, ac.seed)
@@ -100,7 +101,8 @@ def run(cfg, ctx: RunContext) -> dict:
             for mode in ac.modes:
                 per_layer = []
                 for layer in layers:
-                    ablated = ablated_generations(ctx, stage, records, sampling, layer, mode, stats, key)
+                    ablated = ablated_generations(ctx, stage, records, sampling, layer, mode, stats, key,
+                                                  dcfg.name)
                     m = {"layer": layer, **compare(base, ablated, ac.n_boot, ac.seed)}
                     per_layer.append(m)
                     rows.append([stage.name, dcfg.name, mode, layer, m["n"], m["base_acc"], m["ablated_acc"],
@@ -124,8 +126,8 @@ def run(cfg, ctx: RunContext) -> dict:
 
 
 def figure(plot: dict, stages: list[str], modes: list[str], datasets: list[str]):
-    """Accuracy drop by layer (one row per mode, one column per stage; datasets as lines with 95% bands), and a
-    last row with each block's representational change."""
+    """Accuracy drop by layer (one row per mode, one column per stage; datasets as line styles with 95% bands), and
+    a last row with each block's representational change. Coloured by stage, as every other figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,24 +136,27 @@ def figure(plot: dict, stages: list[str], modes: list[str], datasets: list[str])
 
     fig, axes = plt.subplots(len(modes) + 1, len(stages), figsize=(5 * len(stages), 2.8 * (len(modes) + 1)),
                              squeeze=False, sharex=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = [("-", "o", 0.2), (":", "s", 0.08), ("-.", "^", 0.08)]  # per dataset: line, marker, band alpha
     for j, stage in enumerate(stages):
+        color = stage_color(stage)
         for i, mode in enumerate(modes):
             ax = axes[i, j]
             for k, ds in enumerate(datasets):
+                ls, mk, band = styles[k % len(styles)]
                 per = plot[(stage, mode, ds)]
                 x = [m["layer"] for m in per]
-                ax.plot(x, [m["drop"] for m in per], marker=".", color=colors[k], label=ds)
+                ax.plot(x, [m["drop"] for m in per], marker=mk, ms=3, ls=ls, color=color, label=ds)
                 ax.fill_between(x, [m["drop_ci95"][0] for m in per], [m["drop_ci95"][1] for m in per],
-                                color=colors[k], alpha=0.2)
+                                color=color, alpha=band)
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_title(f"{stage}: {mode}")
             ax.set_ylabel("accuracy drop")
         ax = axes[-1, j]
         for k, ds in enumerate(datasets):
             ch = plot[(stage, "change", ds)]
-            ax.plot(ch["one_minus_cos"], color=colors[k], label=f"1 - cos ({ds})")
-            ax.plot(1 - np.array(ch["cka"]), color=colors[k], ls="--", label=f"1 - CKA ({ds})")
+            mk = styles[k % len(styles)][1]
+            ax.plot(ch["one_minus_cos"], color=color, marker=mk, ms=3, label=f"1 - cos ({ds})")
+            ax.plot(1 - np.array(ch["cka"]), color=color, marker=mk, ms=3, ls="--", label=f"1 - CKA ({ds})")
         ax.set_title(f"{stage}: representational change per block")
         ax.set_xlabel("layer")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

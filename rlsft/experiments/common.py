@@ -13,11 +13,34 @@ from omegaconf import OmegaConf
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..data import Record, distinct_records, load_records
+from ..errors import RlsftError
 from ..generate import Sampling, generate_answers
 from ..models import fingerprint, load_model, pick_device, pick_dtype
 from ..tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+
+# Experiments that read a model's modules (architectures.py): a stage they cannot read is refused before anything
+# is loaded or generated.
+READS_INTERNALS = ("eap", "probe", "ablation", "lenses")
+
+
+def check_architectures(experiment: str, stages, spec_of) -> None:
+    """RlsftError naming the stage whose architecture ``experiment`` cannot read (``spec_of(stage)``: its model spec)."""
+    from ..architectures import architecture
+    from ..models import model_type
+
+    if experiment not in READS_INTERNALS:
+        return
+    for stage in stages:
+        kind = model_type(spec_of(stage))
+        if kind is not None:
+            try:
+                architecture(kind)
+            except RlsftError as exc:
+                raise RlsftError(f"stage {stage.name!r}: {exc} (experiment={experiment} reads the model's "
+                                 "modules)") from None
 
 
 @dataclass
@@ -43,7 +66,12 @@ class RunContext:
             log.info("loading the %s model (%s)", stage.name, self.model_spec(stage).get("source"))
             self._models[stage.name] = load_model(self.model_spec(stage), device=self.cfg.run.device,
                                                   dtype=self.cfg.run.dtype, cache_dir=self.cache_dir)
-            log.info("loaded the %s model in %.0f s", stage.name, time.time() - start)
+            trained_s = getattr(self._models[stage.name][0], "rlsft_trained_s", None)
+            if trained_s is not None:  # a derived model trained on first use
+                log.info("trained the %s model in %.0f s (then loaded it: %.0f s in all)", stage.name, trained_s,
+                         time.time() - start)
+            else:
+                log.info("loaded the %s model in %.0f s", stage.name, time.time() - start)
         return self._models[stage.name]
 
     def release(self, stage: Any) -> None:
@@ -82,12 +110,12 @@ class RunContext:
         return Sampling(**values)
 
     def generations(self, stage: Any, records: list[Record], sampling: Sampling | None = None,
-                    template: str | None = None) -> list[dict]:
+                    template: str | None = None, label: str = "") -> list[dict]:
         """Cached answers of one stage (the model is loaded only on a cache miss)."""
         return generate_answers(
             lambda: self.load_stage(stage), records, template or self.cfg.model_pair.template,
             sampling or self.sampling(), fingerprint(self.model_spec(stage)), self.cache_dir,
-            batch_size=self.cfg.generation.batch_size, desc=f"generate [{stage.name}]")
+            batch_size=self.cfg.generation.batch_size, desc=f"generate [{stage.name}{' ' + label if label else ''}]")
 
     # ------------------------------------------------------------------ outputs
     def write_json(self, name: str, obj: Any) -> Path:
@@ -145,7 +173,7 @@ def stage_order(stages) -> list[str]:
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    return str(v)
+    return "" if v is None else str(v)  # an empty cell (a point value's interval), as in the CSV, not "None"
 
 
 def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:

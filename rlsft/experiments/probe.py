@@ -105,7 +105,7 @@ def probe_position(stage: str, pos: str, feats, label: dict, groups: dict, basel
         return probe_layers(feats.X, y, np.array([groups[q] for q in feats.ids]), pc.folds, pc.inner_folds,
                             pc.repeats, list(pc.Cs), pc.seed, pc.shuffle_control, pc.n_jobs,
                             what=f" [{stage}/{pos}: {len(feats.skipped)} answers without this position]",
-                            baseline=baseline), None
+                            baseline=baseline, control_permutations=pc.control_permutations), None
     except ProbeInputError as exc:
         return None, str(exc)
 
@@ -165,6 +165,9 @@ def figure(curves: dict, positions: list[str], stages: list[str]):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    # A position no stage could be probed at (the default pair never writes \boxed{}) gets no empty panel: a note.
+    missing = [p for p in positions if not any((stage, p) in curves for stage in stages)]
+    positions = [p for p in positions if p not in missing]
     fig, axes = plt.subplots(2, len(positions), figsize=(4.5 * len(positions), 6.5), squeeze=False, sharey="row")
     for j, pos in enumerate(positions):
         for row, (attr, name) in enumerate([("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC")]):
@@ -184,8 +187,6 @@ def figure(curves: dict, positions: list[str], stages: list[str]):
                 if res.baseline is not None:
                     base = score_interval(getattr(res.baseline, attr), res.test_fraction)[0]
                     ax.axhline(base, color=c, ls=":", lw=1.2, label=f"{stage} template-only baseline")
-            if not any((stage, pos) in curves for stage in stages):
-                ax.text(0.5, 0.5, "not probed (see probe_summary)", transform=ax.transAxes, ha="center")
             ax.axhline(0.5, color="grey", lw=0.8, label="chance")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("layer (decoder block output)")
@@ -198,4 +199,6 @@ def figure(curves: dict, positions: list[str], stages: list[str]):
             handles.setdefault(label, h)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=3, fontsize=7, frameon=False)
+    if missing:
+        fig.text(0.01, 0.005, f"not probed: {', '.join(missing)} (see probe_summary)", fontsize=7, color="grey")
     return fig

@@ -61,7 +61,15 @@ def run(cfg, ctx: RunContext) -> dict:
     return results
 
 
-def _bars(ax, results: dict, key: str, title: str) -> None:
+def _cv_top(results: dict) -> float:
+    """The y-axis top: 1.5x the largest bin mean. An n = 2 bin's interval ([0, 4.06] on the default run) would
+    otherwise set the scale and squash every other bar; a whisker past the top is cut and its end written."""
+    means = [b["mean_cv"] for r in results.values() for key in ("bins", "bins_split") for b in r.get(key, [])
+             if b["mean_cv"] is not None]
+    return 1.5 * max(means) if means and max(means) > 0 else 1.0
+
+
+def _bars(ax, results: dict, key: str, title: str, top: float) -> None:
     stages = list(results)
     width = 0.8 / len(stages)
     for k, stage in enumerate(stages):
@@ -77,9 +85,10 @@ def _bars(ax, results: dict, key: str, title: str) -> None:
             ax.plot(x, correct, "o", mfc="none", color="k", ms=4, label="within correct answers" if k == 0 else None)
         for xi, m, b in zip(x, mean, bins):
             if b["answers"] and not math.isnan(m):
-                top = b["ci_high"] if b["ci_high"] is not None else m
-                ax.text(xi, top, f"n={b['questions']}\ncut {b['truncated_share']:.0%}", ha="center", va="bottom",
-                        fontsize=6)
+                end = b["ci_high"] if b["ci_high"] is not None else m
+                past = end > top  # whisker cut at the top: say where it ends
+                note = f"n={b['questions']}\ncut {b['truncated_share']:.0%}" + (f"\nCI to {end:.2f}" if past else "")
+                ax.text(xi, min(end, 0.8 * top), note, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(np.arange(len(BIN_LABELS)), BIN_LABELS)
     ax.set_title(title, fontsize=9)
     ax.set_ylabel("CV of output token count")
@@ -94,10 +103,12 @@ def figure(results: dict):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
-    _bars(axes[0], results, "bins", "paper: bin and CV from the same samples")
-    _bars(axes[1], results, "bins_split", "split halves: bin on one half, CV on the other")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    top = _cv_top(results)
+    _bars(axes[0], results, "bins", "paper: bin and CV from the same samples", top)
+    _bars(axes[1], results, "bins_split", "split halves: bin on one half, CV on the other", top)
     for ax in axes:
         ax.set_xlabel("question accuracy over samples")
+        ax.set_ylim(0, top)
     fig.tight_layout()
     return fig

@@ -63,6 +63,7 @@ def load_derived(spec: dict, device: str = "auto", dtype: str | None = None, cac
     cache = default_cache_dir(cache_dir)
     key = derived_key(spec)
     target = cache / "models" / f"grpo-{key}"
+    trained_s = None
     with locked(target):
         if not intact(target):
             work = cache / "grpo" / key
@@ -79,11 +80,14 @@ def load_derived(spec: dict, device: str = "auto", dtype: str | None = None, cac
                 tok.save_pretrained(tmp)
                 atomic_write_json(tmp / "grpo_recipe.json", {"base": base, "recipe": recipe_dict(recipe)})
                 atomic_write_json(tmp / "grpo_history.json", history)
-            print(f"[rlsft] derived model grpo-{key} trained in {time.time() - start:.0f} s", flush=True)
+            trained_s = time.time() - start
+            print(f"[rlsft] derived model grpo-{key} trained in {trained_s:.0f} s", flush=True)
             if not spec.get("keep_checkpoints"):
                 shutil.rmtree(work, ignore_errors=True)  # the model is final: nothing is left to resume
             del model, final, trainer
-    return load_model({"source": "local", "path": str(target)}, device=device, dtype=dtype)
+    model, tok = load_model({"source": "local", "path": str(target)}, device=device, dtype=dtype)
+    model.rlsft_trained_s = trained_s  # read by RunContext.load_stage: "trained", not "loaded", in its log line
+    return model, tok
 
 
 def derived_fingerprint(spec: dict) -> dict:

@@ -45,7 +45,8 @@ def plot_runs(runs: list[tuple[str, list[dict]]], title: str = ""):
             ax.axhline(0, color="grey", lw=0.6)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:  # a run without evaluation may leave the first panel empty
+        axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..cache import atomic_write_bytes, atomic_write_json
+from ..console import Heartbeat
 from ..data import Record
 from ..eap.metrics import METRICS
 from ..errors import RlsftError
@@ -448,22 +449,28 @@ class GRPOTrainer:
                      + (", held-out accuracy first" if self.step == 0 and not self.history and self.evaluating else ""))
         if self.step == 0 and not self.history and self.evaluating:
             t0 = time.time()
-            row = {"step": 0, **self.evaluate()}
+            with Heartbeat(self.log, "[grpo] step 0: held-out evaluation"):
+                row = {"step": 0, **self.evaluate()}
             row["time/eval_s"] = time.time() - t0
             self._record(row)
             self._progress(row)
         while self.step < r.steps:
             t0 = time.time()
-            groups, stats = self.collect()
-            stats.update(self.observe(groups))
-            t1 = time.time()
-            stats.update(self.update(groups))
+            where = f"[grpo] step {self.step + 1}/{r.steps}"
+            with Heartbeat(self.log, f"{where}: sampling and scoring {r.batch_questions} x {r.num_generations} "
+                                     "answers") as beat:
+                groups, stats = self.collect()
+                stats.update(self.observe(groups))  # method.md 9: training dynamics (rlsft.grpo.dynamics)
+                t1 = time.time()
+                beat.what = f"{where}: updating the weights"
+                stats.update(self.update(groups))
             self.step += 1
             t2 = time.time()
             row = {"step": self.step, **stats, "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
                    "time/step_s": t2 - t0}
             if self.evaluating and (self.step % r.eval_every == 0 or self.step == r.steps):
-                row.update(self.evaluate())
+                with Heartbeat(self.log, f"{where}: held-out evaluation"):
+                    row.update(self.evaluate())
                 row["time/eval_s"] = time.time() - t2
             self._record(row)
             self._progress(row)
