@@ -53,8 +53,8 @@ def _curve(result, attr: str, control: bool = False) -> list[tuple[float, float,
 
 
 LAYER_COLS = ["stage", "position", "layer", "n", "n_correct", "skipped", "majority_rate", "bal_acc", "bal_acc_lo",
-              "bal_acc_hi", "auroc", "auroc_lo", "auroc_hi", "control_bal_acc", "control_bal_acc_lo",
-              "control_bal_acc_hi", "control_auroc", "control_auroc_lo", "control_auroc_hi", "inner_auroc",
+              "bal_acc_hi", "auroc", "auroc_lo", "auroc_hi", "shuffled_bal_acc", "shuffled_bal_acc_lo",
+              "shuffled_bal_acc_hi", "shuffled_auroc", "shuffled_auroc_lo", "shuffled_auroc_hi", "inner_auroc",
               "inner_bal_acc", "times_selected"]
 
 
@@ -91,7 +91,7 @@ def report(stage: str, pos: str, res, skipped: int, threshold: float) -> tuple[l
              "selected_layer_counts": {str(k): v for k, v in sorted(picks.items())}, "selected": sel,
              "first_layer_reaching_threshold": first, "threshold": threshold, "template_baseline": base,
              "balanced_accuracy": [c[0] for c in bacc], "auroc": [c[0] for c in auc],
-             "control_balanced_accuracy": [list(c) for c in cb], "control_auroc": [list(c) for c in ca]}
+             "shuffled_balanced_accuracy": [list(c) for c in cb], "shuffled_auroc": [list(c) for c in ca]}
     return rows, summary, entry
 
 
