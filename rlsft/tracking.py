@@ -24,6 +24,7 @@ class Tracker:
         import wandb
 
         run_dir = Path(run_dir)
+        self.wandb_dir = run_dir / "wandb"
         run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = wandb.init(
@@ -68,6 +69,28 @@ class Tracker:
         if self.run is not None:
             self.run.finish(exit_code=1 if failed else 0)
             self.run = None
+            localize_links(self.wandb_dir)
+
+
+def localize_links(folder: Path) -> None:
+    """Replace each link under ``folder`` that points outside it by a copy of its target (a note if it is gone).
+
+    wandb links ``logs/debug-core.log`` into ``~/.cache/wandb``: the link breaks once the outputs are moved or
+    copied to another machine. wandb's own relative links between files of the folder (``latest-run``,
+    ``debug.log``) move with it and stay.
+    """
+    import shutil
+
+    root = folder.resolve()
+    for link in [p for p in folder.rglob("*") if p.is_symlink()]:
+        target = link.resolve()
+        if target.is_relative_to(root):
+            continue
+        link.unlink()
+        if target.is_file():
+            shutil.copyfile(target, link)
+        else:
+            link.write_text(f"wandb linked this file to {target}, which was gone when the run finished\n")
 
 
 def _is_number(value: Any) -> bool:

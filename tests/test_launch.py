@@ -3,10 +3,12 @@
 import json
 import os
 
+import shutil
+
 import pytest
 
 from conftest import launch
-from rlsft.tracking import read_offline_run
+from rlsft.tracking import Tracker, localize_links, read_offline_run
 
 
 def test_evaluate_end_to_end_writes_tables_provenance_and_wandb(tmp_path, cache_dir):
@@ -34,6 +36,27 @@ def test_evaluate_end_to_end_writes_tables_provenance_and_wandb(tmp_path, cache_
     assert again.returncode == 0 and (run_dir / "result.json").stat().st_mtime_ns == before
     other = launch("experiment=evaluate", "model_pair=tiny", "dataset.arithmetic.count=5", f"hydra.run.dir={run_dir}")
     assert other.returncode == 2 and "already holds a different finished run" in other.stderr
+
+
+def test_finished_offline_run_folder_survives_a_move(tmp_path):
+    """wandb links logs/debug-core.log into ~/.cache/wandb; after finish no link leaves the run folder, so the
+    folder moved elsewhere (the cache gone) still holds every file it lists (issue 23)."""
+    tracker = Tracker("offline", "rlsft-test", tmp_path / "run", {"a": 1})
+    tracker.log({"x": 1.0})
+    gone = tracker.wandb_dir / "gone.log"
+    gone.symlink_to(tmp_path / "no-such-file")  # a target already deleted: a note replaces the link
+    tracker.finish()
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "run", moved)
+    files = list((moved / "wandb").rglob("*"))
+    assert [p for p in files if p.is_symlink() and not p.resolve().is_relative_to(moved.resolve())] == []
+    assert all(p.exists() for p in files)
+    core = next(moved.glob("wandb/offline-run-*/logs/debug-core.log"))
+    assert not core.is_symlink() and core.stat().st_size > 0
+    assert "no-such-file" in (moved / "wandb" / "gone.log").read_text()
+    assert read_offline_run(moved)["history"][0]["x"] == 1.0
+    localize_links(moved / "wandb")  # a second pass finds nothing left to replace
+    assert sorted(map(str, (moved / "wandb").rglob("*"))) == sorted(map(str, files))
 
 
 def _bad_rows(tmp_path):
