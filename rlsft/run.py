@@ -1,8 +1,8 @@
 """The entrypoint's body: validate, set up the run folder and provenance, track, dispatch, report errors.
 
 Bad input raises ``RlsftError``; here it becomes one line on stderr and exit status 2. In a multirun the task records
-it (``error.txt``, its log) and ends normally; ``SweepSummary`` then prints one ``error:`` line per failed task and the
-sweep exits with status 2. Every run ends with the line naming where its results are.
+it (``error.txt``, its log) and ends normally, any other exception too (its traceback kept in the task's log);
+``SweepSummary`` then prints one ``error:`` line per failed task and the sweep exits with status 2. Every run ends with the line naming where its results are.
 """
 
 from __future__ import annotations
@@ -132,10 +132,15 @@ def _main(cfg) -> dict:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     except Exception as exc:
-        # The submitit launcher only carries the exception object back to the sweep: keep the traceback in the
-        # job's own log.
-        log.exception("job failed")
         _record_error(run_dir, f"{type(exc).__name__}: {exc}")
+        if multirun:
+            # Like bad input: one line here and at the sweep's end (SweepSummary), the other tasks still run; the
+            # traceback goes to the task's launch.log only.
+            _traceback_to_log_file(exc)
+            log.error("error: %s: %s", type(exc).__name__, exc)
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        # The submitit launcher only carries the exception object back: keep the traceback in the job's own log.
+        log.exception("job failed")
         raise
     finally:
         if tracker is not None:
@@ -143,6 +148,18 @@ def _main(cfg) -> dict:
 
 
 ERROR_FILE = "error.txt"
+
+
+def _traceback_to_log_file(exc: BaseException) -> None:
+    """The full traceback of a failed sweep task, in its ``launch.log`` only (the console gets one line)."""
+    import traceback
+
+    from .console import hydra_log_file
+
+    path = hydra_log_file()
+    if path is not None:
+        with open(path, "a") as fh:
+            fh.write("".join(traceback.format_exception(exc)))
 
 
 def _record_error(run_dir: Path, message: str) -> None:

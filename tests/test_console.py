@@ -117,6 +117,44 @@ def test_sweep_with_failing_tasks_is_one_line_each_and_the_report_lists_every_ta
     assert len(shown) == len(set(Path(s).name for s in shown))
 
 
+# launch.py with the evaluate experiment crashing (not bad input) on the 5-question task of a sweep.
+CRASHING_LAUNCH = """
+import runpy, sys
+import rlsft.experiments.evaluate as evaluate
+real = evaluate.run
+def run(cfg, ctx):
+    if cfg.dataset.arithmetic.count == 5:
+        raise ZeroDivisionError("planted crash")
+    return real(cfg, ctx)
+evaluate.run = run
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_sweep_task_that_crashes_ends_like_bad_input_with_its_traceback_in_its_log(tmp_path, cache_dir):
+    """A sweep task raising something other than RlsftError ended the sweep with Hydra's traceback (issue 23): now
+    one error line names it, the other task still runs, exit 2, and the traceback is in the task's launch.log."""
+    import sys
+
+    from conftest import run_guarded
+
+    sweep = tmp_path / "sweep"
+    res = run_guarded([sys.executable, "-c", CRASHING_LAUNCH, str(ROOT / "launch.py"), "-m", "experiment=evaluate",
+                       "model_pair=tiny", "logger=disabled", "generation.max_new_tokens=4",
+                       "dataset.arithmetic.count=5,4", f"hydra.sweep.dir={sweep}"], cwd=ROOT)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr and "Error executing job" not in res.stderr, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: task 0 (experiment=evaluate model_pair=tiny logger=disabled generation.max_new_tokens=4 "
+                      "dataset.arithmetic.count=5): failed: ZeroDivisionError: planted crash"], res.stderr
+    assert (sweep / "1" / "result.json").exists()  # the sweep went on after the crash
+    log = (sweep / "0" / "launch.log").read_text()
+    assert "Traceback (most recent call last)" in log and "result = experiment(cfg, ctx)" in log
+    assert "error: ZeroDivisionError: planted crash" in log
+    assert res.stdout.strip().splitlines()[-1] == f"report: {sweep / 'report' / 'index.html'}"
+
+
 def test_single_run_error_line_is_in_its_log_and_success_names_the_folder(tmp_path, cache_dir):
     """The missing-file run's log held nothing: now it holds the `error:` line the console showed."""
     bad = launch("model_pair=tiny", "dataset=gsm8k", "dataset.path=/no/such/file.jsonl",
