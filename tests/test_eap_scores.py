@@ -307,7 +307,7 @@ def test_returned_losses_are_the_models_own_mean_nll_and_scores_unchanged():
     assert torch.equal(W, edge_scores(model, ids, lm, am))
 
 
-@pytest.mark.filterwarnings("ignore:`gradient_checkpointing_enable` is deprecated")
+@pytest.mark.filterwarnings("error::FutureWarning")  # the current transformers names, not deprecated ones
 @pytest.mark.parametrize("arch, attn_inputs", [("mistral", "qkv"), ("mistral", "joint"), ("olmo2", "joint"),
                                                 ("phi3", "qkv")])  # pre-norm, post-norm, fused qkv
 @pytest.mark.parametrize("reentrant", [False, True])
@@ -316,7 +316,7 @@ def test_gradient_checkpointing_gives_the_same_scores(reentrant, arch, attn_inpu
     ids, lm, am = batch()
     graph = build_graph(model, attn_inputs)
     W = edge_scores(model, ids, lm, am, graph=graph)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
     calls = []
     # a pre-hook: non-reentrant recomputation stops early, inside the MLP, once it has every saved tensor
     h = model.model.layers[0].mlp.register_forward_pre_hook(lambda *a: calls.append(1))

@@ -176,6 +176,18 @@ def test_lora_training_eap_and_merge():
     assert not any("lora" in n for n, _ in merged.named_parameters())
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")
+def test_gradient_checkpointing_uses_the_current_transformers_names():
+    """transformers renamed gradient_checkpointing_enable to activation_checkpointing_enable (the old name warns);
+    the recipe's gradient_checkpointing turns it on through the new one, and a step trains under it."""
+    model, tok = build_tiny_model(seed=0)
+    recs = _records(12)
+    trainer = GRPOTrainer(model, tok, _recipe(steps=1, gradient_checkpointing=True), recs[4:], recs[:4], "chat",
+                          log=lambda s: None)
+    assert trainer.model.is_activation_checkpointing and not trainer.model.config.use_cache
+    assert "train/reward_mean" in trainer.train()[-1]
+
+
 def test_bad_gold_answer_is_a_clear_error():
     model, tok = build_tiny_model(seed=0)
     recs = _records(10) + [Record("bad", "Who?", "a red apple")]

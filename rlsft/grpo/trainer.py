@@ -114,7 +114,7 @@ class GRPOTrainer:
         if self.amp_dtype is not None and r.lora.r == 0:
             model = model.float()
         if r.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         if r.lora.r > 0:
             from peft import LoraConfig, get_peft_model
