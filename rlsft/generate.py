@@ -22,7 +22,7 @@ from .grading import grade
 from .templates import encode_prompt
 
 log = logging.getLogger(__name__)
-GENERATION_VERSION = 1  # bump when the stored format or the grading changes
+GENERATION_VERSION = 2  # bump when the stored format or the grading changes (2: unanswered math answers are wrong)
 
 
 @dataclass(frozen=True)

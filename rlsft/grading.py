@@ -89,6 +89,20 @@ def _norm_text(s: str) -> str:
     return re.sub(r"[^a-z0-9 ]", "", s.lower()).strip()
 
 
+# Plain numbers joined by +, -, * (a restated computation such as "6 + 8", not a value). Fractions (1/2) and
+# anything with LaTeX or a variable stay answers.
+_UNEVALUATED = re.compile(r"^\s*[-+]?\d+(?:\.\d+)?(?:\s*[-+*\u00d7]\s*\d+(?:\.\d+)?)+\s*\.?\s*$")
+
+
+def unanswered(text: str, extracted: str | None) -> bool:
+    """Whether a math answer gives no value: an empty last ``\\boxed{}``, or an extracted "answer" that is an
+    unevaluated sum of plain numbers. math-verify falls back from an empty box to the last expression and sympy then
+    evaluates the question's own "6 + 8" to 14, so "6 + 8 = \\boxed{}" graded correct and the GRPO reward taught the
+    embedded RL stage to restate questions (4 of its 64 answers, measured)."""
+    boxed = last_boxed(text)
+    return (boxed is not None and not boxed.strip()) or (extracted is not None and bool(_UNEVALUATED.match(extracted)))
+
+
 def grade(text: str, gold: str, kind: str = "math") -> tuple[str | None, bool]:
     """(extracted answer, correct?) for a generated ``text`` against a gold answer string."""
     if kind == "text":
@@ -98,6 +112,8 @@ def grade(text: str, gold: str, kind: str = "math") -> tuple[str | None, bool]:
         return pred, bool(target) and re.search(rf"\b{re.escape(target)}\b", _norm_text(pred)) is not None
     pred = parse(text, parsing_timeout=_timeout())
     boxed = last_boxed(text)
+    if unanswered(text, str(pred[-1]) if pred else None):
+        return (str(pred[-1]) if pred else boxed), False
     if not pred:
         return boxed, boxed is not None and _compact(boxed) == _compact(gold)
     gold_parsed = parse_gold(gold)

@@ -75,3 +75,25 @@ def test_text_grader_for_factual_answers():
 def test_last_boxed_handles_nested_braces():
     assert last_boxed("\\boxed{1} then \\boxed{\\frac{a}{b}}") == "\\frac{a}{b}"
     assert last_boxed("no box") is None
+
+
+@pytest.mark.parametrize("text, gold, correct", [
+    ("6 + 8 = \\boxed{}", "14", False),  # empty box: math-verify fell back to the restated question
+    ("5 - 0 is a mathematical operation that is equivalent to 5 - 0.", "5", False),
+    ("\\boxed{6+8}", "14", False),
+    ("6 + 8 = 14.", "14", True),
+    ("3 - 5 = -2", "-2", True),
+    ("\\boxed{\\frac{1}{2}}", "1/2", True),
+    ("x = 1/2", "0.5", True),
+    ("\\boxed{3+2i}", "3+2i", True),
+])
+def test_a_restated_question_is_not_an_answer(text, gold, correct):
+    """Correctness judged by hand: restating the computation (or boxing nothing) gives no value."""
+    assert grade(text, gold)[1] is correct
+
+
+def test_the_grpo_reward_gives_a_restated_question_no_partial_credit():
+    from rlsft.grpo.reward import answer_reward
+
+    assert answer_reward("6 + 8 = \\boxed{}", "14").reward == -0.5
+    assert answer_reward("6 + 8 = 10", "14").reward == pytest.approx(min(2.5, -0.5 + 3.5 * (1 - 4 / 14)))  # a near miss still earns credit

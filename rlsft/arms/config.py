@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from ..errors import RlsftError
 
-ARM_VERSION = 1  # bump when a change alters what a recipe trains (invalidates the arms' derived-model caches)
+ARM_VERSION = 2  # bump when a change alters what a recipe trains (invalidates the arms' derived-model caches); 2: grading.unanswered
 KINDS = ("sft", "rft", "dpo")
 
 

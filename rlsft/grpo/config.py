@@ -15,7 +15,7 @@ from typing import Any, List, Optional
 from ..cache import stage_key
 from ..errors import RlsftError
 
-GRPO_VERSION = 1  # bump when a change alters what a recipe trains (invalidates derived-model caches)
+GRPO_VERSION = 2  # 2: the reward no longer credits restated questions (grading.unanswered); bump when a change alters what a recipe trains (invalidates derived-model caches)
 
 
 @dataclass

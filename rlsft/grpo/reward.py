@@ -2,6 +2,7 @@
 
     correct (math-verify equivalence)            -> reward_correct              (+3)
     no number can be read from the answer        -> reward_wrong                (-0.5)
+    (an empty \\boxed{}, or a restated sum such as "6 + 8": grading.unanswered)
     a wrong number pred, gold gt                 -> min(partial_max, -0.5 + 3.5 * max(0, 1 - |pred-gt| / max(|gt|, 1)))
 
 With the defaults the partial credit runs from -0.5 (off by |gt| or more, or by 1 when |gt| <= 1) up to the cap
@@ -15,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import RlsftError
-from ..grading import grade, numeric_value
+from ..grading import grade, numeric_value, unanswered
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def answer_reward(text: str, gold: str, kind: str = "math", correct: float = 3.0
     pred, ok = grade(text, gold, kind)
     if ok:
         return Scored(correct, True, pred)
-    if not partial_credit or kind == "text":
+    if not partial_credit or kind == "text" or unanswered(text, pred):  # a restated "6 + 8" is no number
         return Scored(wrong, False, pred)
     gt = gold_value(gold)
     value = numeric_value(pred)
