@@ -75,7 +75,9 @@ def _interval(point: float, boot: np.ndarray, between, n: int, level: float):
     finite = boot[np.isfinite(boot)]
     if not np.isfinite(point) or len(finite) < 0.9 * len(boot):  # e.g. frac80 never reached in many resamples
         return [float("nan")] * 2, float("nan")
-    var = finite.var(ddof=1)
+    # n / (n - 1): the bootstrap's plug-in variance is too small at small n (Hesterberg 2015, stats.expanded_level);
+    # without it frac80 and f_0.2 of one stage covered 0.80-0.82 at n = 12 in the ranking-redrawn simulation.
+    var = finite.var(ddof=1) * n / (n - 1)
     if between is not None and np.isfinite(between).sum() > 1:
         var += np.nanvar(between, ddof=1)
     se, q = float(np.sqrt(var)), stats.t.ppf(0.5 + level / 2, n - 1)
