@@ -54,7 +54,8 @@ def test_default_run_trains_the_pair_runs_eap_and_is_cached_the_second_time(tmp_
     assert counts["rl_correct"] >= counts["sft_correct"] + 10, counts
 
     # Both stages answer at comparable lengths, so the paper's filter keeps most both-correct questions.
-    assert counts["n_selected"] >= 20 and counts["n_selected"] >= 0.8 * counts["both_correct"], counts
+    # (18 of 19 measured once the reward stopped crediting restated questions: RL 43/64, SFT 32/64; 15 leaves room)
+    assert counts["n_selected"] >= 15 and counts["n_selected"] >= 0.8 * counts["both_correct"], counts
 
     # The table is the metrics of the saved matrices (recomputed here with numpy), and W&B logged the same.
     metrics = json.loads((tmp_path / "first" / "eap_metrics.json").read_text())["alphas"]["0.1"]
