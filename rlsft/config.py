@@ -40,7 +40,7 @@ class ModelSpec:
     tiny: TinySpec = field(default_factory=TinySpec)
     dtype: Optional[str] = None
     base: Any = None  # source=derived: the spec of the model that is trained
-    recipe: Any = None  # source=derived: the training recipe (a grpo section, or an arm's: rlsft.arms)
+    recipe: Any = None  # source=derived: the training recipe (a grpo section, or another kind's: rlsft.training)
     target: Any = None  # source=vector: theta_target + scale * (theta_plus - theta_minus) (rlsft.arms.vector)
     plus: Any = None
     minus: Any = None
@@ -374,9 +374,9 @@ def _validate_lenses(L: Any) -> None:
 
 
 def _validate_grpo(cfg: Any) -> None:
-    """The grpo section and the recipe of every derived stage (its arm's checks: rlsft.arms.check_derived_recipe)."""
-    from .arms import check_derived_recipe
+    """The grpo section and the recipe of every derived stage (its kind's checks: rlsft.training.check_recipe)."""
     from .grpo.config import as_recipe, check_recipe
+    from .training import check_recipe as check_derived_recipe
 
     check_recipe(as_recipe(cfg.grpo))
     for stage in cfg.model_pair.stages:

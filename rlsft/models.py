@@ -29,7 +29,7 @@ from .errors import RlsftError
 _SOURCES: dict[str, Callable[..., tuple[Any, Any]]] = {}
 _FINGERPRINTS: dict[str, Callable[[dict], dict]] = {}
 # Sources provided by other modules, imported on first use so a bare ``load_model`` call finds them too.
-_PLUGINS = {"derived": "rlsft.grpo", "vector": "rlsft.arms"}
+_PLUGINS = {"derived": "rlsft.training", "vector": "rlsft.arms"}
 
 
 def register_source(name: str, loader: Callable[..., tuple[Any, Any]],

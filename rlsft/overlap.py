@@ -1,7 +1,7 @@
 """Train/eval overlap (method.md 2.8): how many evaluated questions a derived stage was trained on.
 
 A stage trained on a question it is then evaluated on answers it from memory, so a run prints, for every derived stage
-(a GRPO recipe or an arm of ``rlsft.arms``, and a ``vector`` stage through its components), how many of the evaluated
+(any kind of ``rlsft.training``, and a ``vector`` stage through its components), how many of the evaluated
 questions are in its training pool, compared by normalised question text (``rlsft.data.normalise_question``). Other
 sources (hub, local, gguf, tiny) were trained elsewhere: their pool is unknown and they are not listed.
 """
@@ -25,17 +25,11 @@ def training_pool(spec: dict) -> list[Record] | None:
         return [r for p in known for r in p] if known else None
     if spec.get("source") != "derived":
         return None
-    from .arms import arm_of
     from .grpo.data import recipe_data
-    from .grpo.derived import split_spec
+    from .training.derived import split_spec
 
-    if arm_of(spec.get("recipe")) == "grpo":
-        _, recipe = split_spec(spec)
-    else:
-        from .arms.config import as_arm_recipe
-
-        _, recipe = split_spec(spec, as_arm_recipe)
-    pool = recipe_data(recipe)[0]  # what rlsft.grpo.derived / rlsft.arms.derived train on, by the same function
+    _, _, recipe = split_spec(spec)
+    pool = recipe_data(recipe)[0]  # what every training kind trains on, by the same function
     base = training_pool(spec["base"]) if spec.get("base") else None
     return pool + (base or [])
 

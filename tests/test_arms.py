@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from rlsft.arms import arm_of
+from rlsft.training import kind_of
 from rlsft.arms.config import as_arm_recipe
 from rlsft.arms.data import dpo_pairs, reference_answer, rft_examples, sft_examples, stop_id
-from rlsft.arms.derived import arm_key
+from rlsft.training.derived import folder_name
 from rlsft.arms.train import dpo_trainer, last_checkpoint, run, sft_trainer
 from rlsft.data import Record, arithmetic_records
 from rlsft.errors import RlsftError
@@ -151,25 +151,26 @@ def test_a_killed_training_resumes_to_the_same_weights(tmp_path, kind):
 def test_cache_key_follows_the_recipe_and_the_base():
     spec = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}},
             "recipe": {"kind": "sft", "train": TRAIN, "lr": 1e-5}}
-    key = arm_key(spec)
+    key = folder_name(spec)
     assert key.startswith("sft-")
     for change in ({"lr": 2e-5}, {"kind": "rft"}, {"epochs": 2}, {"template": "chat_brief"}, {"seed": 1},
                    {"train": {**TRAIN, "seed": 4}}, {"eval_n": 8}):
-        assert arm_key({**spec, "recipe": {**spec["recipe"], **change}}) != key, change
-    assert arm_key({**spec, "base": {"source": "tiny", "tiny": {"seed": 4}}}) != key
-    assert arm_key({**spec, "recipe": {**spec["recipe"], "save_every": 3}}) == key  # checkpointing only
+        assert folder_name({**spec, "recipe": {**spec["recipe"], **change}}) != key, change
+    assert folder_name({**spec, "base": {"source": "tiny", "tiny": {"seed": 4}}}) != key
+    assert folder_name({**spec, "recipe": {**spec["recipe"], "save_every": 3}}) == key  # checkpointing only
     for kind in ("rft", "dpo"):
         other = {**spec, "recipe": {**spec["recipe"], "kind": kind}}
         for change in ({"samples": 8}, {"temperature": 0.9}, {"beta": 0.2} if kind == "dpo" else {"max_new_tokens": 9}):
-            assert arm_key({**other, "recipe": {**other["recipe"], **change}}) != arm_key(other), (kind, change)
-    from rlsft.grpo.derived import derived_key
+            assert folder_name({**other, "recipe": {**other["recipe"], **change}}) != folder_name(other), (kind, change)
+    from rlsft.training.derived import derived_fingerprint
 
-    assert derived_key(spec) == key  # the derived source dispatches on the recipe's arm
+    assert derived_fingerprint(spec)["key"] == key  # an arm's fingerprint names its folder, kind included
 
 
 def test_unknown_arm_and_bad_recipes_are_named():
-    assert arm_of("smollm2_arith") == "grpo" and arm_of("smollm2_sft") == "sft" and arm_of({"lr": 1e-6}) == "grpo"
-    with pytest.raises(RlsftError, match=r"unknown training arm 'ppo'; expected one of \['grpo', 'sft', 'rft', 'dpo'\]"):
+    assert kind_of("smollm2_arith") == "grpo" and kind_of("smollm2_sft") == "sft" and kind_of({"lr": 1e-6}) == "grpo"
+    with pytest.raises(RlsftError, match=r"unknown training kind 'ppo'; expected one of \['grpo', 'grpo_random', 'sft', "
+                                         r"'rft', 'dpo'\]"):
         load_model({"source": "derived", "base": {"source": "tiny"}, "recipe": {"kind": "ppo"}}, device="cpu")
     with pytest.raises(RlsftError, match="sft recipe: `train`"):
         as_arm_recipe({"kind": "sft"})
@@ -180,8 +181,6 @@ def test_unknown_arm_and_bad_recipes_are_named():
 def test_derived_sft_trains_once_caches_and_records_its_budget(cache_dir, capsys):
     import json
 
-    import rlsft.grpo  # noqa: F401  (registers the derived source)
-
     spec = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}},
             "recipe": {"kind": "sft", "train": TRAIN, "eval_n": 4, "batch_size": 8, "lr": 1e-3, "epochs": 2}}
     a, _ = load_model(spec, device="cpu")
@@ -189,14 +188,14 @@ def test_derived_sft_trains_once_caches_and_records_its_budget(cache_dir, capsys
     b, _ = load_model(spec, device="cpu")
     assert "is not cached" not in capsys.readouterr().out
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    budget = json.loads((cache_dir / "models" / arm_key(spec) / "arm_budget.json").read_text())
+    budget = json.loads((cache_dir / "models" / folder_name(spec) / "budget.json").read_text())
     distinct = len({r.question for r in arithmetic_records(30, 1, 1, "bare", 0)}) - 4  # eval_n held out
     assert budget["questions"] == budget["examples"] == distinct and budget["held_out"] == 4
     assert budget["optimizer_steps"] == 2 * -(-distinct // 8) and budget["answer_tokens"] > 2 * distinct
     assert budget["wall_s"] > 0 and budget["loss_last"] < budget["loss_first"]
-    from rlsft.arms.budget import training_budget
+    from rlsft.training.derived import training_budget
 
-    assert training_budget(spec) == {"samples": 0, **budget}  # what `evaluate` prints beside each arm's accuracy
+    assert budget["samples"] == 0 and training_budget(spec) == budget  # what `evaluate` prints beside each arm's accuracy
 
 
 def _tiny(seed, **kw):

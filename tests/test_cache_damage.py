@@ -140,12 +140,12 @@ DERIVED = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}},
 
 
 def _derived(tmp_path, spec=DERIVED):
-    from rlsft.grpo.derived import derived_key
+    from rlsft.training.derived import folder_name
 
     model, _ = load_model(spec, device="cpu", cache_dir=str(tmp_path))
-    key = derived_key(spec)
+    name = folder_name(spec)
     weights = [p.detach().clone() for p in model.parameters()]  # the loaded weights may be memory-mapped
-    return weights, tmp_path / "models" / f"grpo-{key}", tmp_path / "grpo" / key
+    return weights, tmp_path / "models" / name, tmp_path / "training" / name
 
 
 @pytest.mark.slow

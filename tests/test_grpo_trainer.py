@@ -196,7 +196,7 @@ def test_bad_gold_answer_is_a_clear_error():
 
 
 def test_derived_source_trains_once_and_caches(tmp_path, capsys):
-    import rlsft.grpo  # noqa: F401  (registers the source)
+    import rlsft.training  # noqa: F401  (registers the derived source before the two threads race to import it)
 
     spec = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}},
             "recipe": {"train": {"name": "arith", "source": "arithmetic", "arithmetic": {"count": 30, "digits": 1}},
@@ -224,12 +224,12 @@ def test_derived_source_trains_once_and_caches(tmp_path, capsys):
     load_model(spec, device="cpu", cache_dir=str(tmp_path))
     assert "is not cached" not in capsys.readouterr().out
     changed = {**spec, "recipe": {**spec["recipe"], "steps": 3}}  # another recipe: another model
-    from rlsft.grpo.derived import derived_key
+    from rlsft.training.derived import folder_name
 
-    assert derived_key(changed) != derived_key(spec)
-    assert derived_key({**spec, "recipe": {**spec["recipe"], "eval_every": 5}}) == derived_key(spec)
+    assert folder_name(changed) != folder_name(spec)
+    assert folder_name({**spec, "recipe": {**spec["recipe"], "eval_every": 5}}) == folder_name(spec)
     # Its budget, in the arms' fields: no dynamic sampling, so each step samples 4 questions x 8 answers and updates.
-    from rlsft.arms.budget import training_budget
+    from rlsft.training.derived import training_budget
 
     budget = training_budget(spec, str(tmp_path))
     assert (budget["kind"], budget["steps"], budget["optimizer_steps"], budget["samples"]) == ("grpo", 2, 2, 2 * 4 * 8)

@@ -1,6 +1,6 @@
 """Accuracy of every stage of a pair on a dataset (the paper's Appendix C table), with truncated answers.
 
-Stages that are derived models (GRPO or an arm of method.md 8) also get their training budget (rlsft.arms.budget):
+Stages that are derived models (GRPO or an arm of method.md 8) also get their training budget (rlsft.training.derived):
 optimizer steps, trained answer tokens, sampled answers and wall time, so arms are compared at a stated cost.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from scipy.stats import binomtest
 
-from ..arms.budget import training_budget
+from ..training.derived import training_budget
 from .common import RunContext, markdown_table
 
 BUDGET = ("optimizer_steps", "answer_tokens", "samples", "wall_s")

@@ -57,14 +57,16 @@ def eap_metric_names(recipe: GRPOConfig) -> tuple[str, ...]:
 class GRPOTrainer:
     """Train ``model`` in place with a GRPOConfig recipe.
 
-    reward_fn(text, record) -> Scored overrides the answer reward (tests, benchmarks). ``output_dir`` holds
+    reward_fn(text, record) -> Scored overrides the answer reward (tests, benchmarks); ``round_hook(answers, seed)``
+    may change a sampling round's scored answers in place before groups are formed (a control kind's reward, e.g.
+    rlsft.training.grpo_random). ``output_dir`` holds
     checkpoints and the metrics history; ``tracker`` (rlsft.tracking.Tracker) receives every logged row.
     """
 
     def __init__(self, model, tokenizer, recipe: GRPOConfig, train_records: list[Record],
                  eval_records: list[Record] | None = None, template: str = "chat", output_dir: str | Path | None = None,
                  tracker=None, reward_fn: Callable[[str, Record], Scored] | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, round_hook: Callable[[list[Answer], int], None] | None = None):
         check_recipe(recipe)
         if not train_records:
             raise RlsftError("GRPO: no training questions")
@@ -73,6 +75,7 @@ class GRPOTrainer:
         self.output_dir = Path(output_dir) if output_dir else None
         self.tracker, self.log = tracker, log
         self.reward_fn = reward_fn or self._answer_reward
+        self.round_hook = round_hook
         if reward_fn is None and recipe.partial_credit:
             for r in self.train_records:  # bad gold answers fail now, with the record named, not mid-run
                 if r.meta.get("grader", "math") == "math":
@@ -206,6 +209,8 @@ class GRPOTrainer:
                                                             r.overlong_penalty)
                 a.correct, a.pred = scored.correct, scored.pred
                 answers.append(a)
+            if self.round_hook is not None:
+                self.round_hook(answers, self._seed("round_hook", self.step, rnd))
             sampled += answers
             groups = [answers[i : i + G] for i in range(0, len(answers), G)]
             good = set(informative_groups([a.correct for a in answers], G))

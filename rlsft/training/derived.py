@@ -1,0 +1,99 @@
+"""The ``derived`` model source: ``{source: derived, base: <spec>, recipe: <recipe>}`` is the base trained by the
+recipe's kind (rlsft.training), cached under ``<cache_dir>/models/<kind>-<key>`` with key = hash(fingerprint(base),
+what in the recipe changes the weights), and ``budget.json`` beside the weights.
+
+Absent from the cache, it is trained on the spot (a log line says so) under a file lock, so two jobs asking for the
+same derived model train it once: the second waits and loads the first one's result. A job killed mid-training
+leaves checkpoints under ``<cache_dir>/training/<kind>-<key>`` and the next one resumes from them; once the model is
+saved they are deleted (optimizer state alone is twice the model), unless the spec sets ``keep_checkpoints: true``.
+The saved folder is sealed (rlsft.cache): a damaged one is moved aside and trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ..cache import atomic_dir, atomic_write_json, default_cache_dir, intact, locked
+from ..errors import RlsftError
+from ..models import fingerprint, load_model, pick_device, spec_dict
+from .kind import TrainingKind
+from .registry import parse_recipe
+
+
+def split_spec(spec: dict) -> tuple[dict, TrainingKind, object]:
+    """(base spec, kind, validated recipe) of a derived model spec."""
+    if not spec.get("base"):
+        raise RlsftError("a derived model spec needs `base` (the spec of the model to train) and `recipe`")
+    kind, recipe = parse_recipe(spec.get("recipe"))
+    if recipe.template is None:
+        recipe.template = "chat"
+    return spec_dict(spec["base"]), kind, recipe
+
+
+def folder_name(spec: dict) -> str:
+    """``<kind>-<key>``: the derived model's folder under ``models/`` (and its work folder under ``training/``)."""
+    base, kind, recipe = split_spec(spec)
+    return f"{kind.name}-{kind.key(fingerprint(base), recipe)}"
+
+
+def model_folder(spec: dict, cache_dir: str | None = None) -> Path:
+    """Where a derived model's weights are cached (trained or not)."""
+    return default_cache_dir(cache_dir) / "models" / folder_name(spec)
+
+
+def derived_fingerprint(spec: dict) -> dict:
+    """What determines a derived model's outputs, for stage cache keys (the recipe resolved, presets included).
+
+    A GRPO model is fingerprinted by its hash alone, as before the kinds shared one registry, so the stage caches
+    built on it (generations, EAP scores) keep their keys."""
+    name = folder_name(spec)
+    return {"source": "derived", "key": name.removeprefix("grpo-")}
+
+
+def load_derived(spec: dict, device: str = "auto", dtype: str | None = None, cache_dir: str | None = None):
+    base, kind, recipe = split_spec(spec)
+    cache = default_cache_dir(cache_dir)
+    name = folder_name(spec)
+    target = cache / "models" / name
+    trained_s = None
+    with locked(target):
+        if not intact(target):
+            work = cache / "training" / name
+            print(f"[rlsft] derived model {name} is not cached: training it now ({kind.describe(recipe)}) into "
+                  f"{target}", flush=True)
+            start = time.time()
+            model, tok = load_model(base, device=device, dtype=dtype, cache_dir=str(cache))
+            trained = kind.train(model, tok, base, recipe, work, cache, pick_device(device))
+            trained_s = time.time() - start
+            with atomic_dir(target, sealed=True) as tmp:
+                trained.model.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                for file, obj in trained.files.items():
+                    atomic_write_json(tmp / file, obj)
+                atomic_write_json(tmp / "budget.json", trained.budget)
+            print(f"[rlsft] derived model {name} trained in {trained_s:.0f} s ({trained.summary})", flush=True)
+            if not spec.get("keep_checkpoints"):
+                shutil.rmtree(work, ignore_errors=True)  # the model is final: nothing is left to resume
+            del model, trained
+    model, tok = load_model({"source": "local", "path": str(target)}, device=device, dtype=dtype)
+    model.rlsft_trained_s = trained_s  # read by RunContext.load_stage: "trained", not "loaded", in its log line
+    return model, tok
+
+
+def training_budget(spec: dict, cache_dir: str | None = None) -> dict | None:
+    """The recorded budget of a derived model that is cached; None for other sources or an untrained model.
+
+    Fields every kind has: kind, answer_tokens (trained answer tokens, all epochs or steps), optimizer_steps, samples
+    (answers sampled from a model to build the training data; 0 for sft), wall_s (training wall time on the machine
+    that trained it)."""
+    if spec.get("source") != "derived":
+        return None
+    folder = model_folder(spec, cache_dir)
+    if (folder / "budget.json").is_file():
+        return json.loads((folder / "budget.json").read_text())
+    if not folder.is_dir():
+        return None
+    return split_spec(spec)[1].budget(folder)  # saved before budget.json existed: from the kind's own files
