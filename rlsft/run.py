@@ -54,7 +54,8 @@ def provenance() -> dict:
             "argv": sys.argv, "slurm": slurm}
 
 
-def _sweep_info():
+def sweep_info() -> tuple[bool, str | None, dict]:
+    """(is this job a multirun task, the sweep folder or None, Hydra's group choices) of the running job."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -78,7 +79,7 @@ def main(cfg) -> dict:
 
 
 def _main(cfg) -> dict:
-    multirun, sweep_dir, choices = _sweep_info()
+    multirun, sweep_dir, choices = sweep_info()
     run_dir = Path(cfg.paths.run_dir)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)  # a requeued job starts clean
     tracker = None

@@ -58,9 +58,9 @@ def run(cfg, ctx: RunContext) -> dict:
         trainer.final_model().save_pretrained(ctx.run_dir / "model")
         tokenizer.save_pretrained(ctx.run_dir / "model")
         result["model_dir"] = str(ctx.run_dir / "model")
-    from ..run import _sweep_info
+    from ..run import sweep_info
 
-    multirun, sweep_dir, _ = _sweep_info()
+    multirun, sweep_dir, _ = sweep_info()
     if multirun and sweep_dir:
         result["sweep_figure"] = str(plot_multirun(Path(ctx.run_dir).parent))
     ctx.tracker.summary(result)
