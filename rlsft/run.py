@@ -91,8 +91,9 @@ def _main(cfg) -> dict:
         from .tracking import Tracker
 
         experiment = get_experiment(cfg.run.experiment)
-        check_architectures(cfg.run.experiment, list(cfg.model_pair.stages),
-                            lambda stage: OmegaConf.to_container(stage.model, resolve=True))
+        if experiment.READS_INTERNALS:
+            check_architectures(cfg.run.experiment, list(cfg.model_pair.stages),
+                                lambda stage: OmegaConf.to_container(stage.model, resolve=True))
         resolved_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         if (run_dir / "result.json").exists():
             # A finished run is never overwritten. The same job run again (a SLURM requeue after it finished)
@@ -108,19 +109,15 @@ def _main(cfg) -> dict:
         prov = provenance()
         atomic_write_json(run_dir / "provenance.json", prov)
         lg = cfg.logger
-        tags = [cfg.model_pair.name, cfg.dataset.name, *lg.tags]
-        if cfg.run.experiment == "eap":
-            tags.append(f"alpha={cfg.truncation.alpha}")
+        tags = [cfg.model_pair.name, cfg.dataset.name, *lg.tags, *experiment.tags(cfg)]
         group = lg.group or (Path(sweep_dir).name if sweep_dir else None)
         tracker = Tracker(lg.mode, lg.project, run_dir, {**resolved, "provenance": prov}, group=group,
                           job_type=cfg.run.experiment, tags=tags, entity=lg.entity)
         ctx = RunContext(cfg=cfg, run_dir=run_dir, cache_dir=str(Path(cfg.paths.cache_dir).expanduser()),
                          tracker=tracker)
-        result = experiment(cfg, ctx)
+        result = experiment.run(cfg, ctx)
         atomic_write_json(run_dir / "result.json", result)
         failed = False
-        if cfg.run.experiment == "report":
-            print(f"report: {result['index']}", flush=True)
         print(f"results: {run_dir}", flush=True)  # every run ends naming its folder, the report's too
         return result
     except RlsftError as exc:

@@ -18,6 +18,17 @@ from ..grpo.plots import plot_multirun, plot_runs
 from ..grpo.trainer import EAP_METRICS, FAITHFULNESS_METRICS, GRPOTrainer
 from .common import RunContext
 
+READS_INTERNALS = False
+
+
+def check(cfg) -> None:
+    """Nothing beyond rlsft.config.validate's checks of the sections it reads."""
+
+
+def tags(cfg) -> list[str]:
+    """No W&B tags beyond the pair's and the dataset's."""
+    return []
+
 
 def _summary(history: list[dict]) -> dict:
     evals = [row for row in history if "eval/accuracy" in row]
