@@ -272,7 +272,8 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate(cfg: Any) -> None:
-    """Range checks, each naming the key and the value (types and key names are checked by the schema)."""
+    """Range checks, each naming the key and the value (types and key names are checked by the schema), then the
+    checks only the chosen experiment needs (its module's ``check``, rlsft/experiments/__init__.py)."""
     t, g = cfg.truncation, cfg.generation
     _check(0 < t.alpha <= 1, f"truncation.alpha must be in (0, 1], got {t.alpha}")
     _check(0 <= t.beta < t.gamma, f"truncation.beta must be >= 0 and < truncation.gamma (0: no lower length bound), "
@@ -320,10 +321,9 @@ def validate(cfg: Any) -> None:
            f"{cfg.eap.primary.metric!r}")
     _check(0 < cfg.eap.primary.alpha <= 1, f"eap.primary.alpha must be in (0, 1], got {cfg.eap.primary.alpha}")
     _check(cfg.eap.n_boot >= 100, f"eap.n_boot must be >= 100 (method.md 2.6 uses 2000), got {cfg.eap.n_boot}")
-    # eap.alphas (the default job's [0.1, 0.3, 0.5, 1.0]) overrides truncation.alpha: say so rather than ignore it.
-    _check(cfg.run.experiment != "eap" or not cfg.eap.alphas or t.alpha == TruncationConfig.alpha,
-           f"truncation.alpha={t.alpha} would be ignored: eap.alphas={list(cfg.eap.alphas)} scores those alphas in "
-           f"one job; add eap.alphas=[] to use truncation.alpha (e.g. to sweep it)")
+    from .experiments import get_experiment  # here: the schema itself needs no experiment
+
+    get_experiment(cfg.run.experiment).check(cfg)
     _validate_probe_ablation_variability(cfg)
     _validate_lenses(cfg.lenses)
     _validate_grpo(cfg)

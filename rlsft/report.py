@@ -14,6 +14,7 @@ import argparse
 import csv
 import html
 import io
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -44,16 +45,33 @@ def _skipped(path: Path, root: Path) -> bool:
 def expected_tasks(sweep: Path) -> list[list[str]] | None:
     """The override list of every task of a sweep, in job-number order, from Hydra's ``multirun.yaml``."""
     try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         record = yaml.safe_load((sweep / "multirun.yaml").read_text())
         sweeper = record["hydra"].get("sweeper") or {}
         params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-        overrides = OverridesParser.create().parse_overrides(params + list(record["hydra"]["overrides"]["task"]))
-        return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+        return sweep_jobs(OverridesParser.create().parse_overrides(params + list(record["hydra"]["overrides"]["task"])))
     except Exception:  # not a basic-sweeper record (another sweeper, a damaged file): fall back to the folders
         return None
+
+
+def sweep_jobs(overrides: list) -> list[list[str]]:
+    """The jobs of parsed overrides (hydra.core.override_parser.types.Override) in Hydra's basic sweeper's order.
+
+    One entry per key (a later override of a key takes the earlier one's place), every combination, the last key
+    varying fastest. Hydra keeps this expansion in ``hydra._internal`` (``BasicSweeper.split_arguments``), which is
+    not its API and may change in any release, so it is written out here from the public ``Override``.
+    """
+    choices: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:  # an interval: only an optimizing sweeper can draw from it
+            raise ValueError(f"{key}: a {override.value_type.name} has no list of jobs")
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def sweep_tasks(root: str | Path) -> list[dict]:

@@ -54,7 +54,8 @@ def provenance() -> dict:
             "argv": sys.argv, "slurm": slurm}
 
 
-def _sweep_info():
+def sweep_info() -> tuple[bool, str | None, dict]:
+    """(is this job a multirun task, the sweep folder or None, Hydra's group choices) of the running job."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -78,7 +79,7 @@ def main(cfg) -> dict:
 
 
 def _main(cfg) -> dict:
-    multirun, sweep_dir, choices = _sweep_info()
+    multirun, sweep_dir, choices = sweep_info()
     run_dir = Path(cfg.paths.run_dir)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)  # a requeued job starts clean
     tracker = None
@@ -90,8 +91,9 @@ def _main(cfg) -> dict:
         from .tracking import Tracker
 
         experiment = get_experiment(cfg.run.experiment)
-        check_architectures(cfg.run.experiment, list(cfg.model_pair.stages),
-                            lambda stage: OmegaConf.to_container(stage.model, resolve=True))
+        if experiment.READS_INTERNALS:
+            check_architectures(cfg.run.experiment, list(cfg.model_pair.stages),
+                                lambda stage: OmegaConf.to_container(stage.model, resolve=True))
         resolved_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         if (run_dir / "result.json").exists():
             # A finished run is never overwritten. The same job run again (a SLURM requeue after it finished)
@@ -107,19 +109,15 @@ def _main(cfg) -> dict:
         prov = provenance()
         atomic_write_json(run_dir / "provenance.json", prov)
         lg = cfg.logger
-        tags = [cfg.model_pair.name, cfg.dataset.name, *lg.tags]
-        if cfg.run.experiment == "eap":
-            tags.append(f"alpha={cfg.truncation.alpha}")
+        tags = [cfg.model_pair.name, cfg.dataset.name, *lg.tags, *experiment.tags(cfg)]
         group = lg.group or (Path(sweep_dir).name if sweep_dir else None)
         tracker = Tracker(lg.mode, lg.project, run_dir, {**resolved, "provenance": prov}, group=group,
                           job_type=cfg.run.experiment, tags=tags, entity=lg.entity)
         ctx = RunContext(cfg=cfg, run_dir=run_dir, cache_dir=str(Path(cfg.paths.cache_dir).expanduser()),
                          tracker=tracker)
-        result = experiment(cfg, ctx)
+        result = experiment.run(cfg, ctx)
         atomic_write_json(run_dir / "result.json", result)
         failed = False
-        if cfg.run.experiment == "report":
-            print(f"report: {result['index']}", flush=True)
         print(f"results: {run_dir}", flush=True)  # every run ends naming its folder, the report's too
         return result
     except RlsftError as exc:

@@ -106,6 +106,17 @@ def test_out_of_range_values_are_named(override, message):
     assert message in str(err.value)
 
 
+def test_an_experiments_own_checks_apply_to_it_only():
+    """rlsft.experiments.<name>.check runs for the chosen experiment alone."""
+    validate(composed("experiment=evaluate", "eap.alphas=[0.1]", "truncation.alpha=0.5"))
+    validate(composed("experiment=evaluate", "dataset=factual"))
+    with pytest.raises(RlsftError, match=r"^ablation: dataset and ablation.control are the same dataset "
+                                         r"\('factual'\)$"):
+        validate(composed("experiment=ablation", "dataset=factual"))
+    with pytest.raises(RlsftError, match="^unknown experiment 'abalation'; expected one of"):
+        validate(composed("run.experiment=abalation"))
+
+
 def test_beta_zero_is_valid_as_in_select_samples():
     """beta = 0 (no lower length bound) is accepted by select_samples, so the config must accept it too."""
     from rlsft.eap import select_samples

@@ -150,7 +150,7 @@ def test_sweep_task_that_crashes_ends_like_bad_input_with_its_traceback_in_its_l
                       "dataset.arithmetic.count=5): failed: ZeroDivisionError: planted crash"], res.stderr
     assert (sweep / "1" / "result.json").exists()  # the sweep went on after the crash
     log = (sweep / "0" / "launch.log").read_text()
-    assert "Traceback (most recent call last)" in log and "result = experiment(cfg, ctx)" in log
+    assert "Traceback (most recent call last)" in log and "result = experiment.run(cfg, ctx)" in log
     assert "error: ZeroDivisionError: planted crash" in log
     assert res.stdout.strip().splitlines()[-1] == f"report: {sweep / 'report' / 'index.html'}"
 

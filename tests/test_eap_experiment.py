@@ -54,6 +54,7 @@ def test_alpha_sweep_generates_once_and_saves_recomputable_matrices(tmp_path, ca
         wb = read_offline_run(job)
         assert wb["config"]["alpha"] == float(alpha) and wb["config"]["cut_len"] == summary["cut_len"]
         assert (wb["config"]["pair"], wb["config"]["dataset"]) == ("tiny", "arithmetic")
+        assert wb["tags"][:2] == ["tiny", "arithmetic"] and f"alpha={float(alpha)}" in wb["tags"]  # experiments.eap.tags
         for m in [*METRICS, "self_entropy"]:
             s = summary[m]
             expected = {"sft": s["sft"], "rl": s["rl"], "diff": s["diff"], "diff_lo": s["diff_ci"][0],

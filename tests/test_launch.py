@@ -26,6 +26,7 @@ def test_evaluate_end_to_end_writes_tables_provenance_and_wandb(tmp_path, cache_
     assert prov["packages"]["torch"] and "commit" in prov["git"]
     wb = read_offline_run(run_dir)
     assert wb["exit_code"] == 0 and wb["job_type"] == "evaluate" and "tiny" in wb["tags"]
+    assert not [t for t in wb["tags"] if t.startswith("alpha=")]  # only the eap experiment tags its alpha
     assert wb["config"]["truncation"]["alpha"] == 0.1
     logged = {k: v for row in wb["history"] for k, v in row.items()}
     assert logged["sft/accuracy"] == acc["sft"]["accuracy"] and logged["accuracy._type"] == "table-file"

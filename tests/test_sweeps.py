@@ -101,6 +101,9 @@ def test_experiment_runs_with_the_default_logger(experiment, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     assert json.loads((run_dir / "result.json").read_text()) is not None
+    if experiment == "report":  # the page's line, then the run folder's, as every run ends
+        assert out.stdout.strip().splitlines()[-2:] == [f"report: {sweep / 'report' / 'index.html'}",
+                                                        f"results: {run_dir}"], out.stdout[-3000:]
     tables_dir = sweep / "report" if experiment == "report" else run_dir  # the report writes beside the sweep
     missing = check_logged_tables(run_dir, "grpo" if experiment.startswith("grpo") else experiment, tables_dir)
     if experiment == "probe":  # before_answer is unavailable (no \boxed{}): its summary row is n/a, logged as None

@@ -23,6 +23,18 @@ from ..stats import bootstrap_ci, wilson_ci
 from .common import RunContext, markdown_table, precision, stage_color
 
 ABLATION_VERSION = 1
+READS_INTERNALS = True  # hooks on the model's blocks
+
+
+def check(cfg) -> None:
+    control = cfg.ablation.control
+    if control is not None and control.name == cfg.dataset.name:
+        raise RlsftError(f"ablation: dataset and ablation.control are the same dataset ({cfg.dataset.name!r})")
+
+
+def tags(cfg) -> list[str]:
+    """No W&B tags beyond the pair's and the dataset's."""
+    return []
 
 
 def ablated_generations(ctx: RunContext, stage, records, sampling, layer: int, mode: str, stats, stats_key: str,
@@ -74,9 +86,6 @@ def compare(base: list[dict], ablated: list[dict], n_boot: int, seed: int) -> di
 def run(cfg, ctx: RunContext) -> dict:
     ac = cfg.ablation
     datasets = [cfg.dataset] + ([ac.control] if ac.control is not None else [])
-    names = [d.name for d in datasets]
-    if len(set(names)) != len(names):
-        raise RlsftError(f"ablation: dataset and ablation.control are the same dataset ({names[0]!r})")
     sampling = ctx.sampling(n_samples=1)
     columns = ["stage", "dataset", "mode", "layer", "n", "base_acc", "ablated_acc", "drop", "drop_lo", "drop_hi",
                "flips", "base_correct", "flip_rate", "flip_lo", "flip_hi", "truncated", "one_minus_cos", "cka"]

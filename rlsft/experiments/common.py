@@ -21,18 +21,12 @@ from ..tracking import Tracker
 log = logging.getLogger(__name__)
 
 
-# Experiments that read a model's modules (architectures.py): a stage they cannot read is refused before anything
-# is loaded or generated.
-READS_INTERNALS = ("eap", "probe", "ablation", "lenses")
-
-
 def check_architectures(experiment: str, stages, spec_of) -> None:
-    """RlsftError naming the stage whose architecture ``experiment`` cannot read (``spec_of(stage)``: its model spec)."""
+    """RlsftError naming the stage whose architecture ``experiment`` (one that reads a model's modules:
+    ``READS_INTERNALS``) cannot read, before anything is loaded or generated (``spec_of(stage)``: its model spec)."""
     from ..architectures import architecture
     from ..models import model_type
 
-    if experiment not in READS_INTERNALS:
-        return
     for stage in stages:
         kind = model_type(spec_of(stage))
         if kind is not None:

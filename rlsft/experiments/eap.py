@@ -29,6 +29,22 @@ from .eap_family import add_tests, family_cell, family_table, family_wandb, look
 log = logging.getLogger(__name__)
 SCORES_VERSION = 3  # 2: per-sample loss saved beside the scores; 3: number of scored tokens per sample
 STAGE_ROWS = [*METRICS, "self_entropy"]  # per-stage values with an interval, in the summary table and W&B
+READS_INTERNALS = True  # gradients at every edge of the model's blocks
+
+
+def check(cfg) -> None:
+    """eap.alphas (the default job's [0.1, 0.3, 0.5, 1.0]) overrides truncation.alpha: say so rather than ignore it."""
+    from ..config import TruncationConfig
+
+    t = cfg.truncation
+    if cfg.eap.alphas and t.alpha != TruncationConfig.alpha:
+        raise RlsftError(f"truncation.alpha={t.alpha} would be ignored: eap.alphas={list(cfg.eap.alphas)} scores "
+                         f"those alphas in one job; add eap.alphas=[] to use truncation.alpha (e.g. to sweep it)")
+
+
+def tags(cfg) -> list[str]:
+    """truncation.alpha, to tell the runs of an alpha sweep apart in W&B."""
+    return [f"alpha={cfg.truncation.alpha}"]
 
 
 def _stage(ctx: RunContext, name: str):

@@ -12,6 +12,16 @@ from ..training.derived import training_budget
 from .common import RunContext, markdown_table
 
 BUDGET = ("optimizer_steps", "answer_tokens", "samples", "wall_s")
+READS_INTERNALS = False
+
+
+def check(cfg) -> None:
+    """Nothing beyond rlsft.config.validate's checks of the sections it reads."""
+
+
+def tags(cfg) -> list[str]:
+    """No W&B tags beyond the pair's and the dataset's."""
+    return []
 
 
 def run(cfg, ctx: RunContext) -> dict:

@@ -18,6 +18,17 @@ from ..grpo.plots import plot_multirun, plot_runs
 from ..grpo.trainer import EAP_METRICS, FAITHFULNESS_METRICS, GRPOTrainer
 from .common import RunContext
 
+READS_INTERNALS = False
+
+
+def check(cfg) -> None:
+    """Nothing beyond rlsft.config.validate's checks of the sections it reads."""
+
+
+def tags(cfg) -> list[str]:
+    """No W&B tags beyond the pair's and the dataset's."""
+    return []
+
 
 def _summary(history: list[dict]) -> dict:
     evals = [row for row in history if "eval/accuracy" in row]
@@ -58,9 +69,9 @@ def run(cfg, ctx: RunContext) -> dict:
         trainer.final_model().save_pretrained(ctx.run_dir / "model")
         tokenizer.save_pretrained(ctx.run_dir / "model")
         result["model_dir"] = str(ctx.run_dir / "model")
-    from ..run import _sweep_info
+    from ..run import sweep_info
 
-    multirun, sweep_dir, _ = _sweep_info()
+    multirun, sweep_dir, _ = sweep_info()
     if multirun and sweep_dir:
         result["sweep_figure"] = str(plot_multirun(Path(ctx.run_dir).parent))
     ctx.tracker.summary(result)

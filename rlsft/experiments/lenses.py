@@ -31,6 +31,16 @@ from .lenses_report import figures, tables
 
 log = logging.getLogger(__name__)
 LENSES_VERSION = 2  # bump when a cached lens changes meaning (2: a tied tensor counted once)
+READS_INTERNALS = True  # weight matrices by block, EAP scores
+
+
+def check(cfg) -> None:
+    """Nothing beyond rlsft.config.validate's checks of the sections it reads."""
+
+
+def tags(cfg) -> list[str]:
+    """No W&B tags beyond the pair's and the dataset's."""
+    return []
 
 
 def lens_stages(ctx: RunContext) -> tuple[str, dict]:

@@ -19,6 +19,17 @@ from ..models import fingerprint
 from ..probe import ProbeInputError, cached_features, first_layer_reaching, probe_layers, score_interval
 from .common import RunContext, markdown_table, precision, stage_color
 
+READS_INTERNALS = True  # hidden states of every block
+
+
+def check(cfg) -> None:
+    """Nothing beyond rlsft.config.validate's checks of the sections it reads."""
+
+
+def tags(cfg) -> list[str]:
+    """No W&B tags beyond the pair's and the dataset's."""
+    return []
+
 
 def question_groups(records, group_by: str) -> dict[str, str]:
     """What a CV fold keeps together: the question, or its template (``auto``: the template when every question has

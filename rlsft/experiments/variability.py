@@ -19,6 +19,16 @@ BIN_COLS = ["stage", "method", "bin", "questions", "with_cv", "mean_cv", "ci_low
             "ci_low_correct", "ci_high_correct", "answers", "truncated_share"]
 Q_COLS = ["stage", "id", "n", "accuracy", "cv", "mean_tokens", "truncated", "bin", "bin_split", "cv_split",
           "cv_correct_split"]
+READS_INTERNALS = False
+
+
+def check(cfg) -> None:
+    """Nothing beyond rlsft.config.validate's checks of the sections it reads."""
+
+
+def tags(cfg) -> list[str]:
+    """No W&B tags beyond the pair's and the dataset's."""
+    return []
 
 
 def missing(value):
