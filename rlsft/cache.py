@@ -293,8 +293,8 @@ def cached_npz(path: str | os.PathLike, compute: Callable[[], dict], compressed:
 
 
 def cached_json(path: str | os.PathLike, compute: Callable[[], Any]) -> Any:
-    """``cached`` for a JSON result: ``compute()`` is stored as compact sorted JSON and every call returns what
-    the file holds (so a first call and a cached one give the same value)."""
+    """``cached`` for a JSON result: ``compute()`` is stored as one line of sorted-key JSON and every call returns
+    what the file holds (so a first call and a cached one give the same value)."""
     return cached(path, lambda tmp: tmp.write_text(json.dumps(compute(), sort_keys=True)),
                   lambda p: json.loads(p.read_text()))
 

@@ -190,6 +190,7 @@ def _load_gguf(spec: dict, cache_dir: str | None):
             tok.save_pretrained(tmp)
 
         target = Path(cache_dir).expanduser() / "models" / stage_key(gguf=content_hash(folder / name, cache_dir))
+        # Only the path is read under the lock: the caller loads the folder, which a job replaces only when damaged.
         return cached(target, dequantise, str, folder=True), {}
     return str(folder), {"gguf_file": name, "quantization_config": GgufConfig(dequantize=True)}
 
