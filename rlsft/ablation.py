@@ -200,19 +200,15 @@ def cached_block_statistics(load, gens: list[dict], model_fingerprint: dict, pre
 
     Returns the statistics and their cache key (an ablated generation that uses the means names them by it).
     """
-    from .cache import atomic_path, intact, locked, stage_dir
+    from .cache import cached_npz, stage_dir
+
+    def compute() -> dict:
+        model, tokenizer = load()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        seqs = [(list(g["prompt_ids"]) + list(g["output_ids"]), len(g["prompt_ids"])) for g in gens]
+        stats = block_statistics(model, seqs, batch_size, max_tokens, pad, seed)
+        return {k: getattr(stats, k) for k in BlockStats.__dataclass_fields__}
 
     key = block_stats_key(model_fingerprint, precision, gens, max_tokens, seed)
-    path = stage_dir(cache_dir, "block_stats", key) / "stats.npz"
-    with locked(path):
-        if not intact(path):
-            model, tokenizer = load()
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-            seqs = [(list(g["prompt_ids"]) + list(g["output_ids"]), len(g["prompt_ids"])) for g in gens]
-            stats = block_statistics(model, seqs, batch_size, max_tokens, pad, seed)
-            with atomic_path(path, sealed=True) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, **{k: getattr(stats, k) for k in BlockStats.__dataclass_fields__})
-        with np.load(path) as z:
-            stats = BlockStats(**{k: z[k] for k in BlockStats.__dataclass_fields__})
-    return stats, key
+    arrays = cached_npz(stage_dir(cache_dir, "block_stats", key) / "stats.npz", compute, compressed=False)
+    return BlockStats(**{k: arrays[k] for k in BlockStats.__dataclass_fields__}), key

@@ -4,6 +4,8 @@ Every expensive stage (generation, attribution, training, features) stores its o
 ``<cache_dir>/<stage>/<key>``. The key is a hash of a JSON description of its inputs, so a rerun (or another
 job of the same sweep) finds the work already done. Writes go to a temporary file that is renamed into place,
 and a file lock serialises two jobs asking for the same key: a crash never leaves a half-written result.
+``cached`` (and its ``cached_npz`` / ``cached_json`` forms) is that whole pattern in one call: lock, check the
+seal, compute and seal on a miss, load.
 
 A disk, a copy or a person can still damage an entry, so entries are sealed: a file gets a ``<name>.sha256``
 beside it, a folder a ``SHA256SUMS`` inside it (both in ``sha256sum -c`` format), and ``intact`` checks the seal
@@ -24,11 +26,12 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from filelock import FileLock
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SEAL = "SHA256SUMS"  # a sealed folder's manifest: "<sha256>  <relative path>" per file
 
 
@@ -249,6 +252,51 @@ def intact(path: str | os.PathLike) -> bool:
         discard(path, why)
         return False
     return True
+
+
+# ----------------------------------------------------------------------------------------------- cached stages
+def cached(path: str | os.PathLike, compute: Callable[[Path], None], load: Callable[[Path], T],
+           folder: bool = False) -> T:
+    """``load(path)`` of a cache entry, written first by ``compute(tmp)`` when absent or damaged.
+
+    The one way a stage caches: under ``locked(path)``, a damaged entry is discarded with its warning line,
+    ``compute`` fills a temporary file (``folder``: a temporary folder) that is sealed and renamed into place
+    only if it returns, and ``load`` reads the entry before the lock is released (so no other job can
+    discard it halfway through the read).
+    """
+    path = Path(path)
+    with locked(path):
+        if not intact(path):
+            with (atomic_dir if folder else atomic_path)(path, sealed=True) as tmp:
+                compute(tmp)
+        return load(path)
+
+
+def load_npz(path: str | os.PathLike) -> dict:
+    """Every array of an ``.npz`` file, read in full (the file is closed on return)."""
+    import numpy as np
+
+    with np.load(path) as z:
+        return {name: z[name] for name in z.files}
+
+
+def cached_npz(path: str | os.PathLike, compute: Callable[[], dict], compressed: bool = True) -> dict:
+    """``cached`` for a stage whose result is named arrays: ``compute() -> {name: array}``, read back as
+    ``{name: np.ndarray}``. ``compressed`` picks ``np.savez_compressed`` or ``np.savez`` (kept per stage as its
+    files were first written; both load alike)."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        (np.savez_compressed if compressed else np.savez)(tmp, **compute())
+
+    return cached(path, write, load_npz)
+
+
+def cached_json(path: str | os.PathLike, compute: Callable[[], Any]) -> Any:
+    """``cached`` for a JSON result: ``compute()`` is stored as one line of sorted-key JSON and every call returns
+    what the file holds (so a first call and a cached one give the same value)."""
+    return cached(path, lambda tmp: tmp.write_text(json.dumps(compute(), sort_keys=True)),
+                  lambda p: json.loads(p.read_text()))
 
 
 @contextmanager

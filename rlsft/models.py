@@ -23,7 +23,7 @@ import torch
 
 from . import hub
 from .architectures import ARCHITECTURES
-from .cache import atomic_dir, content_hash, intact, locked, stage_key
+from .cache import cached, content_hash, stage_key
 from .errors import RlsftError
 
 _SOURCES: dict[str, Callable[..., tuple[Any, Any]]] = {}
@@ -182,16 +182,16 @@ def _load_gguf(spec: dict, cache_dir: str | None):
 
     folder, name = gguf_location(spec)
     if cache_dir:
+        def dequantise(tmp: Path) -> None:
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32)
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+
         target = Path(cache_dir).expanduser() / "models" / stage_key(gguf=content_hash(folder / name, cache_dir))
-        with locked(target):
-            if not intact(target):
-                tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-                model = AutoModelForCausalLM.from_pretrained(
-                    folder, gguf_file=name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32)
-                with atomic_dir(target, sealed=True) as tmp:
-                    model.save_pretrained(tmp)
-                    tok.save_pretrained(tmp)
-        return str(target), {}
+        # Only the path is read under the lock: the caller loads the folder, which a job replaces only when damaged.
+        return cached(target, dequantise, str, folder=True), {}
     return str(folder), {"gguf_file": name, "quantization_config": GgufConfig(dequantize=True)}
 
 

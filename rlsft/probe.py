@@ -30,14 +30,14 @@ import hashlib
 import math
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import torch
 
 from .ablation import block_hooks
 from .architectures import decoder_body, decoder_layers
-from .cache import atomic_path, intact, locked, stage_dir, stage_key
+from .cache import cached_npz, stage_dir, stage_key
 from .stats import cv_interval
 
 class ProbeInputError(ValueError):
@@ -170,22 +170,31 @@ def features_key(model_fingerprint: dict, precision: str, gens: list[dict], posi
 
 def cached_features(load, gens: list[dict], positions, model_fingerprint: dict, precision: str, cache_dir: str,
                     batch_size: int = 8) -> dict[str, Features]:
-    """``extract_features`` through the cache: ``load() -> (model, tokenizer)`` is called only on a miss."""
+    """``extract_features`` through the cache, one entry per position: ``load() -> (model, tokenizer)`` is called
+    only on a miss.
+
+    Each position is its own ``cached_npz`` entry under its own lock, so calls asking for overlapping positions in
+    any order share them. A miss extracts, in the same forward pass, every other position not yet on disk: those
+    entries are then written from it when their turn comes (a damaged one is only found at its turn, and costs a
+    second pass).
+    """
     paths = {p: stage_dir(cache_dir, "features", features_key(model_fingerprint, precision, gens, p)) / "features.npz"
              for p in positions}
-    with locked(Path(paths[positions[0]]).parent / "features"):
-        missing = [p for p in positions if not intact(paths[p])]
-        if missing:
+    fresh: dict[str, Features] = {}
+
+    def compute(pos: str) -> dict:
+        if pos not in fresh:
+            todo = [pos] + [p for p in positions if p != pos and p not in fresh and not paths[p].exists()]
             model, tokenizer = load()
-            for pos, feats in extract_features(model, tokenizer, gens, missing, batch_size).items():
-                with atomic_path(paths[pos], sealed=True) as tmp:
-                    with open(tmp, "wb") as fh:
-                        np.savez_compressed(fh, ids=np.array(feats.ids, dtype=str), X=_compact(feats.X),
-                                            skipped=np.array(feats.skipped, dtype=str))
-        result = {}
-        for pos in positions:
-            with np.load(paths[pos]) as z:
-                result[pos] = Features(z["ids"].tolist(), z["X"].astype(np.float32), z["skipped"].tolist())
+            fresh.update(extract_features(model, tokenizer, gens, todo, batch_size))
+        feats = fresh.pop(pos)
+        return {"ids": np.array(feats.ids, dtype=str), "X": _compact(feats.X),
+                "skipped": np.array(feats.skipped, dtype=str)}
+
+    result = {}
+    for pos in positions:
+        z = cached_npz(paths[pos], partial(compute, pos))
+        result[pos] = Features(z["ids"].tolist(), z["X"].astype(np.float32), z["skipped"].tolist())
     return result
 
 

@@ -1,16 +1,18 @@
-"""Stage cache primitives: keys, atomic writes and their file modes, seals, resumable JSONL, content hashes."""
+"""Stage cache primitives: keys, atomic writes and their file modes, seals, the cached-stage helper, resumable JSONL,
+content hashes."""
 
 import logging
 import os
 import stat
+import zipfile
 
 import numpy as np
 import pytest
 
 from conftest import damage
 from rlsft.models import build_tiny_model
-from rlsft.cache import (ResumableJsonl, atomic_dir, atomic_path, atomic_write_bytes, atomic_write_json, content_hash,
-                         intact, locked, stage_key, tidy_on_failure)
+from rlsft.cache import (ResumableJsonl, atomic_dir, atomic_path, atomic_write_bytes, atomic_write_json, cached,
+                         cached_json, cached_npz, content_hash, intact, locked, stage_key, tidy_on_failure)
 
 
 def test_stage_key_is_order_independent_and_sensitive():
@@ -156,3 +158,103 @@ def test_content_hash_is_remembered_per_file_version(tmp_path, monkeypatch):
     f.write_bytes(b"weightz" * 1000)
     os.utime(f, ns=(1, 1))
     assert content_hash(f, tmp_path / "cache") == hashlib.sha256(b"weightz" * 1000).hexdigest() and len(calls) == 2
+
+
+class Counted:
+    """A stage's compute that counts its calls and gives the same arrays each time."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self) -> dict:
+        self.n += 1
+        return {"W": np.arange(3000, dtype=np.float32).reshape(30, 100), "ids": np.array(["q0", "q1"]), "cut": 7}
+
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_cached_npz_computes_once_and_keeps_the_stage_format(tmp_path, compressed):
+    compute, path = Counted(), tmp_path / "stage" / "scores.npz"
+    first = cached_npz(path, compute, compressed=compressed)
+    again = cached_npz(path, compute, compressed=compressed)
+    assert compute.n == 1 and sorted(first) == sorted(again) == ["W", "cut", "ids"]
+    for name, want in compute().items():
+        np.testing.assert_array_equal(again[name], want)
+    with zipfile.ZipFile(path) as z:  # np.savez_compressed deflates every member, np.savez stores them
+        assert {m.compress_type for m in z.infolist()} == {zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED}
+    assert intact(path) and (tmp_path / "stage" / "scores.npz.sha256").exists()
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_cached_npz_moves_a_damaged_entry_aside_and_recomputes(tmp_path, how, caplog):
+    compute, path = Counted(), tmp_path / "scores.npz"
+    cached_npz(path, compute)
+    damage(path, how)
+    with caplog.at_level(logging.WARNING):
+        again = cached_npz(path, compute)
+    assert compute.n == 2 and len(caplog.records) == 1 and "moved aside" in caplog.records[0].getMessage()
+    assert len([p for p in tmp_path.glob("scores.npz.corrupt-*") if p.suffix != ".sha256"]) == 1
+    np.testing.assert_array_equal(again["W"], Counted()()["W"])
+    assert cached_npz(path, compute)["cut"] == 7 and compute.n == 2  # repaired: loaded, not computed
+
+
+def test_a_failed_compute_leaves_nothing_and_the_next_call_computes(tmp_path):
+    def fails(tmp):
+        tmp.write_bytes(b"half an entry")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cached(tmp_path / "scores.npz", fails, np.load)
+    def fails_in_folder(tmp):
+        (tmp / "weights").write_text("w")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cached(tmp_path / "model", fails_in_folder, str, folder=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.lock", "scores.npz.lock"]
+    compute = Counted()
+    assert cached_npz(tmp_path / "scores.npz", compute)["cut"] == 7 and compute.n == 1
+
+
+def test_load_runs_under_the_lock(tmp_path):
+    """No other job can discard or replace the entry while it is read."""
+    from filelock import FileLock, Timeout
+
+    def load(path):
+        with pytest.raises(Timeout):
+            FileLock(str(path) + ".lock", timeout=0).acquire()
+        return path.read_text()
+
+    assert cached(tmp_path / "a.txt", lambda tmp: tmp.write_text("x"), load) == "x"
+    assert cached(tmp_path / "a.txt", lambda tmp: tmp.write_text("y"), load) == "x"
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_cached_folder_is_sealed_and_a_damaged_one_recomputed(tmp_path, how, caplog):
+    calls = []
+
+    def write(tmp):
+        calls.append(tmp)
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "weights.bin").write_bytes(bytes(range(256)) * 4)
+
+    target = tmp_path / "models" / "key"
+    assert cached(target, write, str, folder=True) == str(target) and (target / "SHA256SUMS").exists()
+    cached(target, write, str, folder=True)
+    assert len(calls) == 1
+    damage(target / "sub" / "weights.bin", how)
+    with caplog.at_level(logging.WARNING):
+        cached(target, write, str, folder=True)
+    assert len(calls) == 2 and len(caplog.records) == 1 and len(list(target.parent.glob("key.corrupt-*"))) == 1
+    assert (target / "sub" / "weights.bin").read_bytes() == bytes(range(256)) * 4
+
+
+def test_cached_json_returns_what_the_file_holds(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"b": (1, 2), "a": "x"}
+
+    first = cached_json(tmp_path / "result.json", compute)
+    assert first == cached_json(tmp_path / "result.json", compute) == {"a": "x", "b": [1, 2]} and len(calls) == 1
+    assert (tmp_path / "result.json").read_text() == '{"a": "x", "b": [1, 2]}'  # lenses' format: one line, sorted keys

@@ -13,7 +13,7 @@ from conftest import damage, launch
 from rlsft.ablation import cached_block_statistics
 from rlsft.data import arithmetic_records
 from rlsft.generate import Sampling, generate_answers
-from rlsft.models import build_tiny_model, load_model
+from rlsft.models import build_tiny_model, build_tiny_tokenizer, load_model
 from rlsft.probe import cached_features
 
 HOW = ["truncate", "flip"]
@@ -95,6 +95,41 @@ def test_block_statistics(tiny, tmp_path, how, caplog):
     assert loads.n == 2 and len(_warned(caplog)) == 1
     for name in ("mean_out", "mean_delta", "one_minus_cos", "cka"):
         np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_faithfulness_losses(tmp_path, how, caplog):
+    """The eap experiment's faithfulness losses: computed once, then loaded; a damaged losses.npz is moved aside and
+    recomputed to the same losses."""
+    from test_config import composed
+    from rlsft.eap.faithfulness import share_grid
+    from rlsft.experiments.common import RunContext
+    from rlsft.experiments.eap import score_settings
+    from rlsft.experiments.eap_causal import faithfulness_losses
+    from rlsft.tracking import Tracker
+
+    cfg = composed("experiment=eap", "model_pair=tiny", "run.device=cpu", "eap.faithfulness_baseline=zero",
+                   "eap.faithfulness_splits=2", "eap.faithfulness_draws=1")
+    ctx = RunContext(cfg, tmp_path, str(tmp_path / "cache"), Tracker("disabled", "rlsft", tmp_path, {}))
+    stage, loads = ctx.stages()[0], []
+    load_stage = ctx.load_stage
+    ctx.load_stage = lambda s: loads.append(s.name) or load_stage(s)
+
+    def run():
+        ctx.release(stage)
+        return faithfulness_losses(ctx, stage, _gens(build_tiny_tokenizer(), 4), 3, score_settings(cfg),
+                                   share_grid(4), seed=0)
+
+    first = run()
+    assert run().keys() == first.keys() and loads == ["sft"]
+    (path,) = (tmp_path / "cache").glob("eap_faithfulness/*/losses.npz")
+    damage(path, how)
+    with caplog.at_level(logging.WARNING):
+        again = run()
+    assert loads == ["sft", "sft"] and len(_warned(caplog)) == 1 and len(_aside(path.parent, "losses.npz")) == 1
+    assert again.keys() == first.keys()
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name])
 
 
 def _damage_and_rerun(tmp_path, cache_dir, args, pattern):

@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import torch
 
-from ..cache import atomic_path, intact, locked, stage_dir, stage_key
+from ..cache import cached_npz, stage_dir, stage_key
 from ..eap import (METRICS, build_graph, collate, compare, compare_values, cut_length, edge_scores, estimate_memory,
                    information_complexity_pooled, loss_adjusted, output_edge_entropy, per_sample, relative_change,
                    sample_diversity, select_shared, truncation_inputs)
@@ -88,14 +88,11 @@ def scores_for(ctx: RunContext, stage, answers: list[dict], cut_len: int, settin
     key = stage_key(version=SCORES_VERSION, model=fingerprint(ctx.model_spec(stage)), samples=ids_hash,
                     cut_len=cut_len, settings=settings)
     path = stage_dir(ctx.cache_dir, "eap_scores", key) / "scores.npz"
-    with locked(path):
-        if not intact(path):
-            _compute_scores(ctx, stage, answers, cut_len, settings, path)
-    data = np.load(path)
-    return {k: data[k] for k in data.files} | {"path": path}
+    return cached_npz(path, lambda: _compute_scores(ctx, stage, answers, cut_len, settings)) | {"path": path}
 
 
-def _compute_scores(ctx: RunContext, stage, answers: list[dict], cut_len: int, settings: dict, path) -> None:
+def _compute_scores(ctx: RunContext, stage, answers: list[dict], cut_len: int, settings: dict) -> dict:
+    """The arrays of one scores.npz (the members existing caches hold)."""
     model, tok = ctx.load_stage(stage)
     try:
         graph = build_graph(model, settings["attn_inputs"])
@@ -117,13 +114,11 @@ def _compute_scores(ctx: RunContext, stage, answers: list[dict], cut_len: int, s
         mats.append(scores)
         losses.append(loss)
     W = torch.cat(mats).numpy().astype(np.float32)
-    with atomic_path(path, sealed=True) as tmp:
-        np.savez_compressed(tmp, W=W, mask=graph.mask.numpy(), sources=np.array(graph.sources),
-                            targets=np.array(graph.targets), ids=np.array([a["id"] for a in answers]),
-                            answer_len=np.array([it.answer_len for it in items]),
-                            scored_tokens=np.array([int(it.loss_mask.sum()) for it in items]),
-                            shorter_than_cut=np.array([it.shorter_than_cut for it in items]),
-                            loss=torch.cat(losses).numpy(), cut_len=cut_len)
+    return dict(W=W, mask=graph.mask.numpy(), sources=np.array(graph.sources), targets=np.array(graph.targets),
+                ids=np.array([a["id"] for a in answers]), answer_len=np.array([it.answer_len for it in items]),
+                scored_tokens=np.array([int(it.loss_mask.sum()) for it in items]),
+                shorter_than_cut=np.array([it.shorter_than_cut for it in items]), loss=torch.cat(losses).numpy(),
+                cut_len=cut_len)
 
 
 # ------------------------------------------------------------------------------------------------ the named steps

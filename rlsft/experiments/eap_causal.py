@@ -13,7 +13,7 @@ import logging
 import numpy as np
 import torch
 
-from ..cache import atomic_path, intact, locked, stage_dir, stage_key
+from ..cache import cached_npz, stage_dir, stage_key
 from ..eap import build_graph, collate, edge_scores, truncation_inputs
 from ..eap.calibration import calibrate_temperature, mean_self_entropy, scored_states
 from ..eap.faithfulness import baseline_outputs, faithfulness_losses as engine_losses, mean_positional, \
@@ -127,24 +127,21 @@ def faithfulness_losses(ctx: RunContext, stage, answers: list[dict], cut_len: in
                     baseline=cfg.faithfulness_baseline, twins=records, template=ctx.cfg.model_pair.template,
                     truncation_seed=ctx.cfg.truncation.seed, splits=cfg.faithfulness_splits,
                     draws=cfg.faithfulness_draws, ranking=cfg.faithfulness_ranking, tol=TOLERANCE)
-    path = stage_dir(ctx.cache_dir, "eap_faithfulness", key) / "losses.npz"
-    with locked(path):
-        if not intact(path):
-            model, tok = ctx.load_stage(stage)
-            graph = build_graph(model, settings["attn_inputs"])
-            ids, lm, am = collate(_items(answers, cut_len), pad_id=tok.pad_token_id, side="left")
-            B, _ = _baseline(ctx, model, tok, graph, answers, cut_len, ids, am, cfg.faithfulness_baseline)
-            W = _ranking_scores(model, graph, ids, lm, am, B, settings, cfg.batch_size)
-            log.info("faithfulness [%s]: %d samples, %d shares, %d splits, %d control draws, baseline %s", stage.name,
-                     len(ids), len(grid), cfg.faithfulness_splits, cfg.faithfulness_draws, cfg.faithfulness_baseline)
-            evaluate = patch_evaluator(model, graph, ids, lm, am, B, cfg.batch_size,
-                                       target=settings.get("target", "nll"), tau=settings.get("tau", 1.0))
-            out = engine_losses(W, graph, evaluate, grid, cfg.faithfulness_splits, cfg.faithfulness_draws,
-                                cfg.faithfulness_ranking, seed, TOLERANCE)
-            with atomic_path(path, sealed=True) as tmp:
-                np.savez_compressed(tmp, **out)
-    data = np.load(path)
-    return {k: data[k] for k in data.files}
+
+    def compute() -> dict:
+        model, tok = ctx.load_stage(stage)
+        graph = build_graph(model, settings["attn_inputs"])
+        ids, lm, am = collate(_items(answers, cut_len), pad_id=tok.pad_token_id, side="left")
+        B, _ = _baseline(ctx, model, tok, graph, answers, cut_len, ids, am, cfg.faithfulness_baseline)
+        W = _ranking_scores(model, graph, ids, lm, am, B, settings, cfg.batch_size)
+        log.info("faithfulness [%s]: %d samples, %d shares, %d splits, %d control draws, baseline %s", stage.name,
+                 len(ids), len(grid), cfg.faithfulness_splits, cfg.faithfulness_draws, cfg.faithfulness_baseline)
+        evaluate = patch_evaluator(model, graph, ids, lm, am, B, cfg.batch_size,
+                                   target=settings.get("target", "nll"), tau=settings.get("tau", 1.0))
+        return engine_losses(W, graph, evaluate, grid, cfg.faithfulness_splits, cfg.faithfulness_draws,
+                             cfg.faithfulness_ranking, seed, TOLERANCE)
+
+    return cached_npz(stage_dir(ctx.cache_dir, "eap_faithfulness", key) / "losses.npz", compute)
 
 
 def faithfulness_alpha(ctx: RunContext, gens: dict, selection, scored: dict, stages: dict,

@@ -14,13 +14,12 @@ bootstrap intervals over questions, the k where the reference overtakes
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 
 import numpy as np
 
 from ..architectures import architecture
-from ..cache import atomic_path, intact, locked, stage_dir, stage_key
+from ..cache import cached_json, stage_dir, stage_key
 from ..errors import RlsftError
 from ..lenses import (aggregate, answer_kls, block_eap_mass, crossover_k, mask_overlap, pass_at_k_curve,
                       powers_of_two, top_blocks, update_meets_circuit, weight_rows)
@@ -55,15 +54,10 @@ def lens_stages(ctx: RunContext) -> tuple[str, dict]:
     return names[0], {n: stages[n] for n in names}
 
 
-def cached_json(ctx: RunContext, stage: str, compute, **key) -> dict:
-    """A JSON stage result under a key of everything that determines it: locked, sealed, resumed (rlsft.cache)."""
-    path = stage_dir(ctx.cache_dir, stage, stage_key(version=LENSES_VERSION, **key)) / "result.json"
-    with locked(path):
-        if not intact(path):
-            value = compute()
-            with atomic_path(path, sealed=True) as tmp:
-                tmp.write_text(json.dumps(value, sort_keys=True))
-    return json.loads(path.read_text())
+def cached_lens(ctx: RunContext, stage: str, compute, **key) -> dict:
+    """A lens's JSON result under a key of everything that determines it: locked, sealed, resumed (rlsft.cache)."""
+    return cached_json(stage_dir(ctx.cache_dir, stage, stage_key(version=LENSES_VERSION, **key)) / "result.json",
+                       compute)
 
 
 def _state(ctx: RunContext, stage) -> dict:
@@ -93,13 +87,13 @@ def weight_lenses(ctx: RunContext, reference: str, stages: dict) -> dict:
         def compute(name=name):
             path = architecture(ctx.load_stage(stages[reference])[0])["layers"]
             return weight_rows(ref_state(), stage_state(name), path, k)
-        rows[name] = cached_json(ctx, "lenses_weights", compute, ref=fp[reference], model=fp[name], top_k=k)
+        rows[name] = cached_lens(ctx, "lenses_weights", compute, ref=fp[reference], model=fp[name], top_k=k)
         log.info("lenses: weights of %s against %s done", name, reference)
     overlap = {}
     names = list(stages)[1:]
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            overlap[f"{a}|{b}"] = cached_json(ctx, "lenses_overlap",
+            overlap[f"{a}|{b}"] = cached_lens(ctx, "lenses_overlap",
                                               lambda a=a, b=b: mask_overlap(ref_state(), stage_state(a), stage_state(b)),
                                               ref=fp[reference], a=fp[a], b=fp[b])
     for s in stages.values():
@@ -118,7 +112,7 @@ def kl_for(ctx: RunContext, ref_stage, stage, answers: list[dict]) -> np.ndarray
         kls = answer_kls(ctx.load_stage(ref_stage)[0], ctx.load_stage(stage)[0], answers)
         return {"kl": [None if np.isnan(x) else float(x) for x in kls]}
 
-    out = cached_json(ctx, "lenses_kl", compute, ref=fingerprint(ctx.model_spec(ref_stage)),
+    out = cached_lens(ctx, "lenses_kl", compute, ref=fingerprint(ctx.model_spec(ref_stage)),
                       model=fingerprint(ctx.model_spec(stage)), answers=_answers_hash(answers))
     return np.array([np.nan if x is None else x for x in out["kl"]], dtype=float)
 
