@@ -17,6 +17,7 @@ from rlsft.errors import RlsftError
 from rlsft.models import fingerprint, load_model
 from rlsft.training import KINDS, kind_of, training_kind
 from rlsft.training.derived import derived_fingerprint, folder_name, training_budget
+from rlsft.training.grpo_format import format_rewards, well_formed
 from rlsft.training.grpo_random import shuffle_rewards
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -27,7 +28,7 @@ BASE = {"source": "tiny", "tiny": {"seed": 3}}
 
 
 def test_every_kind_is_registered_and_named():
-    assert set(KINDS) == {"grpo", "grpo_random", "sft", "rft", "dpo"}
+    assert set(KINDS) == {"grpo", "grpo_random", "grpo_format", "sft", "rft", "dpo"}
     for name in KINDS:
         assert training_kind(name).name == name
     assert kind_of({**GRPO, "kind": "grpo_random"}) == "grpo_random" and kind_of(GRPO) == "grpo"
@@ -86,9 +87,10 @@ def test_grpo_random_trains_as_its_own_kind(tmp_path, capsys):
     """One registry entry + its module: it trains, caches under its own kind and records its budget."""
     updating = {**GRPO, "max_new_tokens": 16, "num_generations": 8}  # enough spread in the rewards to update
     random_spec = {"source": "derived", "base": BASE, "recipe": {**updating, "kind": "grpo_random"}}
-    real_spec = {"source": "derived", "base": BASE, "recipe": GRPO}
-    assert folder_name(random_spec).startswith("grpo_random-") and \
-        folder_name(random_spec).removeprefix("grpo_random-") != folder_name(real_spec).removeprefix("grpo-")
+    real_spec = {"source": "derived", "base": BASE, "recipe": updating}
+    format_spec = {**random_spec, "recipe": {**updating, "kind": "grpo_format"}}
+    keys = [folder_name(s).split("-", 1) for s in (random_spec, format_spec, real_spec)]
+    assert [k[0] for k in keys] == ["grpo_random", "grpo_format", "grpo"] and len({k[1] for k in keys}) == 3
     model, _ = load_model(random_spec, device="cpu", cache_dir=str(tmp_path))
     out = capsys.readouterr().out
     assert "GRPO with rewards shuffled within each round (control)" in out and "trained in" in out
@@ -127,3 +129,23 @@ def test_round_hook_sees_every_round_before_groups_form():
     groups, stats = trainer.collect()
     assert seen and seen[0][0] == 16 and len(groups) == 4 and stats["train/zero_var_frac"] == 0
     assert stats["train/accuracy"] == 0.25  # what the hook set, not the reward function's all-wrong
+
+
+@pytest.mark.parametrize("text,pred,formed", [
+    ("3 + 4 = 7.", "7", True),
+    ("The answer is \\boxed{12}.", "12", True),
+    ("I think it is 9, wrong but stated.", "9", True),
+    ("6 + 8 = \\boxed{}", "6 + 8", False),  # the restated question (rlsft.grading.unanswered)
+    ("I do not know.", None, False),
+])
+def test_format_reward_pays_for_a_readable_answer_right_or_wrong(text, pred, formed):
+    from rlsft.grpo.config import as_recipe
+
+    recipe = as_recipe({"train": TRAIN, "max_new_tokens": 8, "overlong_buffer": 2})
+    assert well_formed(text, pred) is formed
+    a = SimpleNamespace(text=text, pred=pred, ids=[1, 2, 3], reward=0.0, correct=not formed)
+    format_rewards([a], 0, recipe)
+    assert (a.reward, a.correct) == ((3.0, True) if formed else (-0.5, False))
+    long = SimpleNamespace(text=text, pred=pred, ids=list(range(8)), reward=0.0, correct=False)
+    format_rewards([long], 0, recipe)
+    assert long.reward == (3.0 if formed else -0.5) - 1.0  # DAPO's overlong punishment, as for the real reward

@@ -245,23 +245,27 @@ class GRPOTrainer:
         """Log-probs under a fixed policy, in the same micro-batches (same padding) as the update uses."""
         return [self._logprobs(model, mb)[0] for _, mb in self._micro(answers, adv)]
 
-    def observe(self, groups: list[list[Answer]]) -> dict:
+    def advantages(self, groups: list[list[Answer]]) -> torch.Tensor:
+        """Group-relative advantages of the step's answers, flat (computed once a step, for observe and update)."""
+        rewards = torch.tensor([a.reward for g in groups for a in g])
+        return group_advantages(rewards, self.recipe.num_generations, self.recipe.scale_rewards)
+
+    def observe(self, groups: list[list[Answer]], adv: torch.Tensor | None = None) -> dict:
         """The step's policy dynamics (rlsft.grpo.dynamics) on the answers it is about to learn from."""
         if not groups:
             return {}
         answers = [a for g in groups for a in g]
-        adv = group_advantages(torch.tensor([a.reward for a in answers]), self.recipe.num_generations,
-                               self.recipe.scale_rewards)
+        adv = self.advantages(groups) if adv is None else adv
         self.model.eval()
         with self._amp():
             return self.dynamics.observe(self.model, answers, adv)
 
-    def update(self, groups: list[list[Answer]]) -> dict:
+    def update(self, groups: list[list[Answer]], adv: torch.Tensor | None = None) -> dict:
         r, G = self.recipe, self.recipe.num_generations
         if not groups:
             return {"train/skipped": 1}
         answers = [a for g in groups for a in g]
-        adv = group_advantages(torch.tensor([a.reward for a in answers]), G, r.scale_rewards)
+        adv = self.advantages(groups) if adv is None else adv
         n_mb = min(r.mini_batches, len(groups))
         bounds = [round(i * len(groups) / n_mb) * G for i in range(n_mb + 1)]
         minibatches = [(answers[bounds[i] : bounds[i + 1]], adv[bounds[i] : bounds[i + 1]]) for i in range(n_mb)]
@@ -465,10 +469,11 @@ class GRPOTrainer:
             with Heartbeat(self.log, f"{where}: sampling and scoring {r.batch_questions} x {r.num_generations} "
                                      "answers") as beat:
                 groups, stats = self.collect()
-                stats.update(self.observe(groups))  # method.md 9: training dynamics (rlsft.grpo.dynamics)
+                adv = self.advantages(groups) if groups else None
+                stats.update(self.observe(groups, adv))  # method.md 9: training dynamics (rlsft.grpo.dynamics)
                 t1 = time.time()
                 beat.what = f"{where}: updating the weights"
-                stats.update(self.update(groups))
+                stats.update(self.update(groups, adv))
             self.step += 1
             t2 = time.time()
             row = {"step": self.step, **stats, "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,

@@ -1,7 +1,7 @@
 """Every way rlsft trains a derived model, in one registry (method.md 3 and 8).
 
 A derived model ``{source: derived, base: <spec>, recipe: <recipe>}`` is the base trained by its recipe's kind:
-``kind: sft | rft | dpo | grpo | grpo_random`` (a recipe naming no kind, or a GRPO preset, is ``grpo``; an arm
+``kind: sft | rft | dpo | grpo | grpo_random | grpo_format`` (a recipe naming no kind, or a GRPO preset, is ``grpo``; an arm
 preset in ``conf/arms/`` sets its own). ``rlsft.training.derived`` caches every kind the same way
 (``<cache_dir>/models/<kind>-<key>``, the budget beside the weights); the engines stay where they are
 (``rlsft.grpo``: the GRPO loop; ``rlsft.arms``: sft / rft / dpo on TRL) and know nothing of this package.

@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..cache import atomic_dir, atomic_write_json, default_cache_dir, intact, locked
+from ..cache import atomic_write_json, cached, default_cache_dir
 from ..errors import RlsftError
 from ..models import fingerprint, load_model, pick_device, spec_dict
 from .kind import TrainingKind
@@ -58,26 +58,28 @@ def load_derived(spec: dict, device: str = "auto", dtype: str | None = None, cac
     cache = default_cache_dir(cache_dir)
     name = folder_name(spec)
     target = cache / "models" / name
+    work = cache / "training" / name
     trained_s = None
-    with locked(target):
-        if not intact(target):
-            work = cache / "training" / name
-            print(f"[rlsft] derived model {name} is not cached: training it now ({kind.describe(recipe)}) into "
-                  f"{target}", flush=True)
-            start = time.time()
-            model, tok = load_model(base, device=device, dtype=dtype, cache_dir=str(cache))
-            trained = kind.train(model, tok, base, recipe, work, cache, pick_device(device))
-            trained_s = time.time() - start
-            with atomic_dir(target, sealed=True) as tmp:
-                trained.model.save_pretrained(tmp)
-                tok.save_pretrained(tmp)
-                for file, obj in trained.files.items():
-                    atomic_write_json(tmp / file, obj)
-                atomic_write_json(tmp / "budget.json", trained.budget)
-            print(f"[rlsft] derived model {name} trained in {trained_s:.0f} s ({trained.summary})", flush=True)
-            if not spec.get("keep_checkpoints"):
-                shutil.rmtree(work, ignore_errors=True)  # the model is final: nothing is left to resume
-            del model, trained
+
+    def train(tmp: Path) -> None:
+        nonlocal trained_s
+        print(f"[rlsft] derived model {name} is not cached: training it now ({kind.describe(recipe)}) into "
+              f"{target}", flush=True)
+        start = time.time()
+        model, tok = load_model(base, device=device, dtype=dtype, cache_dir=str(cache))
+        trained = kind.train(model, tok, base, recipe, work, cache, pick_device(device))
+        trained_s = time.time() - start
+        trained.model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        for file, obj in trained.files.items():
+            atomic_write_json(tmp / file, obj)
+        atomic_write_json(tmp / "budget.json", trained.budget)
+        print(f"[rlsft] derived model {name} trained in {trained_s:.0f} s ({trained.summary})", flush=True)
+
+    # The folder is loaded after the lock is released, as any local model is (its files are read lazily).
+    cached(target, train, lambda path: None, folder=True)
+    if trained_s is not None and not spec.get("keep_checkpoints"):
+        shutil.rmtree(work, ignore_errors=True)  # the model is final: nothing is left to resume
     model, tok = load_model({"source": "local", "path": str(target)}, device=device, dtype=dtype)
     model.rlsft_trained_s = trained_s  # read by RunContext.load_stage: "trained", not "loaded", in its log line
     return model, tok

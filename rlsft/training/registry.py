@@ -11,7 +11,8 @@ from .kind import TrainingKind
 
 # kind -> the module defining it as ``KIND`` (imported on first use: the registry itself stays cheap to import)
 KIND_MODULES = {"grpo": "rlsft.training.grpo_kind", "grpo_random": "rlsft.training.grpo_random",
-                 "sft": "rlsft.training.offline", "rft": "rlsft.training.offline", "dpo": "rlsft.training.offline"}
+                "grpo_format": "rlsft.training.grpo_format",
+                "sft": "rlsft.training.offline", "rft": "rlsft.training.offline", "dpo": "rlsft.training.offline"}
 KINDS = tuple(KIND_MODULES)
 
 
