@@ -191,3 +191,77 @@ def tee_console(path: Path | None):
                 with open(path, "a") as fh:
                     fh.write(tee.pending.rsplit("\r", 1)[-1] + "\n")
         sys.stdout, sys.stderr = out, err
+
+
+class _Noting:
+    """A stream that notes each non-blank write for ``never_silent`` and passes everything through."""
+
+    def __init__(self, stream, note):
+        self.stream, self.note = stream, note
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            self.note(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...
+        return getattr(self.stream, name)
+
+
+class _NoteRecords(logging.Filter):
+    def __init__(self, note):
+        super().__init__()
+        self.note = note
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.note(record.getMessage())
+        return True
+
+
+@contextmanager
+def never_silent(every: float = LINE_EVERY_S) -> Iterator[None]:
+    """While inside, a line whenever nothing was printed or logged for ``every`` seconds, naming the last line.
+
+    A user on a busy node took minutes of silence for a hang (issue 23: loading a GGUF model took 91 s beside two
+    CPU-bound processes, a generation batch 38 s). Loops report their own progress; this covers every step that
+    cannot (a model load, one batch, a bootstrap), without each step having to know it may be slow.
+    """
+    lock = threading.Lock()
+    state = {"at": time.monotonic(), "last": "", "since": time.monotonic()}
+
+    def note(text: str) -> None:
+        with lock:
+            state["at"] = time.monotonic()
+            if not text.startswith("[rlsft] still working"):
+                state["last"] = text.strip().splitlines()[-1][:120]
+                state["since"] = state["at"]
+
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            with lock:
+                quiet = time.monotonic() - state["at"]
+                last, since = state["last"], time.monotonic() - state["since"]
+            if quiet >= every:
+                print(f"[rlsft] still working, {since:.0f} s after: {last}", flush=True)
+
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Noting(out, note), _Noting(err, note)
+    records = _NoteRecords(note)
+    handlers = list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(records)
+    thread = threading.Thread(target=watch, daemon=True, name="rlsft-never-silent")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        for handler in handlers:
+            handler.removeFilter(records)
+        sys.stdout, sys.stderr = out, err

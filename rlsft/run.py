@@ -69,12 +69,12 @@ def sweep_info() -> tuple[bool, str | None, dict]:
 
 def main(cfg) -> dict:
     """One job. Everything it prints is also kept in its ``launch.log`` (rlsft.console.tee_console)."""
-    from .console import hydra_log_file, quiet_libraries, tee_console
+    from .console import hydra_log_file, never_silent, quiet_libraries, tee_console
     from .threads import configure_threads
 
     configure_threads()  # the CPUs this process may use, not the machine's core count
     quiet_libraries(bool(cfg.run.get("verbose", False)))
-    with tee_console(hydra_log_file()):
+    with tee_console(hydra_log_file()), never_silent():
         return _main(cfg)
 
 

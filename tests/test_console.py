@@ -208,3 +208,28 @@ def test_markdown_table_leaves_a_missing_value_empty_as_the_csv_does():
 
     assert markdown_table(["metric", "lo"], [["kurtosis", None], ["gini", 0.25]]).splitlines()[2:] == [
         "| kurtosis |  |", "| gini | 0.25 |"]
+
+
+def test_never_silent_names_the_last_line_when_nothing_is_printed(capsys):
+    """A step that cannot report (a model load) still shows a line every ``every`` seconds; output resets it."""
+    import logging
+    import time
+
+    from rlsft.console import never_silent
+
+    logger = logging.getLogger("rlsft.test_never_silent")
+    handler = logging.StreamHandler()
+    logging.getLogger().addHandler(handler)
+    try:
+        with never_silent(every=1.0):
+            print("loading the sft model (gguf)")
+            time.sleep(2.6)  # silent: one or two "still working" lines
+            for _ in range(6):  # a log line every 0.5 s: never silent for a second
+                logger.warning("batch done")
+                time.sleep(0.5)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    out = capsys.readouterr().out.splitlines()
+    still = [line for line in out if line.startswith("[rlsft] still working")]
+    # 1-2 lines in the 2.6 s of silence, none while log records kept coming (without them: 2-3 more)
+    assert 1 <= len(still) <= 2 and all(line.endswith("after: loading the sft model (gguf)") for line in still)
