@@ -169,8 +169,8 @@ def test_cache_key_follows_the_recipe_and_the_base():
 
 def test_unknown_arm_and_bad_recipes_are_named():
     assert kind_of("smollm2_arith") == "grpo" and kind_of("smollm2_sft") == "sft" and kind_of({"lr": 1e-6}) == "grpo"
-    with pytest.raises(RlsftError, match=r"unknown training kind 'ppo'; expected one of \['grpo', 'grpo_random', 'sft', "
-                                         r"'rft', 'dpo'\]"):
+    with pytest.raises(RlsftError, match=r"unknown training kind 'ppo'; expected one of \['grpo', 'grpo_random', "
+                                         r"'grpo_format', 'sft', 'rft', 'dpo'\]"):
         load_model({"source": "derived", "base": {"source": "tiny"}, "recipe": {"kind": "ppo"}}, device="cpu")
     with pytest.raises(RlsftError, match="sft recipe: `train`"):
         as_arm_recipe({"kind": "sft"})

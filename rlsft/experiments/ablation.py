@@ -86,6 +86,7 @@ def compare(base: list[dict], ablated: list[dict], n_boot: int, seed: int) -> di
 def run(cfg, ctx: RunContext) -> dict:
     ac = cfg.ablation
     datasets = [cfg.dataset] + ([ac.control] if ac.control is not None else [])
+    names = [d.name for d in datasets]
     sampling = ctx.sampling(n_samples=1)
     columns = ["stage", "dataset", "mode", "layer", "n", "base_acc", "ablated_acc", "drop", "drop_lo", "drop_hi",
                "flips", "base_correct", "flip_rate", "flip_lo", "flip_hi", "truncated", "one_minus_cos", "cka"]
