@@ -222,12 +222,13 @@ class _NoteRecords(logging.Filter):
 
 
 @contextmanager
-def never_silent(every: float = LINE_EVERY_S) -> Iterator[None]:
+def never_silent(every: float = LINE_EVERY_S + 3) -> Iterator[None]:
     """While inside, a line whenever nothing was printed or logged for ``every`` seconds, naming the last line.
 
     A user on a busy node took minutes of silence for a hang (issue 23: loading a GGUF model took 91 s beside two
     CPU-bound processes, a generation batch 38 s). Loops report their own progress; this covers every step that
-    cannot (a model load, one batch, a bootstrap), without each step having to know it may be slow.
+    cannot (a model load, one batch, a bootstrap), without each step having to know it may be slow. The default
+    sits just above the progress lines' 10 s, so it speaks only where they do not (and no silence reaches 15 s).
     """
     lock = threading.Lock()
     state = {"at": time.monotonic(), "last": "", "since": time.monotonic()}

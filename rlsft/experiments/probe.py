@@ -208,8 +208,9 @@ def figure(curves: dict, positions: list[str], stages: list[str]):
     for ax in axes[0]:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.08, 1, 0.97 if missing else 1))
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=3, fontsize=7, frameon=False)
-    if missing:
-        fig.text(0.01, 0.005, f"not probed: {', '.join(missing)} (see probe_summary)", fontsize=7, color="grey")
+    if missing:  # above the panels: the legend fills the bottom
+        fig.text(0.5, 0.995, f"not probed: {', '.join(missing)} (see probe_summary)", fontsize=7, color="grey",
+                 ha="center", va="top")
     return fig
