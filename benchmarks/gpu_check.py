@@ -9,7 +9,7 @@ initialised from the real shapes below (cost does not depend on the weights' val
 
   bf16_vs_fp32   EAP scores of a small random model in bf16 vs fp32: relative error of W and of each registered
                  EAP metric (rlsft.eap.metrics.METRICS, mean over samples)
-  grpo_3b        the rebuttal recipe (conf/grpo/rebuttal.yaml: 32 questions x 4 answers, 200 new tokens, 4 mini-batches,
+  grpo_3b        the rebuttal recipe (rlsft/presets/grpo/rebuttal.yaml: 32 questions x 4 answers, 200 new tokens, 4 mini-batches,
                  full fine-tuning with the frozen initial copy, bf16 autocast over fp32 master weights, AdamW) on a
                  Qwen2.5-3B-size model with a synthetic reward: one warm-up step, then 2 timed steps split into
                  generation / scoring (reward + old-policy log-probs) / update, peak memory, 160 steps projected
@@ -282,7 +282,7 @@ def bf16_part(ctx: Context, rows: list) -> None:
 
 
 def rebuttal_recipe(overrides: dict):
-    """conf/grpo/rebuttal.yaml as a GRPOConfig (read with pyyaml: no omegaconf on a bare node), minus its datasets."""
+    """rlsft/presets/grpo/rebuttal.yaml as a GRPOConfig (read with pyyaml: no omegaconf on a bare node), minus its datasets."""
     import yaml
 
     from rlsft.grpo.config import PRESET_DIR, GRPOConfig

@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT, launch
 
 DOCS = [ROOT / "README.md", ROOT / "docs" / "cluster.md", *sorted((ROOT / "conf").rglob("*.yaml")),
+        *sorted((ROOT / "rlsft" / "presets").rglob("*.yaml")),
         ROOT / "rlsft" / "grpo" / "README.md"]
 
 

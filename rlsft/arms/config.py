@@ -8,10 +8,10 @@ A recipe is everything that determines the trained weights; its hash keys the de
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import RlsftError
+from ..presets import PRESETS
 
 ARM_VERSION = 2  # bump when a change alters what a recipe trains (invalidates the arms' derived-model caches); 2: grading.unanswered
 KINDS = ("sft", "rft", "dpo")
@@ -50,7 +50,7 @@ class ArmConfig:
 
 
 NON_TRAINING_KEYS = ("save_every",)
-PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "arms"
+PRESET_DIR = PRESETS / "arms"
 
 
 def is_preset(name: Any) -> bool:
@@ -58,7 +58,7 @@ def is_preset(name: Any) -> bool:
 
 
 def preset(name: str) -> dict:
-    """The recipe ``conf/arms/<name>.yaml`` as a dict."""
+    """The recipe ``rlsft/presets/arms/<name>.yaml`` as a dict."""
     from omegaconf import OmegaConf
 
     if not is_preset(name):

@@ -9,11 +9,11 @@ extending ``steps`` resumes the same run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, List, Optional
 
 from ..cache import stage_key
 from ..errors import RlsftError
+from ..presets import PRESETS
 
 GRPO_VERSION = 2  # 2: the reward no longer credits restated questions (grading.unanswered); bump when a change alters what a recipe trains (invalidates derived-model caches)
 
@@ -98,11 +98,11 @@ NON_TRAINING_KEYS = ("steps", "save_every", "keep_checkpoints", "resume", "save_
                      "eap_faithfulness", "eap_faithfulness_points")
 
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "conf" / "grpo"
+PRESET_DIR = PRESETS / "grpo"
 
 
 def preset(name: str) -> dict:
-    """The recipe ``conf/grpo/<name>.yaml`` as a dict (the same files Hydra's ``grpo=<name>`` selects)."""
+    """The recipe ``rlsft/presets/grpo/<name>.yaml`` as a dict (the same files Hydra's ``grpo=<name>`` selects)."""
     from omegaconf import OmegaConf
 
     path = PRESET_DIR / f"{name}.yaml"

@@ -2,7 +2,7 @@
 
 A derived model ``{source: derived, base: <spec>, recipe: <recipe>}`` is the base trained by its recipe's kind:
 ``kind: sft | rft | dpo | grpo | grpo_random | grpo_format`` (a recipe naming no kind, or a GRPO preset, is ``grpo``; an arm
-preset in ``conf/arms/`` sets its own). ``rlsft.training.derived`` caches every kind the same way
+preset in ``rlsft/presets/arms/`` sets its own). ``rlsft.training.derived`` caches every kind the same way
 (``<cache_dir>/models/<kind>-<key>``, the budget beside the weights); the engines stay where they are
 (``rlsft.grpo``: the GRPO loop; ``rlsft.arms``: sft / rft / dpo on TRL) and know nothing of this package.
 
