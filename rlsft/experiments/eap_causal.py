@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..cache import cached_npz, stage_dir, stage_key
+from ..console import progress
 from ..eap import build_graph, collate, edge_scores, truncation_inputs
 from ..eap.calibration import calibrate_temperature, mean_self_entropy, scored_states
 from ..eap.faithfulness import baseline_outputs, faithfulness_losses as engine_losses, mean_positional, \
@@ -138,8 +139,18 @@ def faithfulness_losses(ctx: RunContext, stage, answers: list[dict], cut_len: in
                  len(ids), len(grid), cfg.faithfulness_splits, cfg.faithfulness_draws, cfg.faithfulness_baseline)
         evaluate = patch_evaluator(model, graph, ids, lm, am, B, cfg.batch_size,
                                    target=settings.get("target", "nll"), tau=settings.get("tau", 1.0))
-        return engine_losses(W, graph, evaluate, grid, cfg.faithfulness_splits, cfg.faithfulness_draws,
-                             cfg.faithfulness_ranking, seed, TOLERANCE)
+        bar = progress(desc=f"faithfulness [{stage.name}]", unit="patched forward")
+
+        def counted(pairs):  # the engine plans its kept sets share by share: a line as they finish
+            losses = evaluate(pairs)
+            bar.update(len(pairs))
+            return losses
+
+        try:
+            return engine_losses(W, graph, counted, grid, cfg.faithfulness_splits, cfg.faithfulness_draws,
+                                 cfg.faithfulness_ranking, seed, TOLERANCE)
+        finally:
+            bar.close()
 
     return cached_npz(stage_dir(ctx.cache_dir, "eap_faithfulness", key) / "losses.npz", compute)
 
