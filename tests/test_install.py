@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -25,9 +26,13 @@ print(json.dumps({"rlsft": rlsft.__file__, "budget": training_budget(spec, sys.a
 
 @pytest.mark.slow
 def test_a_wheel_install_outside_the_checkout_trains_a_preset_recipe(tmp_path):
+    source = tmp_path / "source"  # a copy: pip builds in the source tree (build/, *.egg-info) and the checkout stays clean
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "outputs", "multirun", "build",
+                                                                 "*.egg-info", "__pycache__", ".pytest_cache"))
     site = tmp_path / "site"
     built = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                            "--quiet", "--target", str(site), str(ROOT)], capture_output=True, text=True, timeout=600)
+                            "--quiet", "--target", str(site), str(source)], capture_output=True, text=True,
+                           timeout=600)
     assert built.returncode == 0, built.stderr[-2000:]
     assert (site / "rlsft" / "presets" / "arms" / "smollm2_sft.yaml").is_file()  # shipped as package data
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1"}
