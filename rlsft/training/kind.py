@@ -22,7 +22,7 @@ class Trained:
 class TrainingKind:
     """One way to train: how its recipe is read, keyed, trained and costed.
 
-    ``recipe(section)`` validates a recipe section (``kind`` removed) into its dataclass; ``key(base_fp, recipe)`` is
+    ``recipe(section)`` validates a recipe section (a preset name, a dict, a DictConfig) into its dataclass; ``key(base_fp, recipe)`` is
     the cache key (a hash of everything that changes the weights); ``train(model, tokenizer, base, recipe, work,
     cache, device)`` trains the loaded base (``work`` holds resume checkpoints); ``budget(folder)`` reads the budget of
     a model saved before ``budget.json`` existed; ``describe(recipe)`` is the "training it now (...)" text.
