@@ -39,7 +39,7 @@ def test_default_run_trains_the_pair_runs_eap_and_is_cached_the_second_time(tmp_
     first_s = time.time() - start
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-3000:]
-    assert "is not cached: training it now with GRPO" in log
+    assert "is not cached: training it now (GRPO, 20 steps" in log
 
     # RL raised accuracy, judged independently of rlsft.grading: eval() of the question's expression against
     # the last integer of the answer text.
