@@ -240,3 +240,15 @@ def test_cross_fitted_intervals_cover_with_the_ranking_redrawn(n):
     # the n / (n - 1) variance correction, so the cause is a bias, not the width; README says so. Below 0.75 is a
     # new failure.
     assert min(coverage.values()) >= 0.75, coverage
+
+
+def test_the_control_check_names_the_shares_where_the_ranking_does_not_win():
+    """The full set gives f = 1 for any ranking (curve and control meet there), so it is not a loss; any other share
+    at or below the control is named."""
+    from rlsft.experiments.eap_causal import shares_not_above_control
+
+    r = {"shares": [0.01, 0.05, 0.3, 0.6, 1.0], "curve": [0.0, 0.2, 0.5, 0.9, 1.0],
+         "control": [0.1, 0.0, 0.1, 0.3, 1.0]}
+    assert shares_not_above_control(r) == []  # 0.01 is below 0.05: not judged
+    r["curve"][2] = 0.1
+    assert shares_not_above_control(r) == [0.3]

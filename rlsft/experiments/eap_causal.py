@@ -176,16 +176,19 @@ def faithfulness_alpha(ctx: RunContext, gens: dict, selection, scored: dict, sta
     out = {"baseline": cfg.eap.faithfulness_baseline, "n_points": len(grid), "splits": cfg.eap.faithfulness_splits,
            "draws": cfg.eap.faithfulness_draws, "ranking": cfg.eap.faithfulness_ranking, "seed": seed}
     for side in stages:
-        out[side] = res[side] | {"beats_control": _beats_control(res[side])}
+        below = shares_not_above_control(res[side])
+        out[side] = res[side] | {"beats_control": not below, "not_above_control": below}
     out["diffs"] = res["rl-sft"]  # every summary: {"diff", "ci", "p"} (p unadjusted: the run's Holm step adjusts it)
     d = res["rl-sft"]["frac80"]
     out["diff"] = {"frac80": d["diff"], "frac80_ci": d["ci"], "frac80_p": d["p"]}  # the flat keys eap.py tabulates
     return out
 
 
-def _beats_control(r: dict, from_share: float = 0.05) -> bool:
-    """Whether the cross-fitted curve lies above the random control at every evaluated share >= `from_share`."""
-    return bool(all(f > c for q, f, c in zip(r["shares"], r["curve"], r["control"]) if q >= from_share - 1e-12))
+def shares_not_above_control(r: dict, from_share: float = 0.05) -> list[float]:
+    """The evaluated shares in [`from_share`, 1) where the cross-fitted curve is not above the random control. The
+    full set is left out: keeping every edge gives f = 1 whatever the ranking, so no curve can beat another there."""
+    return [float(q) for q, f, c in zip(r["shares"], r["curve"], r["control"])
+            if from_share - 1e-12 <= q < 1 - 1e-12 and not f > c]
 
 
 CURVES = (("curve", "cross-fitted"), ("control", "random control"), ("within", "within-sample"))
@@ -242,8 +245,9 @@ def faithfulness_console(summaries: dict, names: dict) -> str:
                          f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] p={d['p']:.3g}"
                          + ("  cannot tell" if _cannot_tell(d["ci"]) else ""))
         for side in ("sft", "rl"):
-            lines.append(f"  {names[side]}: cross-fitted above the random control at every share >= 0.05: "
-                         f"{'yes' if f[side]['beats_control'] else 'no'}")
+            below = f[side]["not_above_control"]
+            lines.append(f"  {names[side]}: cross-fitted above the random control at every share in [0.05, 1): "
+                         + ("yes" if not below else f"no (not at {', '.join(f'{q:.3g}' for q in below)})"))
     return "\n".join(lines)
 
 
