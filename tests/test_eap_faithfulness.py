@@ -123,9 +123,16 @@ def test_planted_edges_reach_full_faithfulness_and_the_random_control_does_not()
     graph = build_graph(model)
     B = source_outputs(model, twin, am, graph)
     W = edge_scores(model, ids, lm, am, graph=graph, baseline="input", baseline_acts=B).numpy()
-    evaluate = patch_evaluator(model, graph, ids, lm, am, baseline_acts=B, batch_size=8)
+    rows, planned = [], []
+    patched = patch_evaluator(model, graph, ids, lm, am, baseline_acts=B, batch_size=8, on_rows=rows.append)
+
+    def evaluate(pairs):
+        planned.append(len(pairs))
+        return patched(pairs)
+
     E = graph.n_edges
     res = faithfulness_losses(W, graph, evaluate, [3 / E, 0.5, 1.0], n_splits=3, draws=5, tol=1.0)
+    assert sum(rows) == sum(planned) and max(rows) <= 8  # progress: every patched forward, batch by batch
     assert res["sizes"][0].min() == 3 and res["sizes"][0].max() == 3  # pruning keeps all three
     f = cross_curve(res)
     none, clean = res["none"].mean(), res["clean"].mean()

@@ -218,10 +218,11 @@ def cross_curve(res: dict) -> np.ndarray:
 
 
 def patch_evaluator(model, graph: Graph, input_ids, loss_mask, attention_mask, baseline_acts=None,
-                    batch_size: int = 8, **loss):
+                    batch_size: int = 8, on_rows=None, **loss):
     """`evaluate(pairs)` for `Plan` on a model: each pair's patched loss, rows of one sample batched together (its
     padding columns cut away). baseline_acts [n, n_src, seq, d] per sample (a counterfactual, resampled or
-    mean-positional baseline; None: zero); loss: target, tau for `patched_losses`."""
+    mean-positional baseline; None: zero); `on_rows(k)` after each batch of k patched forwards (progress);
+    loss: target, tau for `patched_losses`."""
     input_ids, loss_mask, attention_mask = (torch.as_tensor(t) for t in (input_ids, loss_mask, attention_mask))
 
     def evaluate(pairs) -> np.ndarray:
@@ -238,6 +239,8 @@ def patch_evaluator(model, graph: Graph, input_ids, loss_mask, attention_mask, b
             out[chunk] = patched_losses(model, input_ids[rows][:, cols], loss_mask[rows][:, cols],
                                         attention_mask[rows][:, cols], graph=graph, keep=keep, **patch,
                                         **loss).double().numpy()
+            if on_rows is not None:
+                on_rows(len(chunk))
         return out
 
     return evaluate

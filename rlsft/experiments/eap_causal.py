@@ -137,14 +137,13 @@ def faithfulness_losses(ctx: RunContext, stage, answers: list[dict], cut_len: in
         W = _ranking_scores(model, graph, ids, lm, am, B, settings, cfg.batch_size)
         log.info("faithfulness [%s]: %d samples, %d shares, %d splits, %d control draws, baseline %s", stage.name,
                  len(ids), len(grid), cfg.faithfulness_splits, cfg.faithfulness_draws, cfg.faithfulness_baseline)
-        evaluate = patch_evaluator(model, graph, ids, lm, am, B, cfg.batch_size,
-                                   target=settings.get("target", "nll"), tau=settings.get("tau", 1.0))
         bar = progress(desc=f"faithfulness [{stage.name}]", unit="patched forward")
+        evaluate = patch_evaluator(model, graph, ids, lm, am, B, cfg.batch_size, on_rows=bar.update,
+                                   target=settings.get("target", "nll"), tau=settings.get("tau", 1.0))
 
-        def counted(pairs):  # the engine plans its kept sets share by share: a line as they finish
-            losses = evaluate(pairs)
-            bar.update(len(pairs))
-            return losses
+        def counted(pairs):  # the engine hands over its planned kept sets in a few large calls: the total grows
+            bar.total = bar.n + len(pairs)
+            return evaluate(pairs)
 
         try:
             return engine_losses(W, graph, counted, grid, cfg.faithfulness_splits, cfg.faithfulness_draws,
