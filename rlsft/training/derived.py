@@ -35,13 +35,11 @@ def split_spec(spec: dict) -> tuple[dict, TrainingKind, object]:
 
 def folder_name(spec: dict) -> str:
     """``<kind>-<key>``: the derived model's folder under ``models/`` (and its work folder under ``training/``)."""
-    base, kind, recipe = split_spec(spec)
+    return _name(*split_spec(spec))
+
+
+def _name(base: dict, kind: TrainingKind, recipe) -> str:
     return f"{kind.name}-{kind.key(fingerprint(base), recipe)}"
-
-
-def model_folder(spec: dict, cache_dir: str | None = None) -> Path:
-    """Where a derived model's weights are cached (trained or not)."""
-    return default_cache_dir(cache_dir) / "models" / folder_name(spec)
 
 
 def derived_fingerprint(spec: dict) -> dict:
@@ -54,9 +52,9 @@ def derived_fingerprint(spec: dict) -> dict:
 
 
 def load_derived(spec: dict, device: str = "auto", dtype: str | None = None, cache_dir: str | None = None):
-    base, kind, recipe = split_spec(spec)
+    base, kind, recipe = split_spec(spec)  # the recipe read and validated once (presets are files)
     cache = default_cache_dir(cache_dir)
-    name = folder_name(spec)
+    name = _name(base, kind, recipe)
     target = cache / "models" / name
     work = cache / "training" / name
     trained_s = None
@@ -93,9 +91,10 @@ def training_budget(spec: dict, cache_dir: str | None = None) -> dict | None:
     that trained it)."""
     if spec.get("source") != "derived":
         return None
-    folder = model_folder(spec, cache_dir)
+    base, kind, recipe = split_spec(spec)
+    folder = default_cache_dir(cache_dir) / "models" / _name(base, kind, recipe)
     if (folder / "budget.json").is_file():
         return json.loads((folder / "budget.json").read_text())
     if not folder.is_dir():
         return None
-    return split_spec(spec)[1].budget(folder)  # saved before budget.json existed: from the kind's own files
+    return kind.budget(folder)  # saved before budget.json existed: from the kind's own files
