@@ -230,9 +230,125 @@ def plasmode_coverage(pool: dict, n: int, reps: int, n_resamples: int = 2000, se
                            l_s, l_r, n_resamples=n_resamples, seed=r)
         hits.setdefault(("plasmode", "loss_adjusted", "diff"), []).append(
             la["c_ci"][0] <= truth["loss_adjusted"]["diff"] <= la["c_ci"][1])
-    # Faithfulness summaries (method.md 2.7) are not on this branch's engine: a pool of patched-loss curves per
-    # question would join here as ("plasmode", "<summary>", side) rows once rlsft.eap.faithfulness returns them.
     return {key: float(np.mean(v)) for key, v in hits.items()}
+
+
+# ------------------------------------------------------------------------- faithfulness plasmode (issue 19, 2.7)
+# A patched loss needs a forward per (question, kept set), so a pool of real curves for every kept set a resample
+# could rank is out of reach. The plasmode keeps the real W_k (their heavy tails, their correlation across questions
+# and between the stages) and a stated response model: removing edge e from question k costs |W_ke| nats, additively.
+# The engine then ranks (|mean W| over the other half), prunes, cross-fits, draws its controls and bisects exactly as
+# in a run; only the forward is replaced. The true value of a summary is that summary of the population curve:
+#   cross-fitted  E over rankings learnt from n/2 pool questions of f_pop(pruned top set),
+#   control       E over random orders of f_pop(pruned random set),
+#   within        sum_j |W_j|[K_j] / sum_j |W_j| over the pool, K_j question j's own pruned top set,
+# with f_pop(K) = sum_K mean_j |W_j| / sum_E mean_j |W_j| (a ratio of means, as the estimator's).
+# The population curves' shares: the estimator's 20-point grid (so f at 5/10/20/50% is read at the same kept counts)
+# and every 2% between (frac80 and the area of the curve itself, not of its 20-point trapezoid).
+FAITH_TRUTH_GRID = np.union1d(np.arange(1, 21) / 20, np.arange(1, 51) / 50)
+
+
+def _graph_of(mask: np.ndarray):
+    from rlsft.eap.graph import make_graph
+
+    graph = make_graph((mask.shape[0] - 1) // 2)
+    if not np.array_equal(graph.mask.numpy(), mask):
+        raise ValueError(f"the pool's mask {mask.shape} is not a qkv EAP graph's")
+    return graph
+
+
+def memoised_kept_sets():
+    """Memoise rlsft.eap.faithfulness.kept_at_count (a pure function of order and count) for this process: the
+    controls' orders are the same in every replication and the within orders repeat with their pool question, so
+    most kept sets are found once. Results are unchanged; a replication costs about 3x less."""
+    import hashlib
+
+    from rlsft.eap import faithfulness
+
+    plain = getattr(faithfulness.kept_at_count, "__wrapped__", faithfulness.kept_at_count)
+    memo: dict = {}
+
+    def kept_at_count(order, graph, count):
+        key = (hashlib.sha1(np.ascontiguousarray(order).tobytes()).digest(), int(count))
+        if key not in memo:
+            if len(memo) > 50_000:
+                memo.clear()
+            memo[key] = plain(order, graph, count)
+        return memo[key]
+
+    kept_at_count.__wrapped__ = plain
+    faithfulness.kept_at_count = kept_at_count
+
+
+def faithfulness_truth(pool: dict, n: int, rankings: int = 100, control_draws: int = 100, seed: int = 1) -> dict:
+    """{(stage, summary): population value} and {("diff", summary): rl - sft} of the faithfulness summaries for
+    data sets of n questions (the cross-fitted curve's estimand depends on n: its rankings are learnt on n/2)."""
+    from rlsft.eap.faithfulness import _order, kept_at_count, rank_scores
+    from rlsft.eap.faithfulness_stats import AT, curve_summaries
+
+    mask = pool["mask"]
+    graph, E = _graph_of(mask), int(mask.sum())
+    counts = [max(1, int(np.ceil(q * E - 1e-9))) for q in FAITH_TRUTH_GRID]
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, len(pool["W_sft"]), n // 2) for _ in range(rankings)]
+    controls = [_order(rng.random(mask.shape), mask) for _ in range(control_draws)]
+    out = {}
+    for s in ("sft", "rl"):
+        C = np.abs(pool[f"W_{s}"])
+        mu = C.mean(0)
+        f_pop = lambda keep: mu[keep].sum() / mu[mask].sum()  # noqa: E731
+        curve = lambda orders: np.mean([[f_pop(kept_at_count(o, graph, c)) for c in counts]  # noqa: E731
+                                         for o in orders], 0)
+        cross = curve([_order(rank_scores(pool[f"W_{s}"][d]), mask) for d in draws])
+        control = curve(controls)
+        own = [_order(rank_scores(pool[f"W_{s}"][j : j + 1]), mask) for j in range(len(C))]
+        within = np.array([sum(C[j][kept_at_count(o, graph, c)].sum() for j, o in enumerate(own)) for c in counts])
+        within /= C[:, mask].sum()
+        cs, ct, wi = (curve_summaries(FAITH_TRUTH_GRID, v) for v in (cross, control, within))
+        out.update({(s, "faith_auc"): cs["auc"], (s, "faith_auc_minus_control"): cs["auc"] - ct["auc"],
+                    (s, "frac80"): cs["frac80"], (s, "control_auc"): ct["auc"], (s, "control_frac80"): ct["frac80"],
+                    (s, "within_auc"): wi["auc"], (s, "within_frac80"): wi["frac80"]})
+        out.update({(s, f"f_{q:g}"): cs[f"f_{q:g}"] for q in AT})
+    for (s, k), v in list(out.items()):
+        if s == "rl":
+            out[("diff", k)] = v - out[("sft", k)]
+    return {k: float(v) for k, v in out.items()}
+
+
+def faithfulness_plasmode_coverage(pool: dict, n: int, reps: int, truth: dict | None = None, n_boot: int = 1000,
+                                   seed: int = 0) -> dict:
+    """{("faithfulness", summary, side): coverage} of every faithfulness interval a run prints (per stage and RL -
+    SFT), on n questions drawn with replacement from the pool, through the engine's own code (see above). A
+    replication where the run prints no interval (the summary undefined in too many resamples, e.g. frac80 never
+    reached) is left out of that row's share and counted in ("undefined", summary, side)."""
+    from rlsft.eap.faithfulness import faithfulness_losses, share_grid
+    from rlsft.eap.faithfulness_stats import summarize
+
+    from rlsft.experiments.eap_causal import SUMMARIES  # what a run prints (control_frac80 is computed, not shown)
+
+    memoised_kept_sets()
+    truth = truth if truth is not None else faithfulness_truth(pool, n)
+    truth = {key: v for key, v in truth.items() if key[1] in SUMMARIES}
+    mask, graph = pool["mask"], _graph_of(pool["mask"])
+    rng = np.random.default_rng(seed)
+    hits: dict = {}
+    for r in range(reps):
+        k = rng.integers(0, len(pool["W_sft"]), n)
+        res = {}
+        for s in ("sft", "rl"):
+            W = pool[f"W_{s}"][k].astype(float)
+            C = np.abs(W)
+            none = pool[f"loss_{s}"][k].astype(float) + C[:, mask].sum(1)
+            evaluate = lambda pairs, C=C, none=none: np.array([none[j] - C[j][keep].sum() for j, keep in pairs])  # noqa: E731
+            res[s] = faithfulness_losses(W, graph, evaluate, share_grid(20), n_splits=10, draws=5, seed=r)
+        out = summarize(res, n_boot=n_boot, seed=r)
+        for (side, name), value in truth.items():
+            ci = out["rl-sft"][name]["ci"] if side == "diff" else out[side][f"{name}_ci"]
+            defined = bool(np.isfinite(ci).all())
+            hits.setdefault(("undefined", name, side), []).append(not defined)
+            if defined:
+                hits.setdefault(("faithfulness", name, side), []).append(ci[0] <= value <= ci[1])
+    return {key: float(np.mean(v)) if v else float("nan") for key, v in hits.items()}
 
 
 def print_table(table: dict, ns, reps: int, title: str) -> None:
@@ -248,11 +364,25 @@ def run_plasmode(args) -> None:
     from rlsft.cache import default_cache_dir
 
     t0 = time.time()
-    name = f"{args.plasmode.rstrip('/').replace('/', '_')}_alpha{args.alpha:g}.npz"
-    save = default_cache_dir(None) / "plasmode" / name
-    pool = plasmode_pool(args.plasmode, args.alpha, save=save)
+    if args.plasmode.endswith(".npz"):  # a pool saved by an earlier call (the run folder may be gone)
+        pool, save = dict(np.load(args.plasmode)), args.plasmode
+    else:
+        name = f"{args.plasmode.rstrip('/').replace('/', '_')}_alpha{args.alpha:g}.npz"
+        save = default_cache_dir(None) / "plasmode" / name
+        pool = plasmode_pool(args.plasmode, args.alpha, save=save)
     print(f"plasmode population: {len(pool['loss_sft'])} real questions of {args.plasmode} at alpha {args.alpha:g} "
           f"(saved to {save})")
+    if args.faithfulness:
+        table = {}
+        for n in args.n:
+            truth = faithfulness_truth(pool, n)
+            print(f"n = {n}: population values {({k: round(v, 4) for k, v in truth.items()})} "
+                  f"({time.time() - t0:.0f} s)", flush=True)
+            table[n] = faithfulness_plasmode_coverage(pool, n, args.reps, truth, n_boot=args.resamples)
+        print_table(table, args.n, args.reps, "faithfulness plasmode (response: removing e costs |W_ke|)")
+        worst = min(v for t in table.values() for k, v in t.items() if k[0] == "faithfulness")
+        print(f"\nworst faithfulness plasmode coverage: {worst:.3f} ({time.time() - t0:.0f} s in all)")
+        return
     table = {n: plasmode_coverage(pool, n, args.reps, n_resamples=args.resamples) for n in args.n}
     print_table(table, args.n, args.reps, "plasmode")
     worst = min(v for t in table.values() for k, v in t.items() if k[0] == "plasmode")
@@ -265,9 +395,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[8, 30])
     ap.add_argument("--population", type=int, default=40_000, help="questions drawn for the population values")
     ap.add_argument("--scale-sd", type=float, default=SCALE_SD, help="sd of the log per-sample scale")
-    ap.add_argument("--plasmode", help="an EAP run folder: its real per-question matrices are the population")
+    ap.add_argument("--plasmode", help="an EAP run folder (its real per-question matrices are the population), or a "
+                                       "pool .npz this script saved from one")
     ap.add_argument("--alpha", type=float, default=1.0, help="with --plasmode: the alpha whose matrices to use")
     ap.add_argument("--resamples", type=int, default=2000, help="with --plasmode: bootstrap resamples per interval")
+    ap.add_argument("--faithfulness", action="store_true",
+                    help="with --plasmode: the faithfulness summaries' intervals (method.md 2.7) instead")
     args = ap.parse_args()
     if args.plasmode:
         return run_plasmode(args)

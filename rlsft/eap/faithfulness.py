@@ -41,21 +41,55 @@ def _block_of(graph: Graph) -> np.ndarray:
     return np.array([-1 if t == "logits" else graph.sources.index(t.split(".")[0]) for t in graph.targets])
 
 
+_BLOCKS: dict = {}
+
+
+def _blocks(graph: Graph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the first target of each group, the block (source index) each group feeds (-1: logits), each target's group),
+    once per graph shape. A block's read targets are adjacent columns (q, k, v; or the MLP input): one group."""
+    key = (graph.n_layers, graph.attn_inputs)
+    if key not in _BLOCKS:
+        block = _block_of(graph)
+        starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
+        _BLOCKS[key] = starts, block[starts], np.cumsum(np.r_[True, block[1:] != block[:-1]]) - 1
+    return _BLOCKS[key]
+
+
+def _bits(rows: np.ndarray) -> list[int]:
+    """Each row of a bool matrix as a Python int bit set (bit i = column i)."""
+    packed = np.packbits(rows, axis=1, bitorder="little")
+    words = np.ascontiguousarray(np.pad(packed, ((0, 0), (0, -packed.shape[1] % 8)))).view("<u8")  # [rows, 64-bit words]
+    if words.shape[1] == 1:
+        return words[:, 0].tolist()
+    return [sum(w << (64 * i) for i, w in enumerate(row)) for row in words.tolist()]
+
+
+def _unbits(x: int, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(x.to_bytes((n + 7) // 8, "little"), np.uint8), bitorder="little")[:n] \
+        .astype(bool)
+
+
 def prune_edges(keep: np.ndarray, graph: Graph) -> np.ndarray:
     """The edges of `keep` [n_src, n_dst] (bool) that lie on a path input -> logits through kept edges.
 
     A block is reached when any of its read edges (q, k, v or the MLP input) comes from a reached source; it is
-    useful when one of its kept out-edges goes to a useful target (logits, or a read of a useful block).
+    useful when one of its kept out-edges goes to a useful target (logits, or a read of a useful block). Both
+    passes run on bit sets over [n_src, n_groups] (the plasmode prunes ~10^5 kept sets: 0.05 ms each, not 0.65).
     """
-    block = _block_of(graph)
-    reached = np.zeros(graph.n_src, bool)
-    reached[0] = True
-    for u in range(1, graph.n_src):  # sources in forward order: a block reads only earlier sources
-        reached[u] = (keep[:, block == u] & reached[:, None]).any()
-    useful_t = block == -1
-    for u in range(graph.n_src - 1, 0, -1):  # backwards: a block's out-edges go to later targets only
-        useful_t[block == u] = (keep[u] & useful_t).any()
-    return keep & reached[:, None] & useful_t[None, :]
+    starts, owner, group = _blocks(graph)
+    reads = np.logical_or.reduceat(keep, starts, axis=1)  # [n_src, n_groups]: source -> any read of that group
+    by_group, by_source = _bits(reads.T), _bits(reads)
+    reached = 1  # the input
+    for g, u in enumerate(owner):  # groups in forward order: a block reads only earlier sources
+        if u >= 0 and by_group[g] & reached:
+            reached |= 1 << int(u)
+    useful = sum(1 << int(g) for g in np.flatnonzero(owner == -1))
+    for g in range(len(owner) - 1, -1, -1):  # backwards: a block's out-edges go to later targets only
+        u = owner[g]
+        if u >= 0 and by_source[u] & useful:
+            useful |= 1 << g
+    useful_t = _unbits(useful, len(owner))[group]
+    return keep & _unbits(reached, graph.n_src)[:, None] & useful_t[None, :]
 
 
 def _order(ranking, mask: np.ndarray) -> np.ndarray:
