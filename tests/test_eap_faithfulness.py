@@ -63,6 +63,10 @@ def test_pruning_hand_built_cases():
             for _ in range(20):
                 keep = torch.from_numpy(rng.random(tuple(g3.mask.shape)) < p) & g3.mask
                 assert torch.equal(torch.from_numpy(prune_edges(keep.numpy(), g3)), on_a_path(keep, g3))
+    g33 = make_graph(33)  # 67 sources and 67 read groups: the bit sets span two 64-bit words
+    for p in (0.002, 0.01, 0.05):
+        keep = torch.from_numpy(rng.random(tuple(g33.mask.shape)) < p) & g33.mask
+        assert torch.equal(torch.from_numpy(prune_edges(keep.numpy(), g33)), on_a_path(keep, g33))
 
 
 def test_kept_edges_takes_the_top_k_with_row_major_ties_then_prunes():
