@@ -152,7 +152,10 @@ class PrimaryConfig:
 @dataclass
 class EAPConfig:
     attn_inputs: str = "qkv"  # qkv | joint
-    positions: str = "all"  # all | answer
+    # all | answer | answer_span: the answer number's tokens and `span_before` tokens before them, the same count in
+    # every stage (method.md 8; T_cut and alpha do not apply, reported as alpha 1.0), summed over those positions
+    positions: str = "all"
+    span_before: int = 2  # answer_span: generated tokens scored before the number (an answer with fewer is dropped)
     batch_size: int = 4
     bins: int = 100
     shared_range: bool = False  # information complexity histogram range shared by both models of a pair
@@ -293,7 +296,9 @@ def validate(cfg: Any) -> None:
     _check(cfg.logger.mode in ("offline", "online", "disabled"),
            f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
     _check(cfg.eap.attn_inputs in ("qkv", "joint"), f"eap.attn_inputs must be qkv or joint, got {cfg.eap.attn_inputs!r}")
-    _check(cfg.eap.positions in ("all", "answer"), f"eap.positions must be all or answer, got {cfg.eap.positions!r}")
+    _check(cfg.eap.positions in ("all", "answer", "answer_span"),
+           f"eap.positions must be all, answer or answer_span, got {cfg.eap.positions!r}")
+    _check(cfg.eap.span_before >= 0, f"eap.span_before must be >= 0, got {cfg.eap.span_before}")
     _check(cfg.eap.bins >= 2, f"eap.bins must be >= 2, got {cfg.eap.bins}")
     _check(cfg.eap.batch_size >= 1, f"eap.batch_size must be >= 1, got {cfg.eap.batch_size}")
     _check(all(0 < a <= 1 for a in cfg.eap.alphas), f"eap.alphas must each be in (0, 1], got {list(cfg.eap.alphas)}")
