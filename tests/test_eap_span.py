@@ -89,10 +89,12 @@ def test_a_span_run_reports_one_alpha_and_refuses_another_primary():
         validate(composed("experiment=eap", "eap.positions=answer_span", "eap.primary.alpha=0.5"))
 
 
-def test_an_answer_span_run_scores_every_stage_on_the_same_tokens(tmp_path, monkeypatch):
-    """The eap experiment with eap.positions=answer_span on the tiny pair, its answers written by hand: one stage
-    copies the question ("3 + 4 = 7"), the other says "The answer is 7."; one bare "7" has no tokens before its
-    number and is dropped, counted. Each selected question's two score rows cover the same count of tokens."""
+@pytest.mark.parametrize("compare", [[], ["eap.reference=sft", "eap.compare=[rl]"]])
+def test_an_answer_span_run_scores_every_stage_on_the_same_tokens(tmp_path, monkeypatch, compare):
+    """The eap experiment with eap.positions=answer_span on the tiny pair (sft -> rl, and rl against the reference
+    sft), its answers written by hand: one stage copies the question ("3 + 4 = 7"), the other says "The answer is 7.";
+    one bare "7" has no tokens before its number and is dropped, counted. Each selected question's two score rows
+    cover the same count of tokens: the number's digits and the 2 before them."""
     from test_config import composed
     from rlsft.experiments.common import RunContext
     from rlsft.experiments.eap import run
@@ -100,7 +102,7 @@ def test_an_answer_span_run_scores_every_stage_on_the_same_tokens(tmp_path, monk
     from rlsft.tracking import Tracker
 
     cfg = composed("experiment=eap", "model_pair=tiny", "run.device=cpu", "dataset.arithmetic.count=8",
-                   "eap.positions=answer_span", "eap.span_before=2", "eap.n_boot=200", "logger=disabled")
+                   "eap.positions=answer_span", "eap.span_before=2", "eap.n_boot=200", "logger=disabled", *compare)
     ctx = RunContext(cfg, tmp_path, str(tmp_path / "cache"), Tracker("disabled", "rlsft", tmp_path, {}))
     tok = build_tiny_tokenizer()
 
