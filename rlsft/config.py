@@ -152,7 +152,10 @@ class PrimaryConfig:
 @dataclass
 class EAPConfig:
     attn_inputs: str = "qkv"  # qkv | joint
-    positions: str = "all"  # all | answer
+    # all | answer | answer_span: the answer number's tokens and `span_before` tokens before them, the same count in
+    # every stage (method.md 8; T_cut and alpha do not apply, reported as alpha 1.0), summed over those positions
+    positions: str = "all"
+    span_before: int = 2  # answer_span: generated tokens scored before the number (an answer with fewer is dropped)
     batch_size: int = 4
     bins: int = 100
     shared_range: bool = False  # information complexity histogram range shared by both models of a pair
@@ -292,35 +295,7 @@ def validate(cfg: Any) -> None:
     _check(len(set(names)) == len(names), f"model_pair.stages has repeated names: {names}")
     _check(cfg.logger.mode in ("offline", "online", "disabled"),
            f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
-    _check(cfg.eap.attn_inputs in ("qkv", "joint"), f"eap.attn_inputs must be qkv or joint, got {cfg.eap.attn_inputs!r}")
-    _check(cfg.eap.positions in ("all", "answer"), f"eap.positions must be all or answer, got {cfg.eap.positions!r}")
-    _check(cfg.eap.bins >= 2, f"eap.bins must be >= 2, got {cfg.eap.bins}")
-    _check(cfg.eap.batch_size >= 1, f"eap.batch_size must be >= 1, got {cfg.eap.batch_size}")
-    _check(all(0 < a <= 1 for a in cfg.eap.alphas), f"eap.alphas must each be in (0, 1], got {list(cfg.eap.alphas)}")
-    _check(cfg.eap.target in ("nll", "margin"), f"eap.target must be nll or margin, got {cfg.eap.target!r}")
-    _check(cfg.eap.calibrate in ("none", "match_sft"),
-           f"eap.calibrate must be none or match_sft, got {cfg.eap.calibrate!r}")
-    _check(cfg.eap.method in ("eap", "eap_ig"), f"eap.method must be eap or eap_ig, got {cfg.eap.method!r}")
-    _check(cfg.eap.ig_steps >= 1, f"eap.ig_steps must be >= 1, got {cfg.eap.ig_steps}")
-    _check(cfg.eap.faithfulness_points >= 2,
-           f"eap.faithfulness_points must be >= 2, got {cfg.eap.faithfulness_points}")
-    _check(cfg.eap.faithfulness_baseline in FAITHFULNESS_BASELINES,
-           f"eap.faithfulness_baseline must be one of {', '.join(FAITHFULNESS_BASELINES)}, "
-           f"got {cfg.eap.faithfulness_baseline!r}")
-    _check(cfg.eap.faithfulness_splits >= 1, f"eap.faithfulness_splits must be >= 1, got {cfg.eap.faithfulness_splits}")
-    _check(cfg.eap.faithfulness_draws >= 1, f"eap.faithfulness_draws must be >= 1, got {cfg.eap.faithfulness_draws}")
-    _check(cfg.eap.faithfulness_ranking in ("abs_mean", "mean_abs"),
-           f"eap.faithfulness_ranking must be abs_mean or mean_abs, got {cfg.eap.faithfulness_ranking!r}")
-    _check(not cfg.eap.reference or cfg.eap.calibrate == "none",
-           "eap.calibrate matches the rl stage to the sft stage; leave eap.reference unset to use it")
-    from .eap.metrics import METRICS  # here: the schema itself needs no torch
-
-    primaries = [m for m, spec in METRICS.items() if spec.interval] + ["self_entropy", "loss_adjusted"]
-    _check(cfg.eap.primary.metric in primaries,
-           f"eap.primary.metric must be one of {', '.join(primaries)} (a metric with an interval), got "
-           f"{cfg.eap.primary.metric!r}")
-    _check(0 < cfg.eap.primary.alpha <= 1, f"eap.primary.alpha must be in (0, 1], got {cfg.eap.primary.alpha}")
-    _check(cfg.eap.n_boot >= 100, f"eap.n_boot must be >= 100 (method.md 2.6 uses 2000), got {cfg.eap.n_boot}")
+    _validate_eap(cfg.eap)
     from .experiments import get_experiment  # here: the schema itself needs no experiment
 
     get_experiment(cfg.run.experiment).check(cfg)
@@ -333,6 +308,41 @@ def validate(cfg: Any) -> None:
            f"model_pair.template {cfg.model_pair.template!r} is unknown; expected one of {list(TEMPLATES)}")
     if cfg.dataset.n is not None:
         _check(cfg.dataset.n >= 1, f"dataset.n must be >= 1, got {cfg.dataset.n}")
+
+
+def _validate_eap(e: Any) -> None:
+    """The eap section's ranges and choices, each named."""
+    _check(e.attn_inputs in ("qkv", "joint"), f"eap.attn_inputs must be qkv or joint, got {e.attn_inputs!r}")
+    _check(e.positions in ("all", "answer", "answer_span"),
+           f"eap.positions must be all, answer or answer_span, got {e.positions!r}")
+    _check(e.span_before >= 0, f"eap.span_before must be >= 0, got {e.span_before}")
+    _check(e.bins >= 2, f"eap.bins must be >= 2, got {e.bins}")
+    _check(e.batch_size >= 1, f"eap.batch_size must be >= 1, got {e.batch_size}")
+    _check(all(0 < a <= 1 for a in e.alphas), f"eap.alphas must each be in (0, 1], got {list(e.alphas)}")
+    _check(e.target in ("nll", "margin"), f"eap.target must be nll or margin, got {e.target!r}")
+    _check(e.calibrate in ("none", "match_sft"),
+           f"eap.calibrate must be none or match_sft, got {e.calibrate!r}")
+    _check(e.method in ("eap", "eap_ig"), f"eap.method must be eap or eap_ig, got {e.method!r}")
+    _check(e.ig_steps >= 1, f"eap.ig_steps must be >= 1, got {e.ig_steps}")
+    _check(e.faithfulness_points >= 2,
+           f"eap.faithfulness_points must be >= 2, got {e.faithfulness_points}")
+    _check(e.faithfulness_baseline in FAITHFULNESS_BASELINES,
+           f"eap.faithfulness_baseline must be one of {', '.join(FAITHFULNESS_BASELINES)}, "
+           f"got {e.faithfulness_baseline!r}")
+    _check(e.faithfulness_splits >= 1, f"eap.faithfulness_splits must be >= 1, got {e.faithfulness_splits}")
+    _check(e.faithfulness_draws >= 1, f"eap.faithfulness_draws must be >= 1, got {e.faithfulness_draws}")
+    _check(e.faithfulness_ranking in ("abs_mean", "mean_abs"),
+           f"eap.faithfulness_ranking must be abs_mean or mean_abs, got {e.faithfulness_ranking!r}")
+    _check(not e.reference or e.calibrate == "none",
+           "eap.calibrate matches the rl stage to the sft stage; leave eap.reference unset to use it")
+    from .eap.metrics import METRICS  # here: the schema itself needs no torch
+
+    primaries = [m for m, spec in METRICS.items() if spec.interval] + ["self_entropy", "loss_adjusted"]
+    _check(e.primary.metric in primaries,
+           f"eap.primary.metric must be one of {', '.join(primaries)} (a metric with an interval), got "
+           f"{e.primary.metric!r}")
+    _check(0 < e.primary.alpha <= 1, f"eap.primary.alpha must be in (0, 1], got {e.primary.alpha}")
+    _check(e.n_boot >= 100, f"eap.n_boot must be >= 100 (method.md 2.6 uses 2000), got {e.n_boot}")
 
 
 def _validate_probe_ablation_variability(cfg: Any) -> None:

@@ -81,6 +81,19 @@ def extract_answer(text: str) -> str | None:
     return str(parsed[-1]) if parsed else None
 
 
+def answer_chars(text: str) -> tuple[int, int] | None:
+    """Where ``text`` writes the answer the grader reads: the character span [start, end) of the last occurrence of
+    ``extract_answer``'s string as a whole number (not inside a longer one), or None when nothing is extracted or the
+    extracted string is not written as such (math-verify normalised it, e.g. "1,234" -> "1234").
+
+    Why: EAP's answer span (method.md 8) scores every stage on the same number, found as the grade was."""
+    pred = extract_answer(text)
+    if not pred:
+        return None
+    found = list(re.finditer(rf"(?<![\d.]){re.escape(pred)}(?!\d|\.\d)", text))
+    return found[-1].span() if found else None
+
+
 def _compact(s: str) -> str:
     return re.sub(r"\s+|\$|\\[,!;: ]|~", "", s)
 

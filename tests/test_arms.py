@@ -33,12 +33,16 @@ def _answer_logprobs(model, prompt: list[int], answer: list[int]) -> torch.Tenso
     return torch.stack([logp[len(prompt) + i - 1, t] for i, t in enumerate(answer)])
 
 
-def test_reference_answers_are_one_boxed_sentence_graded_correct():
-    for r in arithmetic_records(20, 1, 1, "bare", 0):
+def test_reference_answers_are_in_the_bases_format_and_graded_correct():
+    """The base writes "6 + 8 = 14" (24 of its 33 correct answers on arith_heldout; none boxed): the sft arm's
+    references say the same, for 1- and 2-digit questions, and the grader reads the result from them."""
+    import re
+
+    for r in arithmetic_records(20, 1, 1, "bare", 0) + arithmetic_records(20, 2, 1, "bare", 0):
         text = reference_answer(r)
-        assert text.count("\\boxed{") == 1 and text.endswith(".") and text.count(". ") == 0
-        assert grade(text, r.answer)[1], text
-    assert reference_answer(Record("g", "How many?", "42")) == "The answer is \\boxed{42}."
+        assert re.fullmatch(r"\d+ [+-] \d+ = \d+", text) and text.endswith(f"= {r.answer}"), text
+        assert grade(text, r.answer) == (r.answer, True), text
+    assert reference_answer(Record("g", "How many?", "42")) == "The answer is 42."
 
 
 def test_sft_loss_is_the_mean_answer_token_nll_with_the_prompt_masked(tmp_path):

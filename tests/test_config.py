@@ -95,6 +95,8 @@ def test_misspelt_key_and_wrong_type_fail_at_composition():
     ("eap.calibrate=match_rl", "eap.calibrate must be none or match_sft, got 'match_rl'"),
     ("eap.method=ig", "eap.method must be eap or eap_ig, got 'ig'"),
     ("eap.ig_steps=0", "eap.ig_steps must be >= 1, got 0"),
+    ("eap.positions=number", "eap.positions must be all, answer or answer_span, got 'number'"),
+    ("eap.span_before=-1", "eap.span_before must be >= 0, got -1"),
     ("eap.faithfulness_points=1", "eap.faithfulness_points must be >= 2"),
     ("eap.faithfulness_baseline=input", "eap.faithfulness_baseline must be one of counterfactual, resample, mean"),
     ("eap.faithfulness_splits=0", "eap.faithfulness_splits must be >= 1"),

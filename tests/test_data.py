@@ -112,3 +112,20 @@ def test_arithmetic_twins_keep_the_shape_change_the_answer_and_leave_the_questio
                     answer = answer + int(x) if op == "gets" else answer - int(x) if op == "gives away" else \
                         answer * int(x)
             assert answer >= 0 and str(answer) != r.answer
+
+
+def test_two_digit_questions_are_distinct_and_their_twins_keep_the_prompt_length():
+    """The arms' 2-digit set (conf/dataset/arith2_heldout.yaml): distinct questions with both operands of two digits,
+    and counterfactual twins (method.md 2.7) whose prompts tokenise to the question's length under a tokenizer that
+    writes digits one per token, as SmolLM2's does (the twin the faithfulness baseline takes)."""
+    from rlsft.models import build_tiny_tokenizer
+    from rlsft.templates import encode_prompt
+
+    tok = build_tiny_tokenizer()
+    recs = arithmetic_records(400, digits=2, n_ops=1, style="bare", seed=0, ops="+-", unique=True)
+    assert len({r.question for r in recs}) == 400
+    for r in recs:
+        assert [len(x) for x in re.findall(r"\d+", r.question)] == [2, 2]
+        length = len(encode_prompt(tok, "chat_brief", r.question))
+        assert r.meta["twins"] and all(len(encode_prompt(tok, "chat_brief", t)) == length for t in r.meta["twins"])
+        assert all([len(x) for x in re.findall(r"\d+", t)] == [2, 2] for t in r.meta["twins"])

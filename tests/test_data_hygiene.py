@@ -21,10 +21,10 @@ def _texts(records) -> list[str]:
     return [" ".join(r.question.lower().split()) for r in records]
 
 
-@pytest.mark.parametrize("name", ["arithmetic", "arith_heldout"])
-def test_the_synthetic_evaluation_sets_ask_each_question_once(name):
+@pytest.mark.parametrize("name,count", [("arithmetic", 64), ("arith_heldout", 64), ("arith2_heldout", 400)])
+def test_the_synthetic_evaluation_sets_ask_each_question_once(name, count):
     texts = _texts(load_records(_dataset(name)))
-    assert len(texts) == 64 and len(set(texts)) == 64
+    assert len(texts) == count and len(set(texts)) == count
 
 
 def test_repeated_questions_are_dropped_keeping_the_first():
@@ -61,13 +61,30 @@ def test_the_embedded_rl_stage_never_trains_on_a_scored_question():
 
 
 def test_the_arms_and_a_vector_stage_report_their_pools():
-    evaluated = load_records(_dataset("arith_heldout"))
+    evaluated = load_records(_dataset("arith2_heldout"))
     arm = {"source": "derived", "recipe": "smollm2_sft", "base": GGUF}
     vector = {"source": "vector", "target": arm, "plus": {"source": "derived", "recipe": "smollm2_arms", "base": GGUF},
               "minus": GGUF, "scale": 1.0}
     got = stage_overlaps({"sft": arm, "vec": vector}, evaluated)
     assert got["sft"]["overlap"] == 0 and got["vec"]["overlap"] == 0
     assert got["vec"]["pool"] == 2 * got["sft"]["pool"]  # the arm's and the grpo arm's (same split) pools
+
+
+def test_the_arms_train_and_evaluate_on_distinct_two_digit_questions():
+    """method.md 8, enough questions on a large universe: every arm trains on the same 77 2-digit questions and none
+    of the 400 it is evaluated on (the seeded draw of 80 holds 3 of them: the exclusion is not vacuous)."""
+    import re
+
+    evaluated = load_records(_dataset("arith2_heldout"))
+    stages = {name: {"source": "derived", "recipe": recipe, "base": GGUF} for name, recipe in
+              [("sft", "smollm2_sft"), ("rft", "smollm2_rft"), ("dpo", "smollm2_dpo"), ("grpo", "smollm2_arms")]}
+    got = stage_overlaps(stages, evaluated)
+    assert got == {name: {"overlap": 0, "pool": 77, "evaluated": 400} for name in stages}
+    raw = arithmetic_records(80, digits=2, n_ops=1, style="bare", seed=1, ops="+-", unique=True)
+    assert len(set(_texts(raw)) & set(_texts(evaluated))) == 3
+    for r in evaluated + raw:  # operands of two digits each; answers exact
+        a, op, b = re.fullmatch(r"What is (\d+) ([+-]) (\d+)\?", r.question).groups()
+        assert len(a) == len(b) == 2 and int(r.answer) == (int(a) + int(b) if op == "+" else int(a) - int(b)) >= 0
 
 
 def test_a_run_drops_repeats_and_prints_the_overlap(tmp_path, cache_dir):

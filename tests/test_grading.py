@@ -5,7 +5,7 @@ from types import SimpleNamespace as NS
 import pytest
 
 from rlsft.data import read_rows, rows_to_records, subset
-from rlsft.grading import gold_answer, grade, last_boxed, numeric_value
+from rlsft.grading import answer_chars, gold_answer, grade, last_boxed, numeric_value
 
 CONFIGS = {
     "gsm8k": ("gsm8k/test.jsonl", NS(name="gsm8k", question_field="question", answer_field="answer",
@@ -97,3 +97,19 @@ def test_the_grpo_reward_gives_a_restated_question_no_partial_credit():
 
     assert answer_reward("6 + 8 = \\boxed{}", "14").reward == -0.5
     assert answer_reward("6 + 8 = 10", "14").reward == pytest.approx(min(2.5, -0.5 + 3.5 * (1 - 4 / 14)))  # a near miss still earns credit
+
+
+@pytest.mark.parametrize("text,written", [
+    ("6 + 8 = 14", "14"), ("6 + 8 = \\boxed{14}.", "14"), ("The answer is 9.", "9"), ("14 + 1 = 15.", "15"),
+    ("x = 0.50", "0.50"), ("7", "7"), ("I'm ready to help. What's your question?", None),
+    ("The answer is 1,234.", None),  # math-verify reads 1234, which the text does not write
+])
+def test_answer_chars_point_at_the_number_the_grader_reads(text, written):
+    """The answer span (method.md 8) starts from here: the last place the extracted answer is written as a whole
+    number ("14" in "14 + 1 = 15." is not the answer 15, nor is the 1 of 15 the answer 1)."""
+    span = answer_chars(text)
+    if written is None:
+        assert span is None
+    else:
+        assert text[span[0] : span[1]] == written == grade(text, written)[0]
+    assert answer_chars("15 - 4 = 1") == (9, 10) and answer_chars("3 + 4 = 7 and 17") == (14, 16)

@@ -13,7 +13,8 @@ from typing import Any, Optional
 from ..errors import RlsftError
 from ..presets import PRESETS
 
-ARM_VERSION = 2  # bump when a change alters what a recipe trains (invalidates the arms' derived-model caches); 2: grading.unanswered
+ARM_VERSION = 3  # bump when a change alters what a recipe trains (invalidates the arms' derived-model caches); 2: grading.unanswered;
+# 3: sft references in the base's format ("3 + 4 = 7", rlsft.arms.data.reference_answer)
 KINDS = ("sft", "rft", "dpo")
 
 

@@ -18,13 +18,14 @@ def distinct_questions(records: list[Record]) -> list[Record]:
 
 
 def reference_answer(record: Record) -> str:
-    """A one-sentence answer with the result in \\boxed{} (what the ``chat_brief`` template asks for).
+    """The answer in the format the base (SmolLM2-135M-Instruct under ``chat_brief``) already writes, so the sft arm
+    learns the arithmetic and not a new format (method.md 8, one answer format): "3 + 4 = 7", unboxed, no full stop.
 
-    Synthetic arithmetic carries its expression (``meta['expr']``): "3 + 4 = \\boxed{7}."; other datasets only have
-    the gold answer: "The answer is \\boxed{42}."
+    Synthetic arithmetic carries its expression (``meta['expr']``); other datasets only have the gold answer:
+    "The answer is 42." (the base's other form).
     """
     expr = record.meta.get("expr")
-    return f"{expr} = \\boxed{{{record.answer}}}." if expr else f"The answer is \\boxed{{{record.answer}}}."
+    return f"{expr} = {record.answer}" if expr else f"The answer is {record.answer}."
 
 
 def stop_id(model, tokenizer) -> int:

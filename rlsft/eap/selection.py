@@ -4,6 +4,7 @@ Lengths are counts of generated token ids, each model with its own tokenizer. In
 questions both models answered correctly (Q); the same selection serves every alpha.
 """
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 
@@ -97,23 +98,51 @@ def cut_length(alpha: float, tbar: float) -> int:
 
 @dataclass
 class TruncatedInput:
-    input_ids: torch.Tensor  # [prompt + scored answer] long
-    loss_mask: torch.Tensor  # bool, True on the answer tokens
-    answer_len: int  # scored answer tokens: min(cut_len, len(output_ids))
+    input_ids: torch.Tensor  # [prompt + answer up to the last scored token] long
+    loss_mask: torch.Tensor  # bool, True on the scored answer tokens
+    answer_len: int  # scored answer tokens: min(cut_len, len(output_ids)), or the span's length
     shorter_than_cut: bool  # the whole answer was shorter than cut_len (it is used whole; count these)
 
 
 def truncation_inputs(prompt_ids, output_ids, cut_len: int) -> TruncatedInput:
     """Prompt ids + the first `cut_len` generated ids (the model's own ids, never re-tokenised); loss on the answer."""
-    prompt_ids, output_ids = list(prompt_ids), list(output_ids)
     _check("cut_len", cut_len, cut_len >= 1, ">= 1")
+    scored = span_inputs(prompt_ids, output_ids, 0, min(cut_len, len(output_ids)))
+    scored.shorter_than_cut = len(output_ids) < cut_len
+    return scored
+
+
+def span_inputs(prompt_ids, output_ids, start: int, end: int) -> TruncatedInput:
+    """Prompt ids + the generated ids up to `end`; loss on generated tokens [start, end) (the answer span of
+    method.md 8, rlsft.eap.span; tokens after the span cannot change the loss of a causal model)."""
+    prompt_ids, output_ids = list(prompt_ids), list(output_ids)
     _check("prompt_ids", "empty", len(prompt_ids) > 0, "non-empty (the first answer token needs a prediction)")
     _check("output_ids", "empty", len(output_ids) > 0, "non-empty")
-    answer = output_ids[:cut_len]
-    ids = torch.tensor(prompt_ids + answer, dtype=torch.long)
+    _check("span", (start, end), 0 <= start < end <= len(output_ids), f"inside the {len(output_ids)} answer tokens")
+    ids = torch.tensor(prompt_ids + output_ids[:end], dtype=torch.long)
     mask = torch.zeros(len(ids), dtype=torch.bool)
-    mask[len(prompt_ids):] = True
-    return TruncatedInput(ids, mask, len(answer), len(output_ids) < cut_len)
+    mask[len(prompt_ids) + start :] = True
+    return TruncatedInput(ids, mask, end - start, False)
+
+
+def scored_inputs(answers: list[dict], cut_len: int | None) -> list[TruncatedInput]:
+    """Each answer ({prompt_ids, output_ids[, span]}) as it is scored: its first `cut_len` tokens, or with cut_len
+    None (eap.positions=answer_span) its own span."""
+    if cut_len is None:
+        return [span_inputs(a["prompt_ids"], a["output_ids"], *a["span"]) for a in answers]
+    return [truncation_inputs(a["prompt_ids"], a["output_ids"], cut_len) for a in answers]
+
+
+def samples_hash(answers: list[dict]) -> str:
+    """What a cache key holds of the scored answers: ids, prompt and answer token ids, and the span when one is set
+    (without one, the hash every cache before the span was keyed by)."""
+    rows = [(a["id"], a["prompt_ids"], a["output_ids"], *([tuple(a["span"])] if "span" in a else [])) for a in answers]
+    return hashlib.sha256(repr(rows).encode()).hexdigest()
+
+
+def summed_positions(positions: str) -> str:
+    """edge_scores' `positions` for an eap.positions value: answer_span sums over its span, which is the loss mask."""
+    return "all" if positions == "all" else "answer"
 
 
 def collate(items: list[TruncatedInput], pad_id: int | None = 0, side: str = "left"):

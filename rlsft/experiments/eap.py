@@ -7,7 +7,6 @@ loss-adjusted RL effect, self-entropy, the paper's pooled complexity as a point 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 
@@ -15,9 +14,9 @@ import numpy as np
 import torch
 
 from ..cache import cached_npz, stage_dir, stage_key
-from ..eap import (METRICS, build_graph, collate, compare, compare_values, cut_length, edge_scores, estimate_memory,
-                   information_complexity_pooled, loss_adjusted, output_edge_entropy, per_sample, relative_change,
-                   sample_diversity, select_shared, truncation_inputs)
+from ..eap import (METRICS, answer_span, build_graph, collate, compare, compare_values, cut_length, edge_scores,
+                   estimate_memory, information_complexity_pooled, loss_adjusted, output_edge_entropy, per_sample,
+                   relative_change, sample_diversity, samples_hash, scored_inputs, select_shared, summed_positions)
 from ..errors import RlsftError
 from ..models import fingerprint
 from ..console import progress
@@ -37,6 +36,9 @@ def check(cfg) -> None:
     from ..config import TruncationConfig
 
     t = cfg.truncation
+    if cfg.eap.positions == "answer_span" and cfg.eap.primary.alpha != 1.0:
+        raise RlsftError(f"eap.primary.alpha={cfg.eap.primary.alpha:g}: eap.positions=answer_span scores one span, "
+                         f"reported as alpha 1.0; set eap.primary.alpha=1.0")
     if cfg.eap.alphas and t.alpha != TruncationConfig.alpha:
         raise RlsftError(f"truncation.alpha={t.alpha} would be ignored: eap.alphas={list(cfg.eap.alphas)} scores "
                          f"those alphas in one job; add eap.alphas=[] to use truncation.alpha (e.g. to sweep it)")
@@ -75,6 +77,8 @@ def score_settings(cfg) -> dict:
     """Everything besides the model, the samples and T_cut that changes the scores: one dict, all in the cache key."""
     e = cfg.eap
     settings = {"attn_inputs": e.attn_inputs, "positions": e.positions, "dtype": cfg.run.dtype}
+    if e.positions == "answer_span":
+        settings["span_before"] = e.span_before
     if e.target != "nll":  # only what differs from the paper's setting, so existing caches stay valid
         settings["target"] = e.target
     if e.method != "eap":
@@ -82,23 +86,23 @@ def score_settings(cfg) -> dict:
     return settings
 
 
-def scores_for(ctx: RunContext, stage, answers: list[dict], cut_len: int, settings: dict) -> dict:
-    """Per-sample EAP matrices of one model at one T_cut: cached, one .npz per (model, samples, T_cut, settings)."""
-    ids_hash = hashlib.sha256(repr([(a["id"], a["prompt_ids"], a["output_ids"]) for a in answers]).encode()).hexdigest()
-    key = stage_key(version=SCORES_VERSION, model=fingerprint(ctx.model_spec(stage)), samples=ids_hash,
+def scores_for(ctx: RunContext, stage, answers: list[dict], cut_len: int | None, settings: dict) -> dict:
+    """Per-sample EAP matrices of one model at one T_cut (None: each answer's span): cached, one .npz per (model,
+    samples, T_cut, settings)."""
+    key = stage_key(version=SCORES_VERSION, model=fingerprint(ctx.model_spec(stage)), samples=samples_hash(answers),
                     cut_len=cut_len, settings=settings)
     path = stage_dir(ctx.cache_dir, "eap_scores", key) / "scores.npz"
     return cached_npz(path, lambda: _compute_scores(ctx, stage, answers, cut_len, settings)) | {"path": path}
 
 
-def _compute_scores(ctx: RunContext, stage, answers: list[dict], cut_len: int, settings: dict) -> dict:
+def _compute_scores(ctx: RunContext, stage, answers: list[dict], cut_len: int | None, settings: dict) -> dict:
     """The arrays of one scores.npz (the members existing caches hold)."""
     model, tok = ctx.load_stage(stage)
     try:
         graph = build_graph(model, settings["attn_inputs"])
     except ValueError as exc:
         raise RlsftError(f"stage {stage.name!r}: {exc}") from None
-    items = [truncation_inputs(a["prompt_ids"], a["output_ids"], cut_len) for a in answers]
+    items = scored_inputs(answers, cut_len)
     batch_size = ctx.cfg.eap.batch_size
     longest = max(len(it.input_ids) for it in items)
     need = estimate_memory(model.config, longest, min(batch_size, len(items)), model.dtype)
@@ -107,7 +111,8 @@ def _compute_scores(ctx: RunContext, stage, answers: list[dict], cut_len: int, s
     mats, losses = [], []
     for i in progress(desc=f"edge_scores [{stage.name}]", unit="batch", iterable=range(0, len(items), batch_size)):
         ids, loss_mask, attention = collate(items[i : i + batch_size], pad_id=tok.pad_token_id, side="left")
-        scores, loss = edge_scores(model, ids, loss_mask, attention, graph=graph, positions=settings["positions"],
+        scores, loss = edge_scores(model, ids, loss_mask, attention, graph=graph,
+                                   positions=summed_positions(settings["positions"]),
                                    return_losses=True, target=settings.get("target", "nll"),
                                    tau=settings.get("tau", 1.0), method=settings.get("method", "eap"),
                                    ig_steps=settings.get("ig_steps", 5))
@@ -118,7 +123,7 @@ def _compute_scores(ctx: RunContext, stage, answers: list[dict], cut_len: int, s
                 ids=np.array([a["id"] for a in answers]), answer_len=np.array([it.answer_len for it in items]),
                 scored_tokens=np.array([int(it.loss_mask.sum()) for it in items]),
                 shorter_than_cut=np.array([it.shorter_than_cut for it in items]), loss=torch.cat(losses).numpy(),
-                cut_len=cut_len)
+                cut_len=0 if cut_len is None else cut_len)  # 0: each answer's span (eap.positions=answer_span)
 
 
 # ------------------------------------------------------------------------------------------------ the named steps
@@ -131,18 +136,47 @@ def generations(ctx: RunContext, *stages) -> dict:
     gens = {}
     for stage in stages:
         gens[stage.name] = {g["id"]: g for g in ctx.generations(stage, records, sampling)}
+        if ctx.cfg.eap.positions == "answer_span":
+            add_spans(gens[stage.name], ctx.load_stage(stage)[1], ctx.cfg.eap.span_before)
         ctx.release(stage)
     return gens
+
+
+def add_spans(gens: dict, tokenizer, before: int) -> None:
+    """eap.positions=answer_span: each generation's scored span ``span`` (rlsft.eap.span: [start, end) of its
+    output ids; start < 0 when fewer than ``before`` tokens precede the number), None when its number is not found."""
+    for g in gens.values():
+        g["span"] = answer_span(tokenizer, g["output_ids"], g["text"], before) if g["output_ids"] else None
+
+
+def span_drops(counts: dict) -> str:
+    """The answer-span drops of a selection's counts, for an error message ("" without a span)."""
+    drops = {k: v for k, v in counts.items() if k.startswith(("dropped_no_answer", "dropped_span")) and v}
+    return f" and with an answer span ({', '.join(f'{k}={v}' for k, v in drops.items())})" if drops else ""
+
+
+def span_filter(gens: dict, ids: list, counts: dict) -> list:
+    """The questions every stage can be scored on at its answer span, of one length in every stage; each drop
+    counted by its reason (method.md 8: the same scored span)."""
+    spans = {q: [g[q]["span"] for g in gens.values()] for q in ids}
+    found = [q for q in ids if None not in spans[q]]
+    after = [q for q in found if min(s[0] for s in spans[q]) >= 0]
+    same = [q for q in after if len({e - b for b, e in spans[q]}) == 1]
+    counts.update(dropped_no_answer_number=len(ids) - len(found), dropped_span_before_answer=len(found) - len(after),
+                  dropped_span_length_mismatch=len(after) - len(same))
+    return same
 
 
 def select(cfg, gens: dict, sft, rl):
     """method.md 2.1: both-correct questions, then the length window; the same questions serve every alpha."""
     usable, counts = paired_questions(gens, cfg.eap.require_correct)
+    if cfg.eap.positions == "answer_span":
+        usable = span_filter({n: gens[n] for n in (sft.name, rl.name)}, usable, counts)
     if not usable:
         raise RlsftError(
             f"no question of {cfg.dataset.name} was answered correctly by both models "
             f"({sft.name}: {counts[f'{sft.name}_correct']}/{counts['questions']}, "
-            f"{rl.name}: {counts[f'{rl.name}_correct']}/{counts['questions']})")
+            f"{rl.name}: {counts[f'{rl.name}_correct']}/{counts['questions']}){span_drops(counts)}")
     return length_filter(cfg.truncation, {n: gens[n] for n in (sft.name, rl.name)}, usable, counts)
 
 
@@ -163,9 +197,20 @@ def length_filter(t, gens: dict, usable: list, counts: dict):
     return selection, counts
 
 
+def scored_alphas(cfg) -> list[float]:
+    """The alphas a run scores: eap.alphas, else truncation.alpha; under eap.positions=answer_span one, reported as
+    1.0 (the whole span: T_cut does not apply)."""
+    if cfg.eap.positions == "answer_span":
+        log.info("eap.positions=answer_span: each stage scored on its answer number and the %d tokens before it; "
+                 "eap.alphas and truncation.alpha do not apply (reported as alpha 1.0)", cfg.eap.span_before)
+        return [1.0]
+    return list(cfg.eap.alphas) or [cfg.truncation.alpha]
+
+
 def score_alpha(ctx: RunContext, gens: dict, selection, alpha: float, stages: dict) -> dict:
-    """Scores of both stages at one alpha: {"cut_len", "mask", "sources", "targets", side: saved arrays}."""
-    cut = cut_length(alpha, selection.tbar)
+    """Scores of both stages at one alpha: {"cut_len", "mask", "sources", "targets", side: saved arrays}. Under
+    eap.positions=answer_span each answer is scored on its span whatever the alpha (cut_len None)."""
+    cut = None if ctx.cfg.eap.positions == "answer_span" else cut_length(alpha, selection.tbar)
     out = {"cut_len": cut, "settings": {}}
     answers = {side: [gens[stage.name][q] for q in selection.ids] for side, stage in stages.items()}
     for side, stage in stages.items():
@@ -225,7 +270,7 @@ def run(cfg, ctx: RunContext) -> dict:
     selection, counts = select(cfg, gens, stages["sft"], stages["rl"])
     ctx.write_json("eap_selection.json", {"counts": counts, "ids": selection.ids, "params": selection.params})
     log.info("eap selection: %s", counts)
-    alphas = list(cfg.eap.alphas) or [cfg.truncation.alpha]
+    alphas = scored_alphas(cfg)
     scored, summaries = {}, {}
     for alpha in alphas:
         scored[alpha] = score_alpha(ctx, gens, selection, alpha, stages)
@@ -292,10 +337,12 @@ def compare_stages(ctx: RunContext) -> tuple[str, dict]:
 def select_compared(cfg, gens: dict):
     """The shared selection: questions every compared stage and the reference answer correctly, length filter."""
     usable, counts = shared_questions(gens, cfg.eap.require_correct)
+    if cfg.eap.positions == "answer_span":
+        usable = span_filter(gens, usable, counts)
     if len(usable) < 2:
         correct = ", ".join(f"{n}: {counts[f'{n}_correct']}/{counts['questions']}" for n in gens)
         raise RlsftError(f"only {len(usable)} question(s) of {cfg.dataset.name} answered correctly by every "
-                         f"compared stage ({correct})")
+                         f"compared stage ({correct}){span_drops(counts)}")
     return length_filter(cfg.truncation, gens, usable, counts)
 
 
@@ -308,7 +355,7 @@ def run_compare(cfg, ctx: RunContext) -> dict:
     ctx.write_json("eap_selection.json", {"counts": counts, "ids": selection.ids, "params": selection.params})
     log.info("eap selection (shared by %s): %s", list(stages), counts)
     summaries: dict = {}
-    for alpha in list(cfg.eap.alphas) or [cfg.truncation.alpha]:
+    for alpha in scored_alphas(cfg):
         scored = score_alpha(ctx, gens, selection, alpha, stages)
         summaries[f"{alpha:g}"] = {}
         for name in list(stages)[1:]:

@@ -15,7 +15,7 @@ import torch
 
 from ..cache import cached_npz, stage_dir, stage_key
 from ..console import progress
-from ..eap import build_graph, collate, edge_scores, truncation_inputs
+from ..eap import build_graph, collate, edge_scores, samples_hash, scored_inputs, summed_positions
 from ..eap.calibration import calibrate_temperature, mean_self_entropy, scored_states
 from ..eap.faithfulness import baseline_outputs, faithfulness_losses as engine_losses, mean_positional, \
     patch_evaluator, share_grid
@@ -34,23 +34,19 @@ def _batches(items, pad_id, batch_size):
     return [collate(items[i : i + batch_size], pad_id=pad_id, side="left") for i in range(0, len(items), batch_size)]
 
 
-def _items(answers: list[dict], cut_len: int):
-    return [truncation_inputs(a["prompt_ids"], a["output_ids"], cut_len) for a in answers]
-
-
-def calibrated_tau(ctx: RunContext, stages: dict, answers: dict, cut_len: int, sft_scores: dict) -> float:
+def calibrated_tau(ctx: RunContext, stages: dict, answers: dict, cut_len: int | None, sft_scores: dict) -> float:
     """tau for the RL stage at this T_cut: its mean self-entropy (NLL) at logits / tau equals the SFT stage's."""
     batch_size = ctx.cfg.eap.batch_size
     if ctx.cfg.eap.target == "nll":
         target = float(np.mean(sft_scores["loss"]))  # the saved per-sample losses are the self-entropies
     else:
         model, tok = ctx.load_stage(stages["sft"])
-        target = mean_self_entropy(model, scored_states(model, _batches(_items(answers["sft"], cut_len),
-                                                                          tok.pad_token_id, batch_size)), 1.0)
+        batches = _batches(scored_inputs(answers["sft"], cut_len), tok.pad_token_id, batch_size)
+        target = mean_self_entropy(model, scored_states(model, batches), 1.0)
     model, tok = ctx.load_stage(stages["rl"])
     try:
-        tau = calibrate_temperature(model, _batches(_items(answers["rl"], cut_len), tok.pad_token_id, batch_size),
-                                    target)
+        tau = calibrate_temperature(
+            model, _batches(scored_inputs(answers["rl"], cut_len), tok.pad_token_id, batch_size), target)
     except ValueError as exc:
         raise RlsftError(f"eap.calibrate=match_sft (T_cut {cut_len}): {exc}") from None
     log.info("calibration: %s logits / tau=%.4g match %s's mean self-entropy %.4g", stages["rl"].name, tau,
@@ -97,7 +93,7 @@ def _baseline(ctx: RunContext, model, tok, graph, answers, cut_len, ids, am, bas
     if baseline == "mean":
         return mean_positional(baseline_outputs(model, graph, ids, am, cfg.batch_size), am), None
     twins = _twin_prompts(ctx, tok, answers, baseline, ctx.cfg.truncation.seed)
-    items = [truncation_inputs(t, a["output_ids"], cut_len) for t, a in zip(twins, answers)]
+    items = scored_inputs([{**a, "prompt_ids": t} for t, a in zip(twins, answers)], cut_len)
     twin_ids, _, twin_am = collate(items, pad_id=tok.pad_token_id, side="left")
     if not torch.equal(twin_am, am):
         raise RlsftError("eap.faithfulness: a baseline input's length differs from its sample's")
@@ -110,17 +106,18 @@ def _ranking_scores(model, graph, ids, lm, am, B, settings: dict, batch_size: in
     for i in range(0, len(ids), batch_size):
         rows = slice(i, i + batch_size)
         base = dict(baseline="zero") if B is None else dict(baseline="input", baseline_acts=B[rows])
-        out.append(edge_scores(model, ids[rows], lm[rows], am[rows], graph=graph, positions=settings["positions"],
+        out.append(edge_scores(model, ids[rows], lm[rows], am[rows], graph=graph,
+                               positions=summed_positions(settings["positions"]),
                                target=settings.get("target", "nll"), tau=settings.get("tau", 1.0), **base))
     return torch.cat(out).numpy()
 
 
-def faithfulness_losses(ctx: RunContext, stage, answers: list[dict], cut_len: int, settings: dict, grid,
+def faithfulness_losses(ctx: RunContext, stage, answers: list[dict], cut_len: int | None, settings: dict, grid,
                         seed: int) -> dict:
     """`faithfulness.faithfulness_losses` of one stage (curves' per-sample losses, the splits drawn with `seed`),
     cached and sealed under a key of everything that determines them."""
     cfg = ctx.cfg.eap
-    samples = hashlib.sha256(repr([(a["id"], a["prompt_ids"], a["output_ids"]) for a in answers]).encode()).hexdigest()
+    samples = samples_hash(answers)
     records = hashlib.sha256(repr([(r.id, r.meta.get("twins")) for r in ctx.records()]).encode()).hexdigest() \
         if cfg.faithfulness_baseline == "counterfactual" else None
     key = stage_key(version=FAITHFULNESS_VERSION, model=fingerprint(ctx.model_spec(stage)), samples=samples,
@@ -132,7 +129,7 @@ def faithfulness_losses(ctx: RunContext, stage, answers: list[dict], cut_len: in
     def compute() -> dict:
         model, tok = ctx.load_stage(stage)
         graph = build_graph(model, settings["attn_inputs"])
-        ids, lm, am = collate(_items(answers, cut_len), pad_id=tok.pad_token_id, side="left")
+        ids, lm, am = collate(scored_inputs(answers, cut_len), pad_id=tok.pad_token_id, side="left")
         B, _ = _baseline(ctx, model, tok, graph, answers, cut_len, ids, am, cfg.faithfulness_baseline)
         W = _ranking_scores(model, graph, ids, lm, am, B, settings, cfg.batch_size)
         log.info("faithfulness [%s]: %d samples, %d shares, %d splits, %d control draws, baseline %s", stage.name,
