@@ -61,7 +61,7 @@ def run(cfg, ctx: RunContext) -> dict:
                           tracker=ctx.tracker)
     history = trainer.train()
     result = {**_summary(history), "train_seconds": time.time() - start, "temperature": recipe.temperature,
-              "entropy_reward_fit": trainer.entropy_reward_fit}  # R = -a exp(H) + b (rlsft.grpo.dynamics)
+              **trainer.summary}  # entropy_reward_fit: R = -a exp(H) + b (rlsft.grpo.dynamics)
 
     fig = plot_runs([(f"T={recipe.temperature}", history)], title=f"GRPO {cfg.model_pair.name}/{stage.name}")
     ctx.save_figure("grpo_curves", fig)

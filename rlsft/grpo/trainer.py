@@ -8,6 +8,8 @@ A step:
      ``micro_batch_size`` answers), token-level clipped loss against the rollout policy's log-probs;
   4. every ``eval_every`` steps: greedy held-out accuracy and the EAP metrics of the current model minus the initial
      model's; every ``save_every`` steps an atomic checkpoint from which a resumed run reaches the same weights.
+Callbacks (rlsft.grpo.callbacks) report what happens meanwhile: the policy dynamics of method.md 9 by default
+(rlsft.grpo.dynamics).
 
 Sampling randomness is seeded from (seed, step, round) and the question order from (seed, epoch), so a run is a
 function of its recipe: interrupted and resumed, it gives the same weights as an uninterrupted run.
@@ -24,7 +26,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,9 +38,10 @@ from ..eap.metrics import METRICS
 from ..errors import RlsftError
 from ..templates import encode_prompt
 from .advantages import group_advantages, informative_groups
+from .callbacks import TrainerCallback
 from .checkpoint import load_checkpoint, newest_intact, save_checkpoint
 from .config import GRPOConfig, check_recipe, recipe_dict, recipe_hash
-from .dynamics import Dynamics, fit_entropy_reward
+from .dynamics import TrainingDynamics
 from .loss import policy_loss
 from .reward import Scored, answer_reward, gold_value, overlong_penalty
 from .rollout import Answer, completion_logprobs, generate, pack
@@ -54,6 +57,9 @@ def eap_metric_names(recipe: GRPOConfig) -> tuple[str, ...]:
     return EAP_METRICS + (FAITHFULNESS_METRICS if recipe.eap_faithfulness else ())
 
 
+DEFAULT_CALLBACKS = (TrainingDynamics,)  # every trainer gets one of each, before the ones it is given
+
+
 class GRPOTrainer:
     """Train ``model`` in place with a GRPOConfig recipe.
 
@@ -61,12 +67,15 @@ class GRPOTrainer:
     may change a sampling round's scored answers in place before groups are formed (a control kind's reward, e.g.
     rlsft.training.grpo_random). ``output_dir`` holds
     checkpoints and the metrics history; ``tracker`` (rlsft.tracking.Tracker) receives every logged row.
+    ``callbacks`` (rlsft.grpo.callbacks) are called after the ``DEFAULT_CALLBACKS``; ``summary`` collects what they
+    report at the end (``entropy_reward_fit``).
     """
 
     def __init__(self, model, tokenizer, recipe: GRPOConfig, train_records: list[Record],
                  eval_records: list[Record] | None = None, template: str = "chat", output_dir: str | Path | None = None,
                  tracker=None, reward_fn: Callable[[str, Record], Scored] | None = None,
-                 log: Callable[[str], None] = print, round_hook: Callable[[list[Answer], int], None] | None = None):
+                 log: Callable[[str], None] = print, round_hook: Callable[[list[Answer], int], None] | None = None,
+                 callbacks: Sequence[TrainerCallback] = ()):
         check_recipe(recipe)
         if not train_records:
             raise RlsftError("GRPO: no training questions")
@@ -85,6 +94,7 @@ class GRPOTrainer:
                         raise RlsftError(f"{exc} (question {r.id})") from None
         self.hash, self.recipe_json = recipe_hash(recipe), recipe_dict(recipe)
         self.evaluating = bool(recipe.eval_every and self.eval_records)
+        self.callbacks = [cls() for cls in DEFAULT_CALLBACKS] + list(callbacks)
 
         # precision: a bf16/fp16 model trains with fp32 master weights under autocast (AdamW updates of ~1e-6
         # vanish in bf16); on CPU everything is fp32.
@@ -95,11 +105,7 @@ class GRPOTrainer:
         self.save_dtype = load_dtype
         self.model = self._prepare(model)
         self.ref_model = self._reference()
-        if self.ref_model is None and recipe.lora.r == 0:  # the dynamics' KL(pi_0 || pi) needs the initial policy
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.dynamics = Dynamics(self.model, self._initial, recipe.temperature, tokenizer.pad_token_id,
-                                 recipe.micro_batch_size)
-        self.entropy_reward_fit: dict = {}
+        self.summary: dict = {}
         params = [p for p in self.model.parameters() if p.requires_grad]
         # fused: one kernel over all tensors, no foreach temporaries (a model-sized peak of memory otherwise)
         self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, betas=tuple(recipe.adam_betas),
@@ -110,6 +116,7 @@ class GRPOTrainer:
         self._prompts: dict[str, list[int]] = {}
         self._orders: dict[int, list[int]] = {}
         self._initial_eap: dict = {"answers": None, "W": {}}
+        self._callback("on_init_end")
 
     # ------------------------------------------------------------------ setup
     def _prepare(self, model):
@@ -134,9 +141,11 @@ class GRPOTrainer:
         return model
 
     def _reference(self):
-        """The initial model, for KL (beta > 0) and the EAP metric differences; LoRA reuses the base (adapter off)."""
+        """The initial model, for KL (beta > 0), the EAP metric differences and callbacks comparing with it; LoRA
+        reuses the base (adapter off)."""
         r = self.recipe
-        if (r.beta == 0 and not (r.eap_alphas and self.evaluating)) or r.lora.r > 0:
+        needed = r.beta > 0 or (r.eap_alphas and self.evaluating) or any(cb.needs_initial_model for cb in self.callbacks)
+        if r.lora.r > 0 or not needed:
             return None
         ref = copy.deepcopy(self.model)
         ref.eval().requires_grad_(False)
@@ -150,6 +159,10 @@ class GRPOTrainer:
                 yield self.model.get_base_model()
         else:
             yield self.ref_model
+
+    def initial_model(self):
+        """The initial model as a plain HF model, as a context manager (for callbacks that compare with it)."""
+        return self._initial()
 
     def _current(self):
         return self.model.get_base_model() if self.recipe.lora.r > 0 else self.model
@@ -246,19 +259,9 @@ class GRPOTrainer:
         return [self._logprobs(model, mb)[0] for _, mb in self._micro(answers, adv)]
 
     def advantages(self, groups: list[list[Answer]]) -> torch.Tensor:
-        """Group-relative advantages of the step's answers, flat (computed once a step, for observe and update)."""
+        """Group-relative advantages of the step's answers, flat (once a step, for the callbacks and the update)."""
         rewards = torch.tensor([a.reward for g in groups for a in g])
         return group_advantages(rewards, self.recipe.num_generations, self.recipe.scale_rewards)
-
-    def observe(self, groups: list[list[Answer]], adv: torch.Tensor | None = None) -> dict:
-        """The step's policy dynamics (rlsft.grpo.dynamics) on the answers it is about to learn from."""
-        if not groups:
-            return {}
-        answers = [a for g in groups for a in g]
-        adv = self.advantages(groups) if adv is None else adv
-        self.model.eval()
-        with self._amp():
-            return self.dynamics.observe(self.model, answers, adv)
 
     def update(self, groups: list[list[Answer]], adv: torch.Tensor | None = None) -> dict:
         r, G = self.recipe, self.recipe.num_generations
@@ -308,7 +311,8 @@ class GRPOTrainer:
                 "train/mini_batches": n_mb, "train/tokens": n_tokens}
 
     # ------------------------------------------------------------------ evaluation
-    def _greedy(self, model, records: list[Record]) -> list[Answer]:
+    def greedy(self, model, records: list[Record]) -> list[Answer]:
+        """``model``'s greedy answers to ``records``, scored (held-out accuracy; callbacks ask the initial model)."""
         r = self.recipe
         prompts = [self._prompt(q) for q in records]
         with self._amp():
@@ -325,17 +329,19 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Greedy accuracy on the held-out set; EAP metrics of current minus initial model on the fixed EAP set."""
+        """Greedy accuracy on the held-out set; EAP metrics of current minus initial model on the fixed EAP set;
+        what the callbacks' ``on_evaluate`` add."""
         if not self.eval_records:
             return {}
         self.model.eval()
-        answers = self._greedy(self.model, self.eval_records)
+        answers = self.greedy(self.model, self.eval_records)
         n = len(answers)
         row = {"eval/accuracy": sum(a.correct for a in answers) / n,
                "eval/answer_len": sum(len(a.output_ids) for a in answers) / n,
                "eval/truncated": sum(a.finish_reason == "length" for a in answers) / n}
         if self.recipe.eap_alphas:
             row.update(self._eap(answers[: self.recipe.eap_n]))
+        self._callback("on_evaluate", row, answers)
         return row
 
     def _eap_stage(self, model, answers: list[Answer], cut: int) -> dict:
@@ -384,7 +390,7 @@ class GRPOTrainer:
         init = self._initial_eap
         if init["answers"] is None:
             with self._initial() as model:
-                init["answers"] = current if self.step == 0 else self._greedy(model, self.eval_records[: self.recipe.eap_n])
+                init["answers"] = current if self.step == 0 else self.greedy(model, self.eval_records[: self.recipe.eap_n])
         pairs = [(c, i) for c, i in zip(current, init["answers"]) if c.output_ids and i.output_ids]
         if len(pairs) < 2:
             return {"eap/n": len(pairs)}
@@ -418,7 +424,7 @@ class GRPOTrainer:
     def _state(self) -> dict:
         init = self._initial_eap["answers"]
         return {"recipe_hash": self.hash, "recipe": self.recipe_json, "questions_drawn": self.questions_drawn,
-                "history": self.history,
+                "history": self.history, "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
                 "initial_answers": [asdict(a) for a in init] if init is not None else None}
 
     def save(self) -> Path | None:
@@ -435,13 +441,20 @@ class GRPOTrainer:
                 return False
         state = load_checkpoint(Path(path), self.model, self.optimizer, self.scheduler, self.hash, self.recipe_json)
         self.step, self.questions_drawn, self.history = state["step"], state["questions_drawn"], state["history"]
-        self.dynamics.resume(self.history)
+        saved = state.get("callbacks", {})
+        for cb in self.callbacks:
+            if type(cb).__name__ in saved:
+                cb.load_state_dict(saved[type(cb).__name__])
         if state.get("initial_answers") is not None:
             self._initial_eap["answers"] = [Answer(**a) for a in state["initial_answers"]]
         self.log(f"[grpo] resumed from {path} at step {self.step}")
         return True
 
     # ------------------------------------------------------------------ loop
+    def _callback(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
     def _record(self, row: dict) -> None:
         self.history.append(row)
         if self.tracker is not None:
@@ -451,6 +464,7 @@ class GRPOTrainer:
         r = self.recipe
         if r.resume:
             self.resume()
+        self._callback("on_train_begin")
         start = time.time()
         if self.step < r.steps:  # the first step line can take minutes: say what is happening meanwhile
             self.log(f"[grpo] {r.steps - self.step} steps to go; each samples {r.batch_questions} questions x "
@@ -470,7 +484,9 @@ class GRPOTrainer:
                                      "answers") as beat:
                 groups, stats = self.collect()
                 adv = self.advantages(groups) if groups else None
-                stats.update(self.observe(groups, adv))  # method.md 9: training dynamics (rlsft.grpo.dynamics)
+                self.model.eval()
+                with self._amp():  # callbacks see the policy as it sampled (method.md 9's dynamics among them)
+                    self._callback("on_rollout_end", stats, groups, adv)
                 t1 = time.time()
                 beat.what = f"{where}: updating the weights"
                 stats.update(self.update(groups, adv))
@@ -478,6 +494,7 @@ class GRPOTrainer:
             t2 = time.time()
             row = {"step": self.step, **stats, "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
                    "time/step_s": t2 - t0}
+            self._callback("on_step_end", row)
             if self.evaluating and (self.step % r.eval_every == 0 or self.step == r.steps):
                 with Heartbeat(self.log, f"{where}: held-out evaluation"):
                     row.update(self.evaluate())
@@ -488,7 +505,7 @@ class GRPOTrainer:
                 self.save()
             self.write_history()
         self.log(f"[grpo] {r.steps} steps done ({time.time() - start:.0f} s this session)")
-        self.entropy_reward_fit = fit_entropy_reward(self.history)
+        self._callback("on_train_end", self.summary)
         self.write_history()
         return self.history
 
