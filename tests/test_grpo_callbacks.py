@@ -1,9 +1,19 @@
 """GRPOTrainer callbacks (rlsft.grpo.callbacks) on tiny random models: the hooks in order with what each is handed,
-keys a callback adds reaching the history, the tracker and the CSV, callback state across a resume."""
+keys a callback adds reaching the history, the tracker and the CSV, callback state across a resume, and the EAP drift
+(rlsft.experiments.eap_drift) selecting what experiment=eap's own selection step selects on the same answers."""
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
+import torch
+from omegaconf import OmegaConf
 
+from rlsft.config import Config
 from rlsft.data import Record
+from rlsft.eap import build_graph, cut_length, edge_scores, per_sample, truncation_inputs
+from rlsft.experiments.eap import select
+from rlsft.experiments.eap_drift import EAPDrift
 from rlsft.grpo import as_recipe
 from rlsft.grpo.callbacks import TrainerCallback
 from rlsft.grpo.reward import Scored
@@ -121,3 +131,62 @@ def test_callback_state_comes_back_with_a_resume(tmp_path):
     run(2)
     history = run(4)  # a new process: a fresh Counter, resumed from the step-2 checkpoint
     assert [row["custom/count"] for row in history] == [1, 2, 3, 4]
+
+
+def _generations(answers):
+    return {a.question_id: {"correct": a.correct, "prompt_ids": a.prompt_ids, "output_ids": a.output_ids}
+            for a in answers}
+
+
+def test_eap_drift_selects_what_experiment_eap_selects_and_scores_the_current_model():
+    """At each evaluation the drift's questions are experiment=eap's selection step (``select``: both correct, the
+    length window, ``truncation.n`` drawn) run on the initial model's answers as sft and the current model's as rl;
+    the logged current value is the mean of per-sample scores recomputed one answer at a time (no padding)."""
+    cfg = OmegaConf.structured(Config)
+    cfg.dataset.name, cfg.eap.alphas, cfg.truncation.n = "held_out", [1.0], 3  # eap.require_correct: true
+    drift = EAPDrift(cfg.eap, cfg.truncation)
+    recorder = Recorder(drift)
+    model, tok = build_tiny_model(seed=0)
+    recs = _records(48)
+    trainer = GRPOTrainer(model, tok, _recipe(steps=2, eval_n=40), recs[40:], recs[:40], "chat", reward_fn=_reward,
+                          log=lambda s: None, callbacks=[drift, recorder])
+    history = trainer.train()
+    sft, rl = SimpleNamespace(name="sft"), SimpleNamespace(name="rl")
+    evals = [row for row in history if "eval/accuracy" in row]
+    assert [step for step, _, _ in recorder.evaluations] == [row["step"] for row in evals] == [0, 2]
+    for row, (step, answers, chosen) in zip(evals, recorder.evaluations):
+        gens = {"sft": _generations(drift.initial_answers), "rl": _generations(answers)}
+        expected, counts = select(cfg, gens, sft, rl)
+        # the correctness filter and the draw of truncation.n both act on these answers
+        assert counts["both_correct"] < counts["questions"] and counts["n_balanced"] > len(expected.ids) == 3, counts
+        assert chosen.ids == expected.ids and chosen.tbar == expected.tbar, step
+        assert (row["eap/n"], row["eap/usable"], row["eap/tbar"]) == (3, counts["n_usable"], expected.tbar)
+    assert evals[0]["eap/activation_intensity_diff"] == 0.0  # step 0: the initial model is the current one
+
+    _, answers, chosen = recorder.evaluations[-1]
+    current = trainer.current_model()
+    graph = build_graph(current)
+    cut = cut_length(1.0, chosen.tbar)
+    values = []
+    for q in chosen.ids:
+        a = _generations(answers)[q]
+        item = truncation_inputs(a["prompt_ids"], a["output_ids"], cut)
+        W = edge_scores(current, item.input_ids[None], item.loss_mask[None],
+                        torch.ones(1, len(item.input_ids), dtype=torch.long), graph)
+        values.append(per_sample(W, graph.mask, "activation_intensity")[0])
+    assert evals[-1]["eap/activation_intensity"] == pytest.approx(float(np.mean(values)), rel=1e-4)
+
+
+def test_eap_drift_with_too_few_questions_logs_why_and_scores_nothing():
+    """Nothing answered correctly under eap.require_correct: each evaluation says why, logs eap/n 0 and no metric."""
+    cfg = OmegaConf.structured(Config)
+    drift, lines = EAPDrift(cfg.eap, cfg.truncation), []
+    model, tok = build_tiny_model(seed=0)
+    recs = _records(12)
+    history = GRPOTrainer(model, tok, _recipe(steps=2), recs[4:], recs[:4], "chat", log=lines.append,
+                          reward_fn=lambda text, rec: Scored(-0.5, False, None), callbacks=[drift]).train()
+    evals = [row for row in history if "eval/accuracy" in row]
+    assert [(row["eap/n"], row["eap/usable"]) for row in evals] == [(0, 0), (0, 0)]
+    assert not any(k.endswith("_diff") for row in evals for k in row)
+    assert sum("no EAP drift: 0 question(s) answered by both models correctly (eap.require_correct)" in line
+               for line in lines) == 2

@@ -6,10 +6,10 @@ A step:
   2. advantages, group-normalised;
   3. the rollout batch is split into ``mini_batches`` optimizer steps (each accumulating micro-batches of
      ``micro_batch_size`` answers), token-level clipped loss against the rollout policy's log-probs;
-  4. every ``eval_every`` steps: greedy held-out accuracy and the EAP metrics of the current model minus the initial
-     model's; every ``save_every`` steps an atomic checkpoint from which a resumed run reaches the same weights.
+  4. every ``eval_every`` steps: greedy held-out accuracy; every ``save_every`` steps an atomic checkpoint from which
+     a resumed run reaches the same weights.
 Callbacks (rlsft.grpo.callbacks) report what happens meanwhile: the policy dynamics of method.md 9 by default
-(rlsft.grpo.dynamics).
+(rlsft.grpo.dynamics), experiment=grpo's EAP drift (rlsft.experiments.eap_drift) at each evaluation.
 
 Sampling randomness is seeded from (seed, step, round) and the question order from (seed, epoch), so a run is a
 function of its recipe: interrupted and resumed, it gives the same weights as an uninterrupted run.
@@ -24,17 +24,14 @@ import math
 import random
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..console import Heartbeat
 from ..data import Record
-from ..eap.metrics import METRICS
 from ..errors import RlsftError
 from ..templates import encode_prompt
 from .advantages import group_advantages, informative_groups
@@ -45,17 +42,6 @@ from .dynamics import TrainingDynamics
 from .loss import policy_loss
 from .reward import Scored, answer_reward, gold_value, overlong_penalty
 from .rollout import Answer, completion_logprobs, generate, pack
-
-# The EAP registry's metrics (stage means of per-sample values) and the paper's pooled complexity (eap_bins bins).
-EAP_METRICS = (*METRICS, "information_complexity_pooled")
-# With eap_faithfulness: the kept share of edges for 80% faithfulness (method.md 2.7).
-FAITHFULNESS_METRICS = ("frac80",)
-
-
-def eap_metric_names(recipe: GRPOConfig) -> tuple[str, ...]:
-    """The `eap/<name>` keys an evaluation logs under this recipe."""
-    return EAP_METRICS + (FAITHFULNESS_METRICS if recipe.eap_faithfulness else ())
-
 
 DEFAULT_CALLBACKS = (TrainingDynamics,)  # every trainer gets one of each, before the ones it is given
 
@@ -115,7 +101,6 @@ class GRPOTrainer:
         self.step, self.questions_drawn, self.history = 0, 0, []
         self._prompts: dict[str, list[int]] = {}
         self._orders: dict[int, list[int]] = {}
-        self._initial_eap: dict = {"answers": None, "W": {}}
         self._callback("on_init_end")
 
     # ------------------------------------------------------------------ setup
@@ -141,11 +126,9 @@ class GRPOTrainer:
         return model
 
     def _reference(self):
-        """The initial model, for KL (beta > 0), the EAP metric differences and callbacks comparing with it; LoRA
-        reuses the base (adapter off)."""
+        """The initial model, for KL (beta > 0) and callbacks comparing with it; LoRA reuses the base (adapter off)."""
         r = self.recipe
-        needed = r.beta > 0 or (r.eap_alphas and self.evaluating) or any(cb.needs_initial_model for cb in self.callbacks)
-        if r.lora.r > 0 or not needed:
+        if r.lora.r > 0 or not (r.beta > 0 or any(cb.needs_initial_model for cb in self.callbacks)):
             return None
         ref = copy.deepcopy(self.model)
         ref.eval().requires_grad_(False)
@@ -164,7 +147,8 @@ class GRPOTrainer:
         """The initial model as a plain HF model, as a context manager (for callbacks that compare with it)."""
         return self._initial()
 
-    def _current(self):
+    def current_model(self):
+        """The model being trained as a plain HF model (LoRA: the base with its adapter on)."""
         return self.model.get_base_model() if self.recipe.lora.r > 0 else self.model
 
     def _amp(self):
@@ -329,8 +313,7 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Greedy accuracy on the held-out set; EAP metrics of current minus initial model on the fixed EAP set;
-        what the callbacks' ``on_evaluate`` add."""
+        """Greedy accuracy on the held-out set, and what the callbacks' ``on_evaluate`` add."""
         if not self.eval_records:
             return {}
         self.model.eval()
@@ -339,81 +322,7 @@ class GRPOTrainer:
         row = {"eval/accuracy": sum(a.correct for a in answers) / n,
                "eval/answer_len": sum(len(a.output_ids) for a in answers) / n,
                "eval/truncated": sum(a.finish_reason == "length" for a in answers) / n}
-        if self.recipe.eap_alphas:
-            row.update(self._eap(answers[: self.recipe.eap_n]))
         self._callback("on_evaluate", row, answers)
-        return row
-
-    def _eap_stage(self, model, answers: list[Answer], cut: int) -> dict:
-        """One model's EAP numbers on its answers cut at `cut`: the registry's metrics (stage means), the paper's pooled
-        complexity and, with ``eap_faithfulness``, frac80 (method.md 2.7: edges ranked by |mean W| on one half of the
-        questions, pruned kept sets judged on the other half, one split, mean-positional baseline: a cheap trace over
-        training; the eap experiment's check is the one with splits, control and intervals)."""
-        from ..eap import build_graph, collate, edge_scores, information_complexity_pooled, per_sample, truncation_inputs
-        from ..eap.faithfulness import (baseline_outputs, cross_curve, faithfulness_losses, mean_positional,
-                                        patch_evaluator, share_grid)
-        from ..eap.faithfulness_stats import curve_summaries
-
-        r = self.recipe
-        graph = build_graph(model)
-        ids, loss_mask, attn = collate([truncation_inputs(a.prompt_ids, a.output_ids, cut) for a in answers],
-                                       self.tokenizer.pad_token_id)
-        W = torch.cat([edge_scores(model, ids[i : i + r.eap_batch_size], loss_mask[i : i + r.eap_batch_size],
-                                   attn[i : i + r.eap_batch_size], graph, r.eap_positions)
-                       for i in range(0, len(ids), r.eap_batch_size)])
-        out = {m: float(np.nanmean(per_sample(W, graph.mask, m))) for m in METRICS}
-        out["information_complexity_pooled"] = information_complexity_pooled(W, graph.mask, bins=r.eap_bins)
-        if r.eap_faithfulness and len(answers) < 4:  # halves() needs two per half
-            out["frac80"] = float("nan")
-        elif r.eap_faithfulness:
-            B = mean_positional(baseline_outputs(model, graph, ids, attn, r.eap_batch_size), attn)
-            ranked = torch.cat([edge_scores(model, ids[i : i + r.eap_batch_size], loss_mask[i : i + r.eap_batch_size],
-                                            attn[i : i + r.eap_batch_size], graph, r.eap_positions, baseline="input",
-                                            baseline_acts=B[i : i + r.eap_batch_size])
-                                for i in range(0, len(ids), r.eap_batch_size)])
-            evaluate = patch_evaluator(model, graph, ids, loss_mask, attn, B, r.eap_batch_size)
-            res = faithfulness_losses(ranked.numpy(), graph, evaluate, share_grid(r.eap_faithfulness_points),
-                                      n_splits=1, draws=0, seed=r.seed, within=False)
-            out["frac80"] = float(curve_summaries(res["shares"], cross_curve(res))["frac80"])
-        return out
-
-    def _eap(self, current: list[Answer]) -> dict:
-        """Mean over alphas of metric(current) - metric(initial), each model on its own greedy answers.
-
-        Both models answer the same fixed questions; Tbar = min of the two mean answer lengths (method.md 2.1) over
-        the questions both answered with at least one token, T_cut = max(int(alpha*Tbar), 1) for both. The
-        initial model's scores are cached per T_cut. All fixed questions enter (no correctness filter, which would
-        change the set between evaluations).
-        """
-        from ..eap import cut_length
-
-        init = self._initial_eap
-        if init["answers"] is None:
-            with self._initial() as model:
-                init["answers"] = current if self.step == 0 else self.greedy(model, self.eval_records[: self.recipe.eap_n])
-        pairs = [(c, i) for c, i in zip(current, init["answers"]) if c.output_ids and i.output_ids]
-        if len(pairs) < 2:
-            return {"eap/n": len(pairs)}
-        tbar = min(sum(len(c.output_ids) for c, _ in pairs), sum(len(i.output_ids) for _, i in pairs)) / len(pairs)
-        names = eap_metric_names(self.recipe)
-        diffs = {m: [] for m in names}
-        values = {m: [] for m in names}
-        for alpha in self.recipe.eap_alphas:
-            cut = cut_length(alpha, tbar)
-            key = (cut, tuple(i.question_id for _, i in pairs))
-            cur = self._eap_stage(self._current(), [c for c, _ in pairs], cut)
-            if key not in init["W"]:
-                if self.step == 0:
-                    init["W"][key] = cur
-                else:
-                    with self._initial() as model:
-                        init["W"][key] = self._eap_stage(model, [i for _, i in pairs], cut)
-            for m in names:
-                diffs[m].append(cur[m] - init["W"][key][m])
-                values[m].append(cur[m])
-        row = {f"eap/{m}_diff": sum(v) / len(v) for m, v in diffs.items()}
-        row.update({f"eap/{m}": sum(v) / len(v) for m, v in values.items()})
-        row.update({"eap/tbar": tbar, "eap/n": len(pairs)})
         return row
 
     # ------------------------------------------------------------------ checkpoints
@@ -422,10 +331,8 @@ class GRPOTrainer:
         return self.output_dir / "checkpoints" if self.output_dir else None
 
     def _state(self) -> dict:
-        init = self._initial_eap["answers"]
         return {"recipe_hash": self.hash, "recipe": self.recipe_json, "questions_drawn": self.questions_drawn,
-                "history": self.history, "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
-                "initial_answers": [asdict(a) for a in init] if init is not None else None}
+                "history": self.history, "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks}}
 
     def save(self) -> Path | None:
         if self.checkpoint_dir is None:
@@ -445,8 +352,6 @@ class GRPOTrainer:
         for cb in self.callbacks:
             if type(cb).__name__ in saved:
                 cb.load_state_dict(saved[type(cb).__name__])
-        if state.get("initial_answers") is not None:
-            self._initial_eap["answers"] = [Answer(**a) for a in state["initial_answers"]]
         self.log(f"[grpo] resumed from {path} at step {self.step}")
         return True
 
