@@ -62,7 +62,7 @@ def worker_ours(args) -> dict:
     recipe = as_recipe(dict(temperature=1.0, top_p=1.0, max_new_tokens=args.max_new_tokens,
                             num_generations=args.generations, batch_questions=args.questions, steps=args.steps,
                             lr=1e-6, mini_batches=1, dynamic_sampling=False, micro_batch_size=args.questions * args.generations,
-                            eval_every=0, eap_alphas=[], save_every=0, max_grad_norm=1.0, epsilon_high=0.28,
+                            eval_every=0, save_every=0, max_grad_norm=1.0, epsilon_high=0.28,
                             scale_rewards="group", loss_agg="token", beta=0.0,
                             gradient_checkpointing=args.checkpointing))
 

@@ -80,6 +80,8 @@ def describe(exc: BaseException, conf_dir: Path) -> str:
     from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+    from .grpo.config import MOVED_KEYS, moved_key_message
+
     cause = exc.__cause__
     if isinstance(exc, MissingConfigException) and getattr(exc, "options", None) is not None:
         group, _, option = (exc.missing_cfg_file or "").rpartition("/")
@@ -88,6 +90,8 @@ def describe(exc: BaseException, conf_dir: Path) -> str:
         return f"cannot parse override {exc.override!r}: {exc.message.splitlines()[0]}"
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
         parent, _, key = cause.full_key.rpartition(".")
+        if parent == "grpo" and key in MOVED_KEYS:
+            return moved_key_message(key)
         return f"unknown key {cause.full_key!r}{nearest(key, _keys_at(conf_dir, parent), 'keys')}"
     if isinstance(cause, ValidationError) and cause.full_key:
         return f"wrong type for {cause.full_key}: {str(cause).splitlines()[0]}"

@@ -170,7 +170,7 @@ def test_eap_faithfulness(tmp_path, cache_dir):
 DERIVED = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}},
            "recipe": {"train": {"name": "arith", "source": "arithmetic", "arithmetic": {"count": 30, "digits": 1}},
                       "eval_n": 4, "steps": 1, "max_new_tokens": 8, "batch_questions": 4, "lr": 1e-3,
-                      "num_generations": 4, "dynamic_sampling": False, "eval_every": 0, "eap_alphas": [],
+                      "num_generations": 4, "dynamic_sampling": False, "eval_every": 0,
                       "save_every": 1}}
 
 
@@ -224,7 +224,7 @@ def _train(folder, steps):
     model, tok = build_tiny_model(seed=0)
     recs = [Record(f"q{i}", f"What is {i % 5} + {i % 3}?", "7") for i in range(16)]
     recipe = as_recipe(dict(temperature=1.0, max_new_tokens=3, num_generations=4, batch_questions=4, steps=steps,
-                            lr=3e-3, eval_every=0, eap_alphas=[], save_every=1, keep_checkpoints=3,
+                            lr=3e-3, eval_every=0, save_every=1, keep_checkpoints=3,
                             dynamic_sampling=False, micro_batch_size=16))
 
     def reward(text, rec):  # mixed groups on a random model, so every step updates

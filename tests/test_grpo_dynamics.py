@@ -95,4 +95,5 @@ def test_trainer_logs_dynamics_and_fits_at_the_end():
     assert trainer.history[0]["dynamics/kl_initial"] == pytest.approx(0.0, abs=1e-6)  # pi_0 before any update
     assert trainer.history[0]["dynamics/unchanged"] == 1.0 and trainer.history[-1]["dynamics/unchanged"] < 1.0
     assert trainer.history[-1]["dynamics/kl_initial"] > 0
-    assert set(trainer.entropy_reward_fit) >= {"a", "b", "r2", "steps"} and trainer.entropy_reward_fit["steps"] == 4
+    assert set(trainer.summary["entropy_reward_fit"]) >= {"a", "b", "r2", "steps"}
+    assert trainer.summary["entropy_reward_fit"]["steps"] == 4

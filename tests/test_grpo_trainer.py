@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from rlsft.config import EAPConfig, TruncationConfig
 from rlsft.data import Record
+from rlsft.eap import cut_length
 from rlsft.errors import RlsftError
+from rlsft.experiments.eap_drift import EAP_METRICS, EAPDrift
 from rlsft.grpo import as_recipe
 from rlsft.grpo.reward import Scored
-from rlsft.grpo.trainer import EAP_METRICS, GRPOTrainer
+from rlsft.grpo.trainer import GRPOTrainer
 from rlsft.models import build_tiny_model, load_model
 
 
@@ -20,8 +23,14 @@ def _records(n=40, answer="7"):
 
 def _recipe(**kw):
     base = dict(temperature=1.0, max_new_tokens=3, num_generations=8, batch_questions=4, steps=4, lr=3e-3,
-                eval_every=0, eval_n=8, eap_alphas=[], save_every=0, mini_batches=2, micro_batch_size=16)
+                eval_every=0, eval_n=8, save_every=0, mini_batches=2, micro_batch_size=16)
     return as_recipe({**base, **kw})
+
+
+def _drift(n, **eap):
+    """The EAP drift on every question a random tiny model answers: no correctness filter, a length window that
+    keeps answers of 1 to 3 tokens whatever the model learns (method.md 2.1's window is for real answers)."""
+    return EAPDrift(EAPConfig(require_correct=False, **eap), TruncationConfig(n=n, beta=0.0, gamma=10.0, delta=1.0))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: deterministic, single-thread sums
@@ -31,8 +40,9 @@ def test_reward_rises_on_a_learnable_task_with_eap_evaluation():
     """A random tiny model learns to answer '7' (digits are single tokens); EAP differences are logged."""
     model, tok = build_tiny_model(seed=0)
     recs = _records()
-    recipe = _recipe(steps=30, eval_every=15, eap_alphas=[0.5, 1.0], eap_n=4)
-    history = GRPOTrainer(model, tok, recipe, recs[8:], recs[:8], "chat", log=lambda s: None).train()
+    recipe = _recipe(steps=30, eval_every=15)
+    history = GRPOTrainer(model, tok, recipe, recs[8:], recs[:8], "chat", log=lambda s: None,
+                          callbacks=[_drift(4, alphas=[0.5, 1.0])]).train()
     rewards = [row["train/reward_mean"] for row in history if "train/reward_mean" in row]
     assert len(rewards) == 30
     assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 1.0, rewards
@@ -47,7 +57,7 @@ def test_reward_rises_on_a_learnable_task_with_eap_evaluation():
 
 
 def test_faithfulness_at_each_evaluation_matches_a_per_sample_recomputation():
-    """grpo.eap_faithfulness logs frac80 of the current and initial model; at step 0 both are the same model (diff 0),
+    """eap.faithfulness logs frac80 of the current and initial model; at step 0 both are the same model (diff 0),
     and the value equals frac80 rebuilt from each answer run, scored and patched on its own (no padding, batches of
     one; the mean-positional baseline averaged here by relative position), which catches a trainer that mixes up
     answers, halves, baselines or cut lengths."""
@@ -58,10 +68,10 @@ def test_faithfulness_at_each_evaluation_matches_a_per_sample_recomputation():
 
     model, tok = build_tiny_model(seed=0, layers=4)  # 2 layers: a flat curve, frac80 = the lowest grid point
     recs = _records()
-    recipe = _recipe(steps=2, eval_every=2, eap_alphas=[1.0], eap_n=8, eval_n=8, eap_faithfulness=True,
-                     eap_faithfulness_points=9)
+    recipe = _recipe(steps=2, eval_every=2, eval_n=8)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = GRPOTrainer(model, tok, recipe, recs[8:], recs[:8], "chat", log=lambda s: None)
+    drift = _drift(8, alphas=[1.0], faithfulness=True, faithfulness_points=9)
+    trainer = GRPOTrainer(model, tok, recipe, recs[8:], recs[:8], "chat", log=lambda s: None, callbacks=[drift])
     history = trainer.train()
     evals = [row for row in history if "eval/accuracy" in row]
     assert evals[0]["eap/frac80_diff"] == 0.0 and 1e-3 < evals[0]["eap/frac80"] < 1
@@ -70,8 +80,10 @@ def test_faithfulness_at_each_evaluation_matches_a_per_sample_recomputation():
     fresh, _ = build_tiny_model(seed=0, layers=4)
     fresh.load_state_dict(initial)
     fresh.eval()
-    answers = trainer._initial_eap["answers"]
-    cut = max(int(1.0 * sum(len(a.output_ids) for a in answers) / len(answers)), 1)
+    # step 0's selection: every question the initial model answered with a token (the window keeps them all), by id
+    answers = sorted((a for a in drift.initial_answers if a.output_ids), key=lambda a: a.question_id)
+    assert len(answers) >= 4 and evals[0]["eap/n"] == len(answers)
+    cut = cut_length(1.0, sum(len(a.output_ids) for a in answers) / len(answers))
     graph = build_graph(fresh)
     items = [truncation_inputs(a.prompt_ids, a.output_ids, cut) for a in answers]
     one = [(torch.as_tensor(it.input_ids)[None], torch.as_tensor(it.loss_mask)[None],
@@ -90,17 +102,9 @@ def test_faithfulness_at_each_evaluation_matches_a_per_sample_recomputation():
         return np.array([float(patched_losses(fresh, *one[k], graph=graph, keep=torch.from_numpy(keep),
                                               baseline="input", baseline_acts=B[k])) for k, keep in pairs])
 
-    res = faithfulness_losses(W.numpy(), graph, evaluate, share_grid(9), n_splits=1, draws=0, seed=recipe.seed,
-                              within=False)
+    res = faithfulness_losses(W.numpy(), graph, evaluate, share_grid(9), n_splits=1, draws=0, seed=0, within=False)
     expected = float(curve_summaries(res["shares"], cross_curve(res))["frac80"])
     assert evals[0]["eap/frac80"] == pytest.approx(expected, rel=1e-4)
-
-
-def test_faithfulness_needs_two_questions_per_half():
-    from rlsft.grpo.config import check_recipe
-
-    with pytest.raises(RlsftError, match="eap_faithfulness needs eap_alphas and eap_n >= 4"):
-        check_recipe(_recipe(eap_alphas=[1.0], eap_n=3, eap_faithfulness=True))
 
 
 def test_dynamic_sampling_keeps_only_mixed_groups():
@@ -166,8 +170,9 @@ def test_resume_reaches_the_same_weights(tmp_path):
 def test_lora_training_eap_and_merge():
     model, tok = build_tiny_model(seed=0)
     recs = _records(24)
-    recipe = _recipe(steps=2, eval_every=2, eap_alphas=[1.0], eap_n=4, lora={"r": 4, "alpha": 8})
-    trainer = GRPOTrainer(model, tok, recipe, recs[4:], recs[:4], "chat", log=lambda s: None)
+    recipe = _recipe(steps=2, eval_every=2, lora={"r": 4, "alpha": 8})
+    trainer = GRPOTrainer(model, tok, recipe, recs[4:], recs[:4], "chat", log=lambda s: None,
+                          callbacks=[_drift(4, alphas=[1.0])])
     history = trainer.train()
     assert "eap/activation_intensity_diff" in history[-1]
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
@@ -202,7 +207,7 @@ def test_derived_source_trains_once_and_caches(tmp_path, capsys):
             "recipe": {"train": {"name": "arith", "source": "arithmetic", "arithmetic": {"count": 30, "digits": 1}},
                        "eval_n": 4, "steps": 2, "max_new_tokens": 16, "batch_questions": 4, "lr": 1e-3,
                        "num_generations": 8, "dynamic_sampling": False,
-                       "eval_every": 0, "eap_alphas": [], "save_every": 1}}
+                       "eval_every": 0, "save_every": 1}}
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401  (lazy imports are not thread-safe)
 
     results = []

@@ -7,7 +7,7 @@ import torch
 
 from rlsft.errors import RlsftError
 from rlsft.grpo.advantages import group_advantages, informative_groups
-from rlsft.grpo.config import GRPOConfig, as_recipe, check_recipe, recipe_hash
+from rlsft.grpo.config import MOVED_KEYS, GRPOConfig, as_recipe, check_recipe, recipe_hash
 from rlsft.grpo.loss import k3_kl, policy_loss
 from rlsft.grpo.reward import answer_reward, overlong_penalty, partial_reward
 
@@ -162,3 +162,34 @@ def test_recipe_keys_and_presets():
     base = GRPOConfig()
     assert recipe_hash(base) == recipe_hash(as_recipe({"steps": 999, "eval_every": 1}))  # not training keys
     assert recipe_hash(base) != recipe_hash(as_recipe({"temperature": 0.6}))
+
+
+# recipe_hash and the derived-model key (base {source: hub, path: x}) of the shipped presets and of the dataclass's
+# defaults, computed from commit 605c79a, before the eap_* keys left the recipe: they were NON_TRAINING_KEYS, so no
+# trained model, checkpoint or derived-model folder changes its key.
+HASHES_AT_605C79A = {"default": ("bca2c45cc56a3194", "92015a935fb64d83"),
+                     "rebuttal": ("57a3c88c2007977c", "5b9480b63894b502"),
+                     "smollm2_arith": ("712c6f77bc3ce2c9", "89d4ac3c13514bf4"),
+                     "smollm2_arms": ("712c6f77bc3ce2c9", "89d4ac3c13514bf4"),
+                     None: ("1d43714a84159b30", "410d3784694d2949")}
+
+
+@pytest.mark.parametrize("name", list(HASHES_AT_605C79A))
+def test_every_shipped_recipe_keeps_its_hash_and_key(name):
+    from rlsft.training.grpo_kind import grpo_key
+
+    recipe = GRPOConfig() if name is None else as_recipe(name)
+    assert (recipe_hash(recipe), grpo_key({"source": "hub", "path": "x"}, recipe)) == HASHES_AT_605C79A[name]
+
+
+@pytest.mark.parametrize("key", sorted(MOVED_KEYS))
+def test_a_moved_eap_key_names_where_it_lives_now(key):
+    from dataclasses import fields
+
+    from rlsft.config import Config
+
+    section, name = MOVED_KEYS[key].split(".")
+    assert name in {f.name for f in fields(getattr(Config(), section))}  # the message points at a real setting
+    with pytest.raises(RlsftError, match=rf"^GRPO recipe: grpo\.{key} is now {MOVED_KEYS[key]}: ") as err:
+        as_recipe({"preset": "default", key: 1})
+    assert "\n" not in str(err.value)

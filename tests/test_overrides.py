@@ -22,6 +22,7 @@ CONF = ROOT / "conf"
     (["eap.alphas=[0.5"], "cannot parse override 'eap.alphas=[0.5'"),
     (["truncation.alpha=0.1,0.2"], "(a sweep needs -m)"),
     (["-m", "experiment=eap,probz"], "unknown option 'probz' for experiment; nearest experiment options: probe"),
+    (["experiment=grpo", "grpo.eap_alphas=[0.5]"], "grpo.eap_alphas is now eap.alphas: experiment=grpo's EAP drift"),
 ])
 def test_each_composition_error_is_one_line_naming_the_key_and_nearest(overrides, expected):
     problem = check(overrides, CONF)

@@ -15,8 +15,8 @@ from rlsft.tracking import read_offline_run, read_offline_table
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
 TINY = ["model_pair=tiny", "dataset.n=4", "generation.max_new_tokens=6"]
-GRPO_TINY = ["grpo.steps=1", "grpo.max_new_tokens=4", "grpo.eval_every=1", "grpo.eval_n=4", "grpo.eap_n=4",
-             "grpo.eap_alphas=[1.0]", "dataset.n=null", "dataset.arithmetic.count=20"]
+GRPO_TINY = ["grpo.steps=1", "grpo.max_new_tokens=4", "grpo.eval_every=1", "grpo.eval_n=4", "truncation.n=4",
+             "eap.alphas=[1.0]", "eap.require_correct=false", "dataset.n=null", "dataset.arithmetic.count=20"]
 # The smallest settings at which each experiment runs on random tiny models; an experiment not listed runs on TINY.
 SETTINGS = {
     "ablation": ["ablation.control.n=4"],

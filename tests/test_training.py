@@ -23,7 +23,7 @@ from rlsft.training.grpo_random import shuffle_rewards
 CONF = Path(__file__).resolve().parent.parent / "conf"
 TRAIN = {"name": "arith", "source": "arithmetic", "arithmetic": {"count": 30, "digits": 1}}
 GRPO = {"train": TRAIN, "eval_n": 4, "steps": 2, "max_new_tokens": 8, "batch_questions": 4, "lr": 1e-3,
-        "num_generations": 4, "dynamic_sampling": False, "eval_every": 0, "eap_alphas": [], "save_every": 0}
+        "num_generations": 4, "dynamic_sampling": False, "eval_every": 0, "save_every": 0}
 BASE = {"source": "tiny", "tiny": {"seed": 3}}
 
 

@@ -98,19 +98,25 @@ def scores_for(ctx: RunContext, stage, answers: list[dict], cut_len: int | None,
 def _compute_scores(ctx: RunContext, stage, answers: list[dict], cut_len: int | None, settings: dict) -> dict:
     """The arrays of one scores.npz (the members existing caches hold)."""
     model, tok = ctx.load_stage(stage)
+    return model_scores(model, tok.pad_token_id, answers, cut_len, settings, ctx.cfg.eap.batch_size, stage.name)
+
+
+def model_scores(model, pad_id: int | None, answers: list[dict], cut_len: int | None, settings: dict, batch_size: int,
+                 name: str) -> dict:
+    """Per-sample EAP matrices (and losses) of a loaded model on ``answers`` (dicts with id, prompt_ids, output_ids)
+    cut at ``cut_len``, scored as ``settings`` say; ``name`` labels logs and errors. Also the GRPO EAP drift's."""
     try:
         graph = build_graph(model, settings["attn_inputs"])
     except ValueError as exc:
-        raise RlsftError(f"stage {stage.name!r}: {exc}") from None
+        raise RlsftError(f"stage {name!r}: {exc}") from None
     items = scored_inputs(answers, cut_len)
-    batch_size = ctx.cfg.eap.batch_size
     longest = max(len(it.input_ids) for it in items)
     need = estimate_memory(model.config, longest, min(batch_size, len(items)), model.dtype)
     log.info("edge_scores [%s]: %d samples, up to %d tokens, about %.2f GiB of activations per batch",
-             stage.name, len(items), longest, need / 2**30)
+             name, len(items), longest, need / 2**30)
     mats, losses = [], []
-    for i in progress(desc=f"edge_scores [{stage.name}]", unit="batch", iterable=range(0, len(items), batch_size)):
-        ids, loss_mask, attention = collate(items[i : i + batch_size], pad_id=tok.pad_token_id, side="left")
+    for i in progress(desc=f"edge_scores [{name}]", unit="batch", iterable=range(0, len(items), batch_size)):
+        ids, loss_mask, attention = collate(items[i : i + batch_size], pad_id=pad_id, side="left")
         scores, loss = edge_scores(model, ids, loss_mask, attention, graph=graph,
                                    positions=summed_positions(settings["positions"]),
                                    return_losses=True, target=settings.get("target", "nll"),

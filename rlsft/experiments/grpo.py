@@ -1,8 +1,10 @@
 """Temperature-controlled GRPO (method.md 3): train the pair's first stage with the ``grpo`` recipe.
 
-Every ``eval_every`` steps: greedy held-out accuracy and the EAP metrics of the current model minus the initial
-model's (W&B + ``grpo_history.json/.csv`` in the run folder). The run folder gets the single-run figure; in a
-multirun (``-m grpo.temperature=0.6,1.0``) each job also redraws the sweep's figure with every job finished so far.
+Every ``eval_every`` steps: greedy held-out accuracy and the EAP drift, the EAP metrics of the current model minus
+the initial model's with the eap experiment's settings and selection (rlsft.experiments.eap_drift); every step the
+policy dynamics of method.md 9 (W&B + ``grpo_history.json/.csv`` in the run folder). The run folder gets the
+single-run figure; in a multirun (``-m grpo.temperature=0.6,1.0``) each job also redraws the sweep's figure with
+every job finished so far.
 Checkpoints go to ``<run_dir>/checkpoints``: a requeued job resumes from the newest.
 """
 
@@ -14,15 +16,23 @@ from pathlib import Path
 from ..grpo import as_recipe
 from ..grpo.config import recipe_dict, recipe_hash
 from ..grpo.data import recipe_data
+from ..errors import RlsftError
 from ..grpo.plots import plot_multirun, plot_runs
-from ..grpo.trainer import EAP_METRICS, FAITHFULNESS_METRICS, GRPOTrainer
+from ..grpo.trainer import GRPOTrainer
 from .common import RunContext
+from .eap_drift import EAP_METRICS, FAITHFULNESS_METRICS, EAPDrift
 
 READS_INTERNALS = False
 
 
 def check(cfg) -> None:
-    """Nothing beyond rlsft.config.validate's checks of the sections it reads."""
+    """The eap settings the EAP drift cannot honour: it compares one model with its own initial weights."""
+    if cfg.eap.calibrate != "none":
+        raise RlsftError(f"eap.calibrate={cfg.eap.calibrate} matches an rl stage to an sft stage; the GRPO EAP drift "
+                         f"compares the model with its initial weights: leave eap.calibrate=none")
+    if cfg.eap.shared_range:
+        raise RlsftError("eap.shared_range=true is a pair setting of experiment=eap; the GRPO EAP drift scores each "
+                         "model's pooled complexity on its own range: leave eap.shared_range=false")
 
 
 def tags(cfg) -> list[str]:
@@ -58,10 +68,10 @@ def run(cfg, ctx: RunContext) -> dict:
           + (f"that temperature (logits / {recipe.temperature})" if recipe.loss_temperature else "T=1 (raw logits)"))
     start = time.time()
     trainer = GRPOTrainer(model, tokenizer, recipe, train, held_out, template, output_dir=ctx.run_dir,
-                          tracker=ctx.tracker)
+                          tracker=ctx.tracker, callbacks=[EAPDrift(cfg.eap, cfg.truncation)])
     history = trainer.train()
     result = {**_summary(history), "train_seconds": time.time() - start, "temperature": recipe.temperature,
-              "entropy_reward_fit": trainer.entropy_reward_fit}  # R = -a exp(H) + b (rlsft.grpo.dynamics)
+              **trainer.summary}  # entropy_reward_fit: R = -a exp(H) + b (rlsft.grpo.dynamics)
 
     fig = plot_runs([(f"T={recipe.temperature}", history)], title=f"GRPO {cfg.model_pair.name}/{stage.name}")
     ctx.save_figure("grpo_curves", fig)

@@ -1,6 +1,6 @@
 """What a GRPO run does to its policy while it learns (method.md 9, "During GRPO"): one row of keys per step and the
-entropy-reward fit at the end. The trainer calls ``observe`` once per step between rollout and update (the seam a
-training callback takes over, architecture.md ``training/callbacks.py``).
+entropy-reward fit at the end. ``TrainingDynamics``, a default callback of GRPOTrainer (rlsft.grpo.callbacks), calls
+``observe`` once per step between rollout and update and fits at the end (``entropy_reward_fit`` in the summary).
 
 Per step, over the sampled answers' tokens, all at the sampling temperature T (the policy that acted):
 - ``dynamics/entropy``: mean token entropy H of pi_old (Cui et al. 2025, arXiv 2505.22617);
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..lenses.weights import changed_mask
+from .callbacks import TrainerCallback
 from .rollout import Answer, completion_logits, pack
 
 HIGH_ENTROPY_QUANTILE = 0.8  # Wang et al.: the top 20% of tokens by entropy
@@ -107,3 +108,32 @@ def fit_entropy_reward(history: list[dict]) -> dict:
     ss_tot = float(((R - R.mean()) ** 2).sum())
     r2 = 1 - float((resid**2).sum()) / ss_tot if ss_tot > 0 else float("nan")
     return {"a": float(a), "b": float(b), "r2": r2 if math.isfinite(r2) else None, "steps": len(pts)}
+
+
+class TrainingDynamics(TrainerCallback):
+    """The dynamics as a GRPOTrainer callback (on by default): per step the keys above on the answers the update is
+    about to learn from, at the end ``entropy_reward_fit`` in the summary.
+
+    GRPO only: every key but ``dynamics/unchanged`` is a statistic of the policy's own sampled answers and their
+    advantages, which SFT, RFT and DPO do not have, and transformers' hooks (TRL's trainers) are not handed the batch.
+    """
+
+    needs_initial_model = True  # KL(pi_0 || pi)
+
+    def __init__(self):
+        self.dynamics: Dynamics | None = None
+
+    def on_init_end(self, trainer) -> None:
+        r = trainer.recipe  # the bf16 snapshot of the weights as given, before a resume loads later ones
+        self.dynamics = Dynamics(trainer.model, trainer.initial_model, r.temperature, trainer.tokenizer.pad_token_id,
+                                 r.micro_batch_size)
+
+    def on_train_begin(self, trainer) -> None:
+        self.dynamics.resume(trainer.history)
+
+    def on_rollout_end(self, trainer, row: dict, groups: list, advantages) -> None:
+        if groups:
+            row.update(self.dynamics.observe(trainer.model, [a for g in groups for a in g], advantages))
+
+    def on_train_end(self, trainer, summary: dict) -> None:
+        summary["entropy_reward_fit"] = fit_entropy_reward(trainer.history)

@@ -1,4 +1,7 @@
-"""Figures of GRPO runs: held-out accuracy and the three EAP metric differences against step, one line per run.
+"""Figures of GRPO runs: held-out accuracy and the EAP metric differences against step, one line per run.
+
+A panel per ``eap/<metric>_diff`` key some run logged (experiment=grpo's EAP drift, rlsft.experiments.eap_drift), in
+the order the drift logs them, so a metric added to the EAP registry gets its panel with nothing to change here.
 
 ``plot_multirun(multirun_dir)`` reads every job's ``grpo_history.json`` (and its temperature from
 ``config_resolved.yaml``) under a Hydra multirun folder, e.g. the rebuttal sweep ``-m grpo.temperature=0.6,1.0``,
@@ -15,10 +18,15 @@ import sys
 from pathlib import Path
 
 from ..cache import atomic_path, atomic_write_bytes, locked
-from .trainer import EAP_METRICS, FAITHFULNESS_METRICS
 
-PANELS = [("eval/accuracy", "held-out accuracy (greedy)"),
-          *[(f"eap/{m}_diff", f"{m}: current - initial") for m in EAP_METRICS + FAITHFULNESS_METRICS]]
+
+def panels(histories: list[list[dict]]) -> list[tuple[str, str]]:
+    """(key, title): held-out accuracy, then every ``eap/<metric>_diff`` of the histories in the order first logged."""
+    keys: list[str] = []
+    for history in histories:
+        for row in history:
+            keys += [k for k in row if k.startswith("eap/") and k.endswith("_diff") and k not in keys]
+    return [("eval/accuracy", "held-out accuracy (greedy)")] + [(k, f"{k[4:-5]}: current - initial") for k in keys]
 
 
 def plot_runs(runs: list[tuple[str, list[dict]]], title: str = ""):
@@ -29,14 +37,14 @@ def plot_runs(runs: list[tuple[str, list[dict]]], title: str = ""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(k, n) for k, n in PANELS if k == "eval/accuracy" or any(k in row for _, h in runs for row in h)]
-    ncols = min(len(panels), 4)  # a grid: one row of nine panels is too wide to read
-    nrows = -(-len(panels) // ncols)
+    shown = panels([h for _, h in runs])
+    ncols = min(len(shown), 4)  # a grid: one row of nine panels is too wide to read
+    nrows = -(-len(shown) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
     axes = axes.ravel()
-    for ax in axes[len(panels):]:
+    for ax in axes[len(shown):]:
         ax.axis("off")
-    for ax, (key, name) in zip(axes, panels):
+    for ax, (key, name) in zip(axes, shown):
         for label, history in runs:
             pts = [(row["step"], row[key]) for row in history if isinstance(row.get(key), (int, float))]
             if pts:
@@ -81,13 +89,14 @@ def plot_multirun(multirun_dir: str | Path) -> Path | None:
         fig = plot_runs([(label, h) for _, label, h in runs], title=f"GRPO: {root.name}")
         with atomic_path(out) as tmp:
             fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+        columns = [k for k, _ in panels([h for _, _, h in runs])]
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["run", "step"] + [k for k, _ in PANELS])
+        w.writerow(["run", "step"] + columns)
         for _, label, h in runs:
             for row in h:
-                if any(k in row for k, _ in PANELS):
-                    w.writerow([label, row["step"]] + [row.get(k, "") for k, _ in PANELS])
+                if any(k in row for k in columns):
+                    w.writerow([label, row["step"]] + [row.get(k, "") for k in columns])
         atomic_write_bytes(root / "grpo_temperature.csv", buf.getvalue().encode())
     import matplotlib.pyplot as plt
 

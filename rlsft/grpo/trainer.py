@@ -6,8 +6,10 @@ A step:
   2. advantages, group-normalised;
   3. the rollout batch is split into ``mini_batches`` optimizer steps (each accumulating micro-batches of
      ``micro_batch_size`` answers), token-level clipped loss against the rollout policy's log-probs;
-  4. every ``eval_every`` steps: greedy held-out accuracy and the EAP metrics of the current model minus the initial
-     model's; every ``save_every`` steps an atomic checkpoint from which a resumed run reaches the same weights.
+  4. every ``eval_every`` steps: greedy held-out accuracy; every ``save_every`` steps an atomic checkpoint from which
+     a resumed run reaches the same weights.
+Callbacks (rlsft.grpo.callbacks) report what happens meanwhile: the policy dynamics of method.md 9 by default
+(rlsft.grpo.dynamics), experiment=grpo's EAP drift (rlsft.experiments.eap_drift) at each evaluation.
 
 Sampling randomness is seeded from (seed, step, round) and the question order from (seed, epoch), so a run is a
 function of its recipe: interrupted and resumed, it gives the same weights as an uninterrupted run.
@@ -22,36 +24,26 @@ import math
 import random
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from ..cache import atomic_write_bytes, atomic_write_json
 from ..console import Heartbeat
 from ..data import Record
-from ..eap.metrics import METRICS
 from ..errors import RlsftError
 from ..templates import encode_prompt
 from .advantages import group_advantages, informative_groups
+from .callbacks import TrainerCallback
 from .checkpoint import load_checkpoint, newest_intact, save_checkpoint
 from .config import GRPOConfig, check_recipe, recipe_dict, recipe_hash
-from .dynamics import Dynamics, fit_entropy_reward
+from .dynamics import TrainingDynamics
 from .loss import policy_loss
 from .reward import Scored, answer_reward, gold_value, overlong_penalty
 from .rollout import Answer, completion_logprobs, generate, pack
 
-# The EAP registry's metrics (stage means of per-sample values) and the paper's pooled complexity (eap_bins bins).
-EAP_METRICS = (*METRICS, "information_complexity_pooled")
-# With eap_faithfulness: the kept share of edges for 80% faithfulness (method.md 2.7).
-FAITHFULNESS_METRICS = ("frac80",)
-
-
-def eap_metric_names(recipe: GRPOConfig) -> tuple[str, ...]:
-    """The `eap/<name>` keys an evaluation logs under this recipe."""
-    return EAP_METRICS + (FAITHFULNESS_METRICS if recipe.eap_faithfulness else ())
+DEFAULT_CALLBACKS = (TrainingDynamics,)  # every trainer gets one of each, before the ones it is given
 
 
 class GRPOTrainer:
@@ -61,12 +53,15 @@ class GRPOTrainer:
     may change a sampling round's scored answers in place before groups are formed (a control kind's reward, e.g.
     rlsft.training.grpo_random). ``output_dir`` holds
     checkpoints and the metrics history; ``tracker`` (rlsft.tracking.Tracker) receives every logged row.
+    ``callbacks`` (rlsft.grpo.callbacks) are called after the ``DEFAULT_CALLBACKS``; ``summary`` collects what they
+    report at the end (``entropy_reward_fit``).
     """
 
     def __init__(self, model, tokenizer, recipe: GRPOConfig, train_records: list[Record],
                  eval_records: list[Record] | None = None, template: str = "chat", output_dir: str | Path | None = None,
                  tracker=None, reward_fn: Callable[[str, Record], Scored] | None = None,
-                 log: Callable[[str], None] = print, round_hook: Callable[[list[Answer], int], None] | None = None):
+                 log: Callable[[str], None] = print, round_hook: Callable[[list[Answer], int], None] | None = None,
+                 callbacks: Sequence[TrainerCallback] = ()):
         check_recipe(recipe)
         if not train_records:
             raise RlsftError("GRPO: no training questions")
@@ -85,6 +80,7 @@ class GRPOTrainer:
                         raise RlsftError(f"{exc} (question {r.id})") from None
         self.hash, self.recipe_json = recipe_hash(recipe), recipe_dict(recipe)
         self.evaluating = bool(recipe.eval_every and self.eval_records)
+        self.callbacks = [cls() for cls in DEFAULT_CALLBACKS] + list(callbacks)
 
         # precision: a bf16/fp16 model trains with fp32 master weights under autocast (AdamW updates of ~1e-6
         # vanish in bf16); on CPU everything is fp32.
@@ -95,11 +91,7 @@ class GRPOTrainer:
         self.save_dtype = load_dtype
         self.model = self._prepare(model)
         self.ref_model = self._reference()
-        if self.ref_model is None and recipe.lora.r == 0:  # the dynamics' KL(pi_0 || pi) needs the initial policy
-            self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        self.dynamics = Dynamics(self.model, self._initial, recipe.temperature, tokenizer.pad_token_id,
-                                 recipe.micro_batch_size)
-        self.entropy_reward_fit: dict = {}
+        self.summary: dict = {}
         params = [p for p in self.model.parameters() if p.requires_grad]
         # fused: one kernel over all tensors, no foreach temporaries (a model-sized peak of memory otherwise)
         self.optimizer = torch.optim.AdamW(params, lr=recipe.lr, betas=tuple(recipe.adam_betas),
@@ -109,7 +101,7 @@ class GRPOTrainer:
         self.step, self.questions_drawn, self.history = 0, 0, []
         self._prompts: dict[str, list[int]] = {}
         self._orders: dict[int, list[int]] = {}
-        self._initial_eap: dict = {"answers": None, "W": {}}
+        self._callback("on_init_end")
 
     # ------------------------------------------------------------------ setup
     def _prepare(self, model):
@@ -134,9 +126,9 @@ class GRPOTrainer:
         return model
 
     def _reference(self):
-        """The initial model, for KL (beta > 0) and the EAP metric differences; LoRA reuses the base (adapter off)."""
+        """The initial model, for KL (beta > 0) and callbacks comparing with it; LoRA reuses the base (adapter off)."""
         r = self.recipe
-        if (r.beta == 0 and not (r.eap_alphas and self.evaluating)) or r.lora.r > 0:
+        if r.lora.r > 0 or not (r.beta > 0 or any(cb.needs_initial_model for cb in self.callbacks)):
             return None
         ref = copy.deepcopy(self.model)
         ref.eval().requires_grad_(False)
@@ -151,7 +143,12 @@ class GRPOTrainer:
         else:
             yield self.ref_model
 
-    def _current(self):
+    def initial_model(self):
+        """The initial model as a plain HF model, as a context manager (for callbacks that compare with it)."""
+        return self._initial()
+
+    def current_model(self):
+        """The model being trained as a plain HF model (LoRA: the base with its adapter on)."""
         return self.model.get_base_model() if self.recipe.lora.r > 0 else self.model
 
     def _amp(self):
@@ -246,19 +243,9 @@ class GRPOTrainer:
         return [self._logprobs(model, mb)[0] for _, mb in self._micro(answers, adv)]
 
     def advantages(self, groups: list[list[Answer]]) -> torch.Tensor:
-        """Group-relative advantages of the step's answers, flat (computed once a step, for observe and update)."""
+        """Group-relative advantages of the step's answers, flat (once a step, for the callbacks and the update)."""
         rewards = torch.tensor([a.reward for g in groups for a in g])
         return group_advantages(rewards, self.recipe.num_generations, self.recipe.scale_rewards)
-
-    def observe(self, groups: list[list[Answer]], adv: torch.Tensor | None = None) -> dict:
-        """The step's policy dynamics (rlsft.grpo.dynamics) on the answers it is about to learn from."""
-        if not groups:
-            return {}
-        answers = [a for g in groups for a in g]
-        adv = self.advantages(groups) if adv is None else adv
-        self.model.eval()
-        with self._amp():
-            return self.dynamics.observe(self.model, answers, adv)
 
     def update(self, groups: list[list[Answer]], adv: torch.Tensor | None = None) -> dict:
         r, G = self.recipe, self.recipe.num_generations
@@ -308,7 +295,8 @@ class GRPOTrainer:
                 "train/mini_batches": n_mb, "train/tokens": n_tokens}
 
     # ------------------------------------------------------------------ evaluation
-    def _greedy(self, model, records: list[Record]) -> list[Answer]:
+    def greedy(self, model, records: list[Record]) -> list[Answer]:
+        """``model``'s greedy answers to ``records``, scored (held-out accuracy; callbacks ask the initial model)."""
         r = self.recipe
         prompts = [self._prompt(q) for q in records]
         with self._amp():
@@ -325,89 +313,16 @@ class GRPOTrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Greedy accuracy on the held-out set; EAP metrics of current minus initial model on the fixed EAP set."""
+        """Greedy accuracy on the held-out set, and what the callbacks' ``on_evaluate`` add."""
         if not self.eval_records:
             return {}
         self.model.eval()
-        answers = self._greedy(self.model, self.eval_records)
+        answers = self.greedy(self.model, self.eval_records)
         n = len(answers)
         row = {"eval/accuracy": sum(a.correct for a in answers) / n,
                "eval/answer_len": sum(len(a.output_ids) for a in answers) / n,
                "eval/truncated": sum(a.finish_reason == "length" for a in answers) / n}
-        if self.recipe.eap_alphas:
-            row.update(self._eap(answers[: self.recipe.eap_n]))
-        return row
-
-    def _eap_stage(self, model, answers: list[Answer], cut: int) -> dict:
-        """One model's EAP numbers on its answers cut at `cut`: the registry's metrics (stage means), the paper's pooled
-        complexity and, with ``eap_faithfulness``, frac80 (method.md 2.7: edges ranked by |mean W| on one half of the
-        questions, pruned kept sets judged on the other half, one split, mean-positional baseline: a cheap trace over
-        training; the eap experiment's check is the one with splits, control and intervals)."""
-        from ..eap import build_graph, collate, edge_scores, information_complexity_pooled, per_sample, truncation_inputs
-        from ..eap.faithfulness import (baseline_outputs, cross_curve, faithfulness_losses, mean_positional,
-                                        patch_evaluator, share_grid)
-        from ..eap.faithfulness_stats import curve_summaries
-
-        r = self.recipe
-        graph = build_graph(model)
-        ids, loss_mask, attn = collate([truncation_inputs(a.prompt_ids, a.output_ids, cut) for a in answers],
-                                       self.tokenizer.pad_token_id)
-        W = torch.cat([edge_scores(model, ids[i : i + r.eap_batch_size], loss_mask[i : i + r.eap_batch_size],
-                                   attn[i : i + r.eap_batch_size], graph, r.eap_positions)
-                       for i in range(0, len(ids), r.eap_batch_size)])
-        out = {m: float(np.nanmean(per_sample(W, graph.mask, m))) for m in METRICS}
-        out["information_complexity_pooled"] = information_complexity_pooled(W, graph.mask, bins=r.eap_bins)
-        if r.eap_faithfulness and len(answers) < 4:  # halves() needs two per half
-            out["frac80"] = float("nan")
-        elif r.eap_faithfulness:
-            B = mean_positional(baseline_outputs(model, graph, ids, attn, r.eap_batch_size), attn)
-            ranked = torch.cat([edge_scores(model, ids[i : i + r.eap_batch_size], loss_mask[i : i + r.eap_batch_size],
-                                            attn[i : i + r.eap_batch_size], graph, r.eap_positions, baseline="input",
-                                            baseline_acts=B[i : i + r.eap_batch_size])
-                                for i in range(0, len(ids), r.eap_batch_size)])
-            evaluate = patch_evaluator(model, graph, ids, loss_mask, attn, B, r.eap_batch_size)
-            res = faithfulness_losses(ranked.numpy(), graph, evaluate, share_grid(r.eap_faithfulness_points),
-                                      n_splits=1, draws=0, seed=r.seed, within=False)
-            out["frac80"] = float(curve_summaries(res["shares"], cross_curve(res))["frac80"])
-        return out
-
-    def _eap(self, current: list[Answer]) -> dict:
-        """Mean over alphas of metric(current) - metric(initial), each model on its own greedy answers.
-
-        Both models answer the same fixed questions; Tbar = min of the two mean answer lengths (method.md 2.1) over
-        the questions both answered with at least one token, T_cut = max(int(alpha*Tbar), 1) for both. The
-        initial model's scores are cached per T_cut. All fixed questions enter (no correctness filter, which would
-        change the set between evaluations).
-        """
-        from ..eap import cut_length
-
-        init = self._initial_eap
-        if init["answers"] is None:
-            with self._initial() as model:
-                init["answers"] = current if self.step == 0 else self._greedy(model, self.eval_records[: self.recipe.eap_n])
-        pairs = [(c, i) for c, i in zip(current, init["answers"]) if c.output_ids and i.output_ids]
-        if len(pairs) < 2:
-            return {"eap/n": len(pairs)}
-        tbar = min(sum(len(c.output_ids) for c, _ in pairs), sum(len(i.output_ids) for _, i in pairs)) / len(pairs)
-        names = eap_metric_names(self.recipe)
-        diffs = {m: [] for m in names}
-        values = {m: [] for m in names}
-        for alpha in self.recipe.eap_alphas:
-            cut = cut_length(alpha, tbar)
-            key = (cut, tuple(i.question_id for _, i in pairs))
-            cur = self._eap_stage(self._current(), [c for c, _ in pairs], cut)
-            if key not in init["W"]:
-                if self.step == 0:
-                    init["W"][key] = cur
-                else:
-                    with self._initial() as model:
-                        init["W"][key] = self._eap_stage(model, [i for _, i in pairs], cut)
-            for m in names:
-                diffs[m].append(cur[m] - init["W"][key][m])
-                values[m].append(cur[m])
-        row = {f"eap/{m}_diff": sum(v) / len(v) for m, v in diffs.items()}
-        row.update({f"eap/{m}": sum(v) / len(v) for m, v in values.items()})
-        row.update({"eap/tbar": tbar, "eap/n": len(pairs)})
+        self._callback("on_evaluate", row, answers)
         return row
 
     # ------------------------------------------------------------------ checkpoints
@@ -416,10 +331,8 @@ class GRPOTrainer:
         return self.output_dir / "checkpoints" if self.output_dir else None
 
     def _state(self) -> dict:
-        init = self._initial_eap["answers"]
         return {"recipe_hash": self.hash, "recipe": self.recipe_json, "questions_drawn": self.questions_drawn,
-                "history": self.history,
-                "initial_answers": [asdict(a) for a in init] if init is not None else None}
+                "history": self.history, "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks}}
 
     def save(self) -> Path | None:
         if self.checkpoint_dir is None:
@@ -435,13 +348,18 @@ class GRPOTrainer:
                 return False
         state = load_checkpoint(Path(path), self.model, self.optimizer, self.scheduler, self.hash, self.recipe_json)
         self.step, self.questions_drawn, self.history = state["step"], state["questions_drawn"], state["history"]
-        self.dynamics.resume(self.history)
-        if state.get("initial_answers") is not None:
-            self._initial_eap["answers"] = [Answer(**a) for a in state["initial_answers"]]
+        saved = state.get("callbacks", {})
+        for cb in self.callbacks:
+            if type(cb).__name__ in saved:
+                cb.load_state_dict(saved[type(cb).__name__])
         self.log(f"[grpo] resumed from {path} at step {self.step}")
         return True
 
     # ------------------------------------------------------------------ loop
+    def _callback(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
     def _record(self, row: dict) -> None:
         self.history.append(row)
         if self.tracker is not None:
@@ -451,6 +369,7 @@ class GRPOTrainer:
         r = self.recipe
         if r.resume:
             self.resume()
+        self._callback("on_train_begin")
         start = time.time()
         if self.step < r.steps:  # the first step line can take minutes: say what is happening meanwhile
             self.log(f"[grpo] {r.steps - self.step} steps to go; each samples {r.batch_questions} questions x "
@@ -470,7 +389,9 @@ class GRPOTrainer:
                                      "answers") as beat:
                 groups, stats = self.collect()
                 adv = self.advantages(groups) if groups else None
-                stats.update(self.observe(groups, adv))  # method.md 9: training dynamics (rlsft.grpo.dynamics)
+                self.model.eval()
+                with self._amp():  # callbacks see the policy as it sampled (method.md 9's dynamics among them)
+                    self._callback("on_rollout_end", stats, groups, adv)
                 t1 = time.time()
                 beat.what = f"{where}: updating the weights"
                 stats.update(self.update(groups, adv))
@@ -478,6 +399,7 @@ class GRPOTrainer:
             t2 = time.time()
             row = {"step": self.step, **stats, "time/rollout_s": t1 - t0, "time/update_s": t2 - t1,
                    "time/step_s": t2 - t0}
+            self._callback("on_step_end", row)
             if self.evaluating and (self.step % r.eval_every == 0 or self.step == r.steps):
                 with Heartbeat(self.log, f"{where}: held-out evaluation"):
                     row.update(self.evaluate())
@@ -488,7 +410,7 @@ class GRPOTrainer:
                 self.save()
             self.write_history()
         self.log(f"[grpo] {r.steps} steps done ({time.time() - start:.0f} s this session)")
-        self.entropy_reward_fit = fit_entropy_reward(self.history)
+        self._callback("on_train_end", self.summary)
         self.write_history()
         return self.history
 

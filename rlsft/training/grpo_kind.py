@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..cache import stage_key
 from .kind import Trained, TrainingKind
@@ -53,15 +53,16 @@ def saved_budget(folder: Path, kind: str = "grpo") -> dict | None:
 
 
 def train_grpo(model, tokenizer, base: dict, recipe, work: Path, cache: Path, device: str, kind: str = "grpo",
-               round_hook: Callable | None = None) -> Trained:
-    """Train ``model`` with GRPO; ``round_hook`` (a control kind's) sees each sampling round's scored answers."""
+               round_hook: Callable | None = None, callbacks: Sequence = ()) -> Trained:
+    """Train ``model`` with GRPO; ``round_hook`` (a control kind's) sees each sampling round's scored answers;
+    ``callbacks`` (rlsft.grpo.callbacks) come after the trainer's defaults, so the history keeps the dynamics."""
     from ..grpo.config import recipe_dict
     from ..grpo.data import recipe_data
     from ..grpo.trainer import GRPOTrainer
 
     train, held_out = recipe_data(recipe)
     trainer = GRPOTrainer(model, tokenizer, recipe, train, held_out, recipe.template, output_dir=work,
-                          round_hook=round_hook)
+                          round_hook=round_hook, callbacks=callbacks)
     history = trainer.train()
     files = {"grpo_recipe.json": {"base": base, "recipe": recipe_dict(recipe)}, "grpo_history.json": history}
     budget = grpo_budget(history, kind)
