@@ -20,7 +20,7 @@ from .errors import RlsftError
 class Processes:
     index: int = 0  # this process's rank
     count: int = 1
-    device: str | None = None  # this process's GPU (cuda:<local rank>); None: the run's device setting
+    device: str | None = None  # this process's device (cpu, cuda:<local rank>); None alone: the run's setting
 
     @property
     def main(self) -> bool:
@@ -75,7 +75,7 @@ def processes() -> Processes:
     if state.num_processes != world_size():
         raise RlsftError(f"{world_size()} processes were started but accelerate joined {state.num_processes} "
                          f"({state.distributed_type})")
-    return Processes(state.process_index, state.num_processes, None if cpu else f"cuda:{state.local_process_index}")
+    return Processes(state.process_index, state.num_processes, "cpu" if cpu else f"cuda:{state.local_process_index}")
 
 
 def shared_run_dir(argv: list[str]) -> list[str]:

@@ -188,9 +188,10 @@ def check_data_parallel(cfg, experiment, procs) -> None:
     if not experiment.DATA_PARALLEL:
         raise RlsftError(f"experiment={cfg.run.experiment} runs in one process; {procs.count} were started "
                          "(only experiments that declare DATA_PARALLEL, e.g. grpo, run data-parallel)")
-    if procs.device is not None and str(cfg.run.device).startswith("cpu"):
-        raise RlsftError(f"run.device={cfg.run.device} but the {procs.count} processes joined on GPUs: run them on "
-                         "CPU with ACCELERATE_USE_CPU=1 (or CUDA_VISIBLE_DEVICES=)")
+    kind = procs.device.split(":")[0]
+    if cfg.run.device != "auto" and not str(cfg.run.device).startswith(kind):
+        raise RlsftError(f"run.device={cfg.run.device}, but the {procs.count} processes joined on {kind}: leave "
+                         "run.device=auto (on CPU with ACCELERATE_USE_CPU=1)")
 
 
 def _traceback_to_log_file(exc: BaseException) -> None:
