@@ -63,19 +63,27 @@ def processes() -> Processes:
     """This run's processes; the process group is joined on the first call (a no-op for one process)."""
     if world_size() == 1:
         return Processes()
+    sharded = [name for name in ("FSDP", "DEEPSPEED") if _flag(f"ACCELERATE_USE_{name}")]
+    if sharded:
+        raise RlsftError(f"accelerate launch with {sharded[0]}: GRPO keeps the whole policy on every process (data "
+                         "parallel only; sharding is not implemented, rlsft/grpo/README.md)")
     import torch
     from accelerate import PartialState
 
     if "WORLD_SIZE" not in os.environ:  # srun: torch.distributed's variables from SLURM's (each task sees every GPU)
         from submitit.helpers import TorchDistributedEnvironment
 
-        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    cpu = not torch.cuda.is_available() or _flag("ACCELERATE_USE_CPU")
     state = PartialState(cpu=cpu)
     if state.num_processes != world_size():
         raise RlsftError(f"{world_size()} processes were started but accelerate joined {state.num_processes} "
                          f"({state.distributed_type})")
     return Processes(state.process_index, state.num_processes, "cpu" if cpu else f"cuda:{state.local_process_index}")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
 
 
 def shared_run_dir(argv: list[str]) -> list[str]:

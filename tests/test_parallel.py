@@ -4,17 +4,18 @@ import importlib.util
 import json
 import os
 import socket
+import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import ROOT, launch, run_guarded
+from conftest import ROOT, communicate, launch, run_guarded
 from rlsft.errors import RlsftError
 from rlsft.grpo.rollout import generate
 from rlsft.models import build_tiny_model
-from rlsft.parallel import Processes, shared_run_dir, world_size
+from rlsft.parallel import Processes, processes, shared_run_dir, world_size
 from rlsft.run import check_data_parallel
 
 
@@ -49,6 +50,7 @@ def test_one_process_needs_no_distributed_setup():
 
 
 def test_bad_data_parallel_setups_are_one_line_errors(monkeypatch):
+    processes.cache_clear()
     cfg = SimpleNamespace(run=SimpleNamespace(experiment="eap", device="auto"))
     with pytest.raises(RlsftError, match="experiment=eap runs in one process; 2 were started"):
         check_data_parallel(cfg, SimpleNamespace(DATA_PARALLEL=False), Processes(0, 2, "cpu"))
@@ -60,6 +62,27 @@ def test_bad_data_parallel_setups_are_one_line_errors(monkeypatch):
     with pytest.raises(RlsftError, match=r"data-parallel processes run one job, not a sweep \(-m\)"):
         shared_run_dir(["-m", "experiment=grpo", "grpo.temperature=0.6,1.0"])
     assert shared_run_dir(["experiment=grpo", "hydra.run.dir=/tmp/x"]) == []
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # accelerate launch --use_fsdp
+    with pytest.raises(RlsftError, match="accelerate launch with FSDP: GRPO keeps the whole policy on every process"):
+        processes()
+
+
+def test_srun_tasks_join_one_process_group(tmp_path):
+    """Two tasks with the variables srun gives a submitit job's tasks (no SLURM needed) join as ranks 0 and 1."""
+    code = "from rlsft.parallel import processes; p = processes(); print(p.index, p.count, p.device, p.gather(p.index))"
+    port = str(free_port())
+    tasks = []
+    for rank in range(2):
+        env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "2",
+               "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
+               "SLURM_JOB_NODELIST": "localhost", "MASTER_PORT": port, "ACCELERATE_USE_CPU": "1",
+               "PYTHONPATH": str(ROOT)}
+        env.pop("WORLD_SIZE", None)
+        tasks.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = [communicate(task) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], [err[-2000:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["0 2 cpu [0, 1]", "1 2 cpu [0, 1]"]
 
 
 # ------------------------------------------------------------------------------------------- two processes, end to end
