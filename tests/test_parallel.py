@@ -25,7 +25,8 @@ def test_sharded_generation_is_the_unsharded_rollout():
     prompts = [tok(f"What is {i} + {i % 3}?")["input_ids"][: 3 + i % 4] for i in range(12)]  # unequal lengths: padding
     whole = generate(model, tok, prompts, 6, temperature=1.0, seed=5, batch_size=4)
     for n in (2, 3):
-        shards = [generate(model, tok, prompts, 6, temperature=1.0, seed=5, batch_size=4, shard=(i, n)) for i in range(n)]
+        shards = [generate(model, tok, prompts, 6, temperature=1.0, seed=5, batch_size=4, shard=(i, n))
+                  for i in range(n)]
         assert [next(out for out in column if out is not None) for column in zip(*shards)] == whole
         assert all(sum(out is not None for out in column) == 1 for column in zip(*shards))
     one_call = generate(model, tok, prompts, 6, temperature=1.0, seed=5, shard=(1, 2))  # batch_size 0: one call

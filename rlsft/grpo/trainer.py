@@ -329,7 +329,7 @@ class GRPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.processes.count > 1:  # each process summed its own micro-batches
             keys = ["loss", "clip", "kl", "entropy", "ratio"]
-            summed = torch.tensor([totals[k] for k in keys] + [n_tokens], dtype=torch.float64)
+            summed = torch.tensor([totals[k] for k in keys] + [n_tokens], dtype=torch.float64, device=self.device)
             self.processes.sum_([summed])
             totals.update(zip(keys, summed.tolist()))
             n_tokens = int(summed[-1])
