@@ -23,9 +23,8 @@ def main(cfg):
 if __name__ == "__main__":
     from pathlib import Path
 
-    from rlsft.overrides import check
-
     from rlsft.errors import RlsftError
+    from rlsft.overrides import check
     from rlsft.parallel import shared_run_dir
 
     problem = check(sys.argv[1:], Path(__file__).resolve().parent / "conf")
