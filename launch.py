@@ -23,9 +23,16 @@ def main(cfg):
 if __name__ == "__main__":
     from pathlib import Path
 
+    from rlsft.errors import RlsftError
     from rlsft.overrides import check
+    from rlsft.parallel import shared_run_dir
 
     problem = check(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+    if not problem:  # several data-parallel processes (accelerate launch) share one run folder
+        try:
+            sys.argv += shared_run_dir(sys.argv[1:])
+        except RlsftError as exc:
+            problem = str(exc)
     if problem:  # a misspelt key, an unknown option, a wrong type: one line, before Hydra's own many
         print(f"error: {problem}", file=sys.stderr, flush=True)
         sys.exit(2)

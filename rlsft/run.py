@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+from contextlib import contextmanager, redirect_stdout
 from importlib import metadata
 from pathlib import Path
 
@@ -68,29 +69,54 @@ def sweep_info() -> tuple[bool, str | None, dict]:
 
 
 def main(cfg) -> dict:
-    """One job. Everything it prints is also kept in its ``launch.log`` (rlsft.console.tee_console)."""
+    """One job. Everything it prints is also kept in its ``launch.log`` (rlsft.console.tee_console); of several
+    data-parallel processes (rlsft.parallel), the main one alone prints, logs and writes."""
     from .console import hydra_log_file, never_silent, quiet_libraries, tee_console
+    from .parallel import processes
     from .threads import configure_threads
 
     configure_threads()  # the CPUs this process may use, not the machine's core count
     quiet_libraries(bool(cfg.run.get("verbose", False)))
+    try:
+        procs = processes()
+    except RlsftError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    if not procs.main:
+        with _quiet():
+            return _main(cfg, procs)
     with tee_console(hydra_log_file()), never_silent():
-        return _main(cfg)
+        return _main(cfg, procs)
 
 
-def _main(cfg) -> dict:
+@contextmanager
+def _quiet():
+    """A data-parallel process other than the main one: no prints, log warnings only, not into the main one's log
+    file (errors still reach stderr)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+    log.setLevel(logging.WARNING)
+    with open(os.devnull, "w") as null, redirect_stdout(null):
+        yield
+
+
+def _main(cfg, procs) -> dict:
     multirun, sweep_dir, choices = sweep_info()
     run_dir = Path(cfg.paths.run_dir)
-    (run_dir / ERROR_FILE).unlink(missing_ok=True)  # a requeued job starts clean
+    if procs.main:
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)  # a requeued job starts clean
     tracker = None
     failed = True
     try:
         validate(cfg)
         from .experiments import get_experiment
         from .experiments.common import RunContext, check_architectures
-        from .tracking import Tracker
 
         experiment = get_experiment(cfg.run.experiment)
+        if procs.count > 1:
+            check_data_parallel(cfg, experiment, procs)
         if experiment.READS_INTERNALS:
             check_architectures(cfg.run.experiment, list(cfg.model_pair.stages),
                                 lambda stage: OmegaConf.to_container(stage.model, resolve=True))
@@ -103,22 +129,14 @@ def _main(cfg) -> dict:
                 failed = False
                 return json.loads((run_dir / "result.json").read_text())
             raise RlsftError(f"run folder {run_dir} already holds a different finished run; it is never overwritten")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        atomic_write_bytes(run_dir / "config_resolved.yaml", resolved_yaml.encode())
-        prov = provenance()
-        atomic_write_json(run_dir / "provenance.json", prov)
-        lg = cfg.logger
-        tags = [cfg.model_pair.name, cfg.dataset.name, *lg.tags, *experiment.tags(cfg)]
-        group = lg.group or (Path(sweep_dir).name if sweep_dir else None)
-        tracker = Tracker(lg.mode, lg.project, run_dir, {**resolved, "provenance": prov}, group=group,
-                          job_type=cfg.run.experiment, tags=tags, entity=lg.entity)
+        tracker = _open_run(cfg, experiment, run_dir, resolved_yaml, sweep_dir, procs)
         ctx = RunContext(cfg=cfg, run_dir=run_dir, cache_dir=str(Path(cfg.paths.cache_dir).expanduser()),
-                         tracker=tracker)
+                         tracker=tracker, processes=procs)
         result = experiment.run(cfg, ctx)
-        atomic_write_json(run_dir / "result.json", result)
         failed = False
-        print(f"results: {run_dir}", flush=True)  # every run ends naming its folder, the report's too
+        if procs.main:
+            atomic_write_json(run_dir / "result.json", result)
+            print(f"results: {run_dir}", flush=True)  # every run ends naming its folder, the report's too
         return result
     except RlsftError as exc:
         _record_error(run_dir, str(exc))
@@ -148,6 +166,34 @@ def _main(cfg) -> dict:
 ERROR_FILE = "error.txt"
 
 
+def _open_run(cfg, experiment, run_dir: Path, resolved_yaml: str, sweep_dir: str | None, procs):
+    """The run folder's config and provenance, and the run's tracker (disabled except in the main process)."""
+    from .tracking import Tracker
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    prov = {**provenance(), "num_processes": procs.count}
+    if procs.main:
+        atomic_write_bytes(run_dir / "config_resolved.yaml", resolved_yaml.encode())
+        atomic_write_json(run_dir / "provenance.json", prov)
+    lg = cfg.logger
+    tags = [cfg.model_pair.name, cfg.dataset.name, *lg.tags, *experiment.tags(cfg)]
+    group = lg.group or (Path(sweep_dir).name if sweep_dir else None)
+    return Tracker(lg.mode if procs.main else "disabled", lg.project, run_dir,
+                   {**OmegaConf.to_container(cfg, resolve=True), "provenance": prov}, group=group,
+                   job_type=cfg.run.experiment, tags=tags, entity=lg.entity)
+
+
+def check_data_parallel(cfg, experiment, procs) -> None:
+    """RlsftError when this run cannot be split over its ``procs.count`` processes."""
+    if not experiment.DATA_PARALLEL:
+        raise RlsftError(f"experiment={cfg.run.experiment} runs in one process; {procs.count} were started "
+                         "(only experiments that declare DATA_PARALLEL, e.g. grpo, run data-parallel)")
+    kind = procs.device.split(":")[0]
+    if cfg.run.device != "auto" and not str(cfg.run.device).startswith(kind):
+        raise RlsftError(f"run.device={cfg.run.device}, but the {procs.count} processes joined on {kind}: leave "
+                         "run.device=auto (on CPU with ACCELERATE_USE_CPU=1)")
+
+
 def _traceback_to_log_file(exc: BaseException) -> None:
     """The full traceback of a failed sweep task, in its ``launch.log`` only (the console gets one line)."""
     import traceback
@@ -161,8 +207,11 @@ def _traceback_to_log_file(exc: BaseException) -> None:
 
 
 def _record_error(run_dir: Path, message: str) -> None:
-    """The failure as one line in the job folder, where the sweep summary and the report read it."""
-    if run_dir.is_dir():
+    """The failure as one line in the job folder, where the sweep summary and the report read it (by the main
+    process of several)."""
+    from .parallel import processes
+
+    if run_dir.is_dir() and processes().main:
         atomic_write_bytes(run_dir / ERROR_FILE, (message.splitlines() or [""])[0].encode() + b"\n")
 
 

@@ -192,3 +192,5 @@ def test_every_experiment_declares_what_the_dispatcher_calls(name):
         assert callable(getattr(module, attr, None)), f"rlsft.experiments.{name} has no {attr}()"
     assert isinstance(getattr(module, "READS_INTERNALS", None), bool), \
         f"rlsft.experiments.{name} must set READS_INTERNALS = True or False"
+    assert isinstance(getattr(module, "DATA_PARALLEL", None), bool), \
+        f"rlsft.experiments.{name} must set DATA_PARALLEL = True or False"

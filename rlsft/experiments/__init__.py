@@ -8,6 +8,8 @@ rlsft.config.validate need of it, so neither names an experiment:
 - ``tags(cfg) -> list[str]``: its W&B tags beside the pair's, the dataset's and ``logger.tags``.
 - ``READS_INTERNALS: bool``: it reads a model's modules (architectures.py), so a stage of an unsupported
   architecture is refused before anything is loaded or generated.
+- ``DATA_PARALLEL: bool``: it runs as several data-parallel processes (``accelerate launch``, rlsft.parallel); any
+  other is refused when started so (each process would run it all and write the same files).
 
 Importing a module here must stay cheap (``validate`` does it): models load inside ``run`` only.
 """
@@ -21,7 +23,8 @@ EXPERIMENTS = ["evaluate", "eap", "report", "probe", "ablation", "variability", 
 
 
 def get_experiment(name: str) -> ModuleType:
-    """The module of experiment ``name`` (its ``run``, ``check``, ``tags``, ``READS_INTERNALS``)."""
+    """The module of experiment ``name`` (its ``run``, ``check``, ``tags``, ``READS_INTERNALS``,
+    ``DATA_PARALLEL``)."""
     if name not in EXPERIMENTS:
         raise RlsftError(f"unknown experiment {name!r}; expected one of {EXPERIMENTS}")
     return importlib.import_module(f"{__name__}.{name}")

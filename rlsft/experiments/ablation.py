@@ -24,6 +24,7 @@ from .common import RunContext, markdown_table, precision, stage_color
 
 ABLATION_VERSION = 1
 READS_INTERNALS = True  # hooks on the model's blocks
+DATA_PARALLEL = False
 
 
 def check(cfg) -> None:

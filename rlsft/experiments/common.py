@@ -16,6 +16,7 @@ from ..data import Record, distinct_records, load_records
 from ..errors import RlsftError
 from ..generate import Sampling, generate_answers
 from ..models import fingerprint, load_model, pick_device, pick_dtype
+from ..parallel import Processes
 from ..tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class RunContext:
     run_dir: Path
     cache_dir: str
     tracker: Tracker
+    processes: Processes = field(default_factory=Processes)  # data-parallel processes (rlsft.parallel)
     _models: dict = field(default_factory=dict)
     _overlaps: dict = field(default_factory=dict)  # {dataset name: {stage: overlap}}, checked once per dataset
 
@@ -54,11 +56,12 @@ class RunContext:
         return OmegaConf.to_container(stage.model, resolve=True) if not isinstance(stage.model, dict) else stage.model
 
     def load_stage(self, stage: Any):
-        """(model, tokenizer) of a stage, loaded once per run."""
+        """(model, tokenizer) of a stage, loaded once per run (on this process's GPU when several share a run)."""
         if stage.name not in self._models:
             start = time.time()
             log.info("loading the %s model (%s)", stage.name, self.model_spec(stage).get("source"))
-            self._models[stage.name] = load_model(self.model_spec(stage), device=self.cfg.run.device,
+            device = self.processes.device or self.cfg.run.device
+            self._models[stage.name] = load_model(self.model_spec(stage), device=device,
                                                   dtype=self.cfg.run.dtype, cache_dir=self.cache_dir)
             trained_s = getattr(self._models[stage.name][0], "rlsft_trained_s", None)
             if trained_s is not None:  # a derived model trained on first use

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SCORES_VERSION = 3  # 2: per-sample loss saved beside the scores; 3: number of scored tokens per sample
 STAGE_ROWS = [*METRICS, "self_entropy"]  # per-stage values with an interval, in the summary table and W&B
 READS_INTERNALS = True  # gradients at every edge of the model's blocks
+DATA_PARALLEL = False
 
 
 def check(cfg) -> None:

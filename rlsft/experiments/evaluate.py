@@ -13,6 +13,7 @@ from .common import RunContext, markdown_table
 
 BUDGET = ("optimizer_steps", "answer_tokens", "samples", "wall_s")
 READS_INTERNALS = False
+DATA_PARALLEL = False
 
 
 def check(cfg) -> None:

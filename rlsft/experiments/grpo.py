@@ -5,7 +5,8 @@ the initial model's with the eap experiment's settings and selection (rlsft.expe
 policy dynamics of method.md 9 (W&B + ``grpo_history.json/.csv`` in the run folder). The run folder gets the
 single-run figure; in a multirun (``-m grpo.temperature=0.6,1.0``) each job also redraws the sweep's figure with
 every job finished so far.
-Checkpoints go to ``<run_dir>/checkpoints``: a requeued job resumes from the newest.
+Checkpoints go to ``<run_dir>/checkpoints``: a requeued job resumes from the newest. Runs data-parallel under
+``accelerate launch`` (rlsft.parallel; the main process writes every file); ``result.json`` says how many processes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .common import RunContext
 from .eap_drift import EAP_METRICS, FAITHFULNESS_METRICS, EAPDrift
 
 READS_INTERNALS = False
+DATA_PARALLEL = True
 
 
 def check(cfg) -> None:
@@ -60,18 +62,23 @@ def run(cfg, ctx: RunContext) -> dict:
     train, held_out = recipe_data(recipe, cfg.dataset)
     model, tokenizer = ctx.load_stage(stage)
     ctx.release(stage)  # the trainer changes the weights: no other stage of this run may reuse the cached model
-    ctx.write_json("grpo_recipe.json", {"base": ctx.model_spec(stage), "template": template, "recipe_hash":
-                                        recipe_hash(recipe), "recipe": recipe_dict(recipe),
-                                        "n_train": len(train), "n_eval": len(held_out)})
-    print(f"[grpo] {stage.name} of {cfg.model_pair.name}: {len(train)} training questions, {len(held_out)} held out, "
-          f"answers sampled at temperature {recipe.temperature}, loss scores tokens at "
-          + (f"that temperature (logits / {recipe.temperature})" if recipe.loss_temperature else "T=1 (raw logits)"))
+    procs = ctx.processes
+    if procs.main:
+        ctx.write_json("grpo_recipe.json", {"base": ctx.model_spec(stage), "template": template, "recipe_hash":
+                                            recipe_hash(recipe), "recipe": recipe_dict(recipe),
+                                            "n_train": len(train), "n_eval": len(held_out)})
+        print(f"[grpo] {stage.name} of {cfg.model_pair.name}: {len(train)} training questions, {len(held_out)} held "
+              f"out, answers sampled at temperature {recipe.temperature}, loss scores tokens at "
+              + (f"that temperature (logits / {recipe.temperature})" if recipe.loss_temperature else "T=1 (raw logits)")
+              + (f"; {procs.count} data-parallel processes" if procs.count > 1 else ""))
     start = time.time()
     trainer = GRPOTrainer(model, tokenizer, recipe, train, held_out, template, output_dir=ctx.run_dir,
-                          tracker=ctx.tracker, callbacks=[EAPDrift(cfg.eap, cfg.truncation)])
+                          tracker=ctx.tracker, callbacks=[EAPDrift(cfg.eap, cfg.truncation)], processes=procs)
     history = trainer.train()
     result = {**_summary(history), "train_seconds": time.time() - start, "temperature": recipe.temperature,
-              **trainer.summary}  # entropy_reward_fit: R = -a exp(H) + b (rlsft.grpo.dynamics)
+              "num_processes": procs.count, **trainer.summary}  # entropy_reward_fit: R = -a exp(H) + b (dynamics)
+    if not procs.main:
+        return result
 
     fig = plot_runs([(f"T={recipe.temperature}", history)], title=f"GRPO {cfg.model_pair.name}/{stage.name}")
     ctx.save_figure("grpo_curves", fig)

@@ -31,6 +31,7 @@ from .lenses_report import figures, tables
 log = logging.getLogger(__name__)
 LENSES_VERSION = 2  # bump when a cached lens changes meaning (2: a tied tensor counted once)
 READS_INTERNALS = True  # weight matrices by block, EAP scores
+DATA_PARALLEL = False
 
 
 def check(cfg) -> None:

@@ -20,6 +20,7 @@ from ..probe import ProbeInputError, cached_features, first_layer_reaching, prob
 from .common import RunContext, markdown_table, precision, stage_color
 
 READS_INTERNALS = True  # hidden states of every block
+DATA_PARALLEL = False
 
 
 def check(cfg) -> None:

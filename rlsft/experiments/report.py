@@ -6,6 +6,7 @@ from ..errors import RlsftError
 from ..report import build_report
 
 READS_INTERNALS = False
+DATA_PARALLEL = False
 
 
 def check(cfg) -> None:

@@ -20,6 +20,7 @@ BIN_COLS = ["stage", "method", "bin", "questions", "with_cv", "mean_cv", "ci_low
 Q_COLS = ["stage", "id", "n", "accuracy", "cv", "mean_tokens", "truncated", "bin", "bin_split", "cv_split",
           "cv_correct_split"]
 READS_INTERNALS = False
+DATA_PARALLEL = False
 
 
 def check(cfg) -> None:

@@ -34,11 +34,14 @@ class Answer:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.0,
-             top_p: float = 1.0, seed: int = 0, batch_size: int = 0) -> list[tuple[list[int], str]]:
+             top_p: float = 1.0, seed: int = 0, batch_size: int = 0,
+             shard: tuple[int, int] = (0, 1)) -> list[tuple[list[int], str] | None]:
     """(generated ids incl. stop token, finish reason) per prompt; greedy when temperature == 0.
 
     ``batch_size`` sequences per generate() call (0 = all at once). Seeded per call, so a rollout is a function of
     (weights, prompts, seed) and a resumed run samples exactly what an uninterrupted one did.
+    ``shard=(i, n)``: only the calls k with k % n == i (a data-parallel process's share), None for the other prompts.
+    A call's rows, padding and seed do not depend on the shard, so the shards' union is the unsharded rollout.
     """
     from transformers import GenerationConfig
 
@@ -51,8 +54,11 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, te
                            top_k=0 if temperature > 0 else None)
     step = batch_size or len(prompts)
     results = []
-    for start in range(0, len(prompts), step):
+    for k, start in enumerate(range(0, len(prompts), step)):
         chunk = prompts[start : start + step]
+        if k % shard[1] != shard[0]:
+            results += [None] * len(chunk)
+            continue
         width = max(len(p) for p in chunk)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
         attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)

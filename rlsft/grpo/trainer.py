@@ -13,6 +13,13 @@ Callbacks (rlsft.grpo.callbacks) report what happens meanwhile: the policy dynam
 
 Sampling randomness is seeded from (seed, step, round) and the question order from (seed, epoch), so a run is a
 function of its recipe: interrupted and resumed, it gives the same weights as an uninterrupted run.
+
+Data parallel (rlsft.parallel, ``accelerate launch``): every process holds the whole policy and every answer. Each
+samples its share of the ``generation_batch_size`` calls (a call samples the same rows with the same seed whichever
+process runs it) and all answers are gathered, so rewards, dynamic sampling and advantages are the single-process
+run's on every process. Each backpropagates its share of the micro-batches, already divided by the whole
+mini-batch's token count; the gradients are summed over processes before clipping, so every process takes the
+single-process optimizer step. The main process alone writes checkpoints, history and logs.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import math
 import random
 import time
@@ -33,6 +41,7 @@ from ..cache import atomic_write_bytes, atomic_write_json
 from ..console import Heartbeat
 from ..data import Record
 from ..errors import RlsftError
+from ..parallel import Processes
 from ..templates import encode_prompt
 from .advantages import group_advantages, informative_groups
 from .callbacks import TrainerCallback
@@ -54,21 +63,23 @@ class GRPOTrainer:
     rlsft.training.grpo_random). ``output_dir`` holds
     checkpoints and the metrics history; ``tracker`` (rlsft.tracking.Tracker) receives every logged row.
     ``callbacks`` (rlsft.grpo.callbacks) are called after the ``DEFAULT_CALLBACKS``; ``summary`` collects what they
-    report at the end (``entropy_reward_fit``).
+    report at the end (``entropy_reward_fit``). ``processes`` (rlsft.parallel): the data-parallel processes training
+    together; None: this one alone.
     """
 
     def __init__(self, model, tokenizer, recipe: GRPOConfig, train_records: list[Record],
                  eval_records: list[Record] | None = None, template: str = "chat", output_dir: str | Path | None = None,
                  tracker=None, reward_fn: Callable[[str, Record], Scored] | None = None,
                  log: Callable[[str], None] = print, round_hook: Callable[[list[Answer], int], None] | None = None,
-                 callbacks: Sequence[TrainerCallback] = ()):
+                 callbacks: Sequence[TrainerCallback] = (), processes: Processes | None = None):
         check_recipe(recipe)
+        self.processes = processes or Processes()
         if not train_records:
             raise RlsftError("GRPO: no training questions")
         self.recipe, self.tokenizer, self.template = recipe, tokenizer, template
         self.train_records, self.eval_records = list(train_records), list(eval_records or [])[: recipe.eval_n]
         self.output_dir = Path(output_dir) if output_dir else None
-        self.tracker, self.log = tracker, log
+        self.tracker, self.log = tracker, (log if self.processes.main else lambda _line: None)
         self.reward_fn = reward_fn or self._answer_reward
         self.round_hook = round_hook
         if reward_fn is None and recipe.partial_credit:
@@ -99,6 +110,7 @@ class GRPOTrainer:
         warm = recipe.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.step, self.questions_drawn, self.history = 0, 0, []
+        self.rollout: list[Answer] = []  # the step's sampled answers, until write_history keeps them
         self._prompts: dict[str, list[int]] = {}
         self._orders: dict[int, list[int]] = {}
         self._callback("on_init_end")
@@ -182,6 +194,17 @@ class GRPOTrainer:
     def _seed(self, *parts: Any) -> int:
         return random.Random("|".join(map(str, (self.recipe.seed, *parts)))).getrandbits(31)
 
+    def _generate(self, model, prompts: list[list[int]], max_new_tokens: int, temperature: float, top_p: float = 1.0,
+                  seed: int = 0, batch_size: int = 0) -> list[tuple[list[int], str]]:
+        """rollout.generate with each process sampling its share of the calls, then every answer on every process."""
+        n = self.processes.count
+        with self._amp():
+            mine = generate(model, self.tokenizer, prompts, max_new_tokens, temperature, top_p, seed=seed,
+                            batch_size=batch_size, shard=(self.processes.index, n))
+        if n == 1:
+            return mine
+        return [next(out for out in column if out is not None) for column in zip(*self.processes.gather(mine))]
+
     def collect(self) -> tuple[list[list[Answer]], dict]:
         """Sample groups; keep informative ones (dynamic sampling) until the batch is full or rounds run out."""
         r, G = self.recipe, self.recipe.num_generations
@@ -193,9 +216,8 @@ class GRPOTrainer:
             rounds += 1
             questions = self._next_questions(r.batch_questions - len(kept) if r.dynamic_sampling else r.batch_questions)
             prompts = [self._prompt(q) for q in questions for _ in range(G)]
-            with self._amp():
-                outs = generate(self.model, self.tokenizer, prompts, r.max_new_tokens, r.temperature, r.top_p,
-                                seed=self._seed("rollout", self.step, rnd), batch_size=r.generation_batch_size)
+            outs = self._generate(self.model, prompts, r.max_new_tokens, r.temperature, r.top_p,
+                                  seed=self._seed("rollout", self.step, rnd), batch_size=r.generation_batch_size)
             answers = []
             for k, ((ids, reason), prompt) in enumerate(zip(outs, prompts)):
                 rec = questions[k // G]
@@ -224,12 +246,14 @@ class GRPOTrainer:
                  "train/truncated": sum(a.finish_reason == "length" for a in sampled) / len(sampled),
                  "train/groups_kept": len(kept[: r.batch_questions]), "train/rounds": rounds,
                  "train/sampled": len(sampled)}
+        self.rollout = sampled
         return kept[: r.batch_questions], stats
 
     # ------------------------------------------------------------------ update
     def _micro(self, answers: list[Answer], adv: torch.Tensor):
-        s = self.recipe.micro_batch_size
-        for i in range(0, len(answers), s):
+        """This process's micro-batches of ``answers``: every count-th from its index (all of them alone)."""
+        s, procs = self.recipe.micro_batch_size, self.processes
+        for i in range(0, len(answers), s)[procs.index :: procs.count]:
             yield i, pack(answers[i : i + s], self.tokenizer.pad_token_id, adv[i : i + s], self.device)
 
     def _logprobs(self, model, batch, entropy=False):
@@ -283,25 +307,41 @@ class GRPOTrainer:
                                    ("entropy", (ent * batch.completion_mask).sum() / max(tokens, 1))):
                     totals[key] += value.item() * tokens
             params = [p for p in self.model.parameters() if p.requires_grad]
+            self._sum_gradients(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, r.max_grad_norm if r.max_grad_norm > 0 else float("inf"))
             totals["grad_norm"] += grad_norm.item() / n_mb
             self.optimizer.step()
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.processes.count > 1:  # each process summed its own micro-batches
+            keys = ["loss", "clip", "kl", "entropy", "ratio"]
+            summed = torch.tensor([totals[k] for k in keys] + [n_tokens], dtype=torch.float64, device=self.device)
+            self.processes.sum_([summed])
+            totals.update(zip(keys, summed.tolist()))
+            n_tokens = int(summed[-1])
         t = max(n_tokens, 1)
         return {"train/skipped": 0, "train/loss": totals["loss"] / n_mb, "train/clip_frac": totals["clip"] / t, "train/kl": totals["kl"] / t,
                 "train/entropy": totals["entropy"] / t, "train/ratio": totals["ratio"] / t,
                 "train/grad_norm": totals["grad_norm"], "train/lr": self.scheduler.get_last_lr()[0],
                 "train/mini_batches": n_mb, "train/tokens": n_tokens}
 
+    def _sum_gradients(self, params: list[torch.Tensor]) -> None:
+        """The whole mini-batch's gradient on every process: the sum of each process's micro-batch gradients (each
+        loss already divided by the whole mini-batch's normaliser, so no average over processes)."""
+        if self.processes.count == 1:
+            return
+        for p in params:
+            if p.grad is None:  # a process with no micro-batch in this mini-batch
+                p.grad = torch.zeros_like(p)
+        self.processes.sum_([p.grad for p in params])
+
     # ------------------------------------------------------------------ evaluation
     def greedy(self, model, records: list[Record]) -> list[Answer]:
         """``model``'s greedy answers to ``records``, scored (held-out accuracy; callbacks ask the initial model)."""
         r = self.recipe
         prompts = [self._prompt(q) for q in records]
-        with self._amp():
-            outs = generate(model, self.tokenizer, prompts, r.eval_max_new_tokens or r.max_new_tokens, 0.0,
-                            batch_size=r.eval_batch_size)
+        outs = self._generate(model, prompts, r.eval_max_new_tokens or r.max_new_tokens, 0.0,
+                              batch_size=r.eval_batch_size)
         answers = []
         for rec, prompt, (ids, reason) in zip(records, prompts, outs):
             a = Answer(prompt, ids, reason, question_id=rec.id)
@@ -335,15 +375,16 @@ class GRPOTrainer:
                 "history": self.history, "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks}}
 
     def save(self) -> Path | None:
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or not self.processes.main:
             return None
         return save_checkpoint(self.checkpoint_dir, self.step, self.model, self.optimizer, self.scheduler, self._state(),
                                self.recipe.keep_checkpoints)
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Continue from ``path`` or the newest checkpoint in the output folder; False when there is none."""
-        if path is None:
-            path = newest_intact(self.checkpoint_dir) if self.checkpoint_dir else None
+        if path is None:  # the main process picks it: it alone moves a damaged checkpoint aside
+            path = self.processes.first(newest_intact(self.checkpoint_dir) if self.checkpoint_dir and
+                                        self.processes.main else None)
             if path is None:
                 return False
         state = load_checkpoint(Path(path), self.model, self.optimizer, self.scheduler, self.hash, self.recipe_json)
@@ -422,9 +463,17 @@ class GRPOTrainer:
         self.log(f"[grpo] step {row['step']}/{self.recipe.steps} " + " ".join(parts))
 
     def write_history(self) -> None:
-        """grpo_history.json and .csv in the output folder (one row per step; eval columns every eval_every)."""
-        if self.output_dir is None:
+        """grpo_history.json and .csv in the output folder (one row per step; eval columns every eval_every), and
+        the step's sampled answers in rollouts/step-<step>.json (question ids, token ids, rewards: what a run with
+        another process count or a resumed run must sample again)."""
+        if self.output_dir is None or not self.processes.main:
             return
+        if self.rollout:
+            answers = self.rollout
+            rollout = {"step": self.step, "question_ids": [a.question_id for a in answers],
+                       "ids": [a.ids for a in answers], "rewards": [a.reward for a in answers]}
+            atomic_write_bytes(self.output_dir / "rollouts" / f"step-{self.step:06d}.json", json.dumps(rollout).encode())
+            self.rollout = []
         atomic_write_json(self.output_dir / "grpo_history.json", self.history)
         columns = ["step"] + sorted({k for row in self.history for k in row} - {"step"})
         buf = io.StringIO()
