@@ -11,7 +11,8 @@ every drawn seed and both arms (the design is crossed: every seed answers every 
 bootstrap). Its variance has two parts: ``v_q``, what redrawing questions alone gives (every seed kept), and ``v_s``,
 what redrawing seeds adds. A percentile interval of the bootstrap is too narrow with few seeds: the mean of 3 seeds
 needs Student's t with 2 degrees of freedom (4.30 where the normal has 1.96), and resampling 3 values never goes past
-their range (tests/test_hierarchical.py: 3 seeds, 50 questions, seed spread dominating: coverage 0.75-0.78 at nominal 0.95).
+their range (tests/test_hierarchical.py: 3 seeds, 50 questions, seed spread dominating: coverage 0.75-0.78 at nominal
+0.95).
 So the interval is ``D +- t_df * sqrt(v_s + v_q)``, each part with its small-sample factor (S / (S - 1), Q / (Q - 1):
 the bootstrap's plug-in variance divides by the count) and Satterthwaite's df (S - 1 for the seed part, Q - 1 for the
 question part); it covers >= 0.9 at every seed-to-question variance ratio simulated there. With one seed row it is
