@@ -19,6 +19,7 @@ from ..eap import (METRICS, answer_span, build_graph, collate, compare, compare_
                    relative_change, sample_diversity, samples_hash, scored_inputs, select_shared, summed_positions)
 from ..errors import RlsftError
 from ..models import fingerprint
+from ..seeds import stage_names
 from ..console import progress
 from .common import RunContext, markdown_table, stage_color
 from .eap_causal import (calibrated_tau, curve_rows, faithfulness_alpha, faithfulness_console, faithfulness_figure,
@@ -326,6 +327,11 @@ def compare_stages(ctx: RunContext) -> tuple[str, dict]:
     if not cfg.compare or len(set(names)) != len(names):
         raise RlsftError(f"eap.reference={cfg.reference!r} needs eap.compare: a list of other stages, each once "
                          f"(got {list(cfg.compare)})")
+    arms = ctx.arms()
+    if len(arms.get(cfg.reference, [])) > 1:
+        raise RlsftError(f"eap.reference={cfg.reference!r} is an arm of {len(arms[cfg.reference])} seeds; the "
+                         "reference is one stage (e.g. base): arms are compared with each other in the study tables")
+    names = stage_names(arms, names)  # an arm stands for its seeds (rlsft.seeds)
     stages = {s.name: s for s in ctx.stages()}
     unknown = [n for n in names if n not in stages]
     if unknown:
