@@ -242,3 +242,36 @@ def test_held_out_questions_are_never_trained_on():
     train, evals = recipe_data(recipe)
     assert len({r.question for r in evals}) == len(evals) == 20
     assert not {r.question for r in train} & {r.question for r in evals} and len(train) > 50
+
+
+def test_steps_fix_the_optimizer_steps_and_the_trained_tokens_are_counted(cache_dir):
+    """method.md 8, matched budgets: `steps` cycles the examples (one pass of 24 in batches of 7, 7, 7 and 3, then one
+    more batch of 7); the budget counts the pass exactly and the extra batch at the examples' mean answer length."""
+    from rlsft.training.derived import training_budget
+
+    spec = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}},
+            "recipe": {"kind": "sft", "train": TRAIN, "eval_n": 4, "batch_size": 7, "lr": 1e-3, "steps": 5}}
+    load_model(spec, device="cpu")
+    budget = training_budget(spec)
+    model, tok = build_tiny_model(seed=3)
+    from rlsft.grpo.data import recipe_data
+
+    records = recipe_data(as_arm_recipe(spec["recipe"]))[0]
+    from rlsft.arms.data import distinct_questions
+
+    per_example = [sum(e["completion_mask"]) for e in
+                   sft_examples(tok, "chat", distinct_questions(records), stop_id(model, tok))]
+    assert len(per_example) == 24
+    assert budget["optimizer_steps"] == 5 and budget["examples_seen"] == 24 + 7 and budget["lr"] == 1e-3
+    assert budget["answer_tokens"] == round(sum(per_example) + 7 * sum(per_example) / 24)
+
+
+def test_one_seed_trains_to_the_same_weights_twice_and_another_seed_does_not(tmp_path):
+    def trained(seed, cache):
+        spec = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}},
+                "recipe": {"kind": "sft", "train": TRAIN, "eval_n": 4, "lr": 1e-3, "steps": 3, "seed": seed}}
+        return load_model(spec, device="cpu", cache_dir=str(tmp_path / cache))[0]
+
+    first, again, other = trained(0, "a"), trained(0, "b"), trained(1, "c")
+    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), again.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(first.parameters(), other.parameters()))
