@@ -25,6 +25,8 @@ from .common import RunContext, markdown_table, stage_color
 from .eap_causal import (calibrated_tau, curve_rows, faithfulness_alpha, faithfulness_console, faithfulness_figure,
                          faithfulness_summary_rows)
 from .eap_family import add_tests, family_cell, family_table, family_wandb, lookup, primary_text, run_family
+from .eap_study import check_study, compared_arms, is_study, primary_values
+from .eap_study import report as study_report
 
 log = logging.getLogger(__name__)
 SCORES_VERSION = 3  # 2: per-sample loss saved beside the scores; 3: number of scored tokens per sample
@@ -356,13 +358,20 @@ def run_compare(cfg, ctx: RunContext) -> dict:
     """eap.reference=<stage> with eap.compare=[...]: each compared stage against the reference on one shared
     selection; per metric one table and one figure with a row per stage (the reference first)."""
     reference, stages = compare_stages(ctx)
+    arms = compared_arms(ctx, stages)
+    study = is_study(arms)  # arms trained on several seeds: the seed-aware study leads (rlsft.experiments.eap_study)
+    if study:
+        check_study(cfg, ctx, arms)
     gens = generations(ctx, *stages.values())
     selection, counts = select_compared(cfg, gens)
     ctx.write_json("eap_selection.json", {"counts": counts, "ids": selection.ids, "params": selection.params})
     log.info("eap selection (shared by %s): %s", list(stages), counts)
     summaries: dict = {}
+    primary = None  # the study's per-(seed, question) values of the primary metric
     for alpha in scored_alphas(cfg):
         scored = score_alpha(ctx, gens, selection, alpha, stages)
+        if study and np.isclose(alpha, cfg.eap.primary.alpha):
+            primary = primary_values(scored, cfg.eap.primary.metric, reference, arms)
         summaries[f"{alpha:g}"] = {}
         for name in list(stages)[1:]:
             pair = {"cut_len": scored["cut_len"], "mask": scored["mask"], "sft": scored[reference], "rl": scored[name],
@@ -371,7 +380,7 @@ def run_compare(cfg, ctx: RunContext) -> dict:
             if cfg.eap.faithfulness:  # the reference's patched losses are cached: computed once for all pairs
                 summaries[f"{alpha:g}"][name]["faithfulness"] = faithfulness_alpha(
                     ctx, gens, selection, pair, {"sft": stages[reference], "rl": stages[name]})
-    ranked = run_family(summaries, cfg.eap.primary, compare=True)  # primaries: one per compared stage
+    ranked = run_family(summaries, cfg.eap.primary, compare=True, stage_primaries=not study)  # one per stage
     columns, tables = compare_tables(cfg.dataset.name, summaries, reference, ranked)
     for metric, rows in tables.items():
         ctx.write_table(f"eap_compare_{metric}", columns, rows)
@@ -382,8 +391,12 @@ def run_compare(cfg, ctx: RunContext) -> dict:
                          row[5] if row[3] == reference else row[8] for m, rows in tables.items() for row in rows})
     ctx.tracker.summary(family_wandb(ranked))
     compare_figures(ctx, tables, reference)
-    print(primary_text(ranked, cfg.eap.primary, reference=reference)
-          + compare_console(cfg.dataset.name, counts, tables, reference))
+    if study:
+        print(study_report(cfg, ctx, reference, arms, gens, primary) + f"Each seed's stage against {reference} "
+              "(intervals over questions only, every test secondary): eap_compare_<metric>.csv, eap_tests.csv")
+    else:
+        print(primary_text(ranked, cfg.eap.primary, reference=reference)
+              + compare_console(cfg.dataset.name, counts, tables, reference))
     return {"selection": counts, "reference": reference, "tables": tables}
 
 

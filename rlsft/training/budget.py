@@ -5,7 +5,9 @@ Trained answer tokens are the answer tokens whose log-probabilities enter the lo
 - ``sft``, ``rft``: each example's completion tokens (the answer and its stop token: the completion mask);
 - ``dpo``: both answers of each pair (the loss reads the log-probabilities of the chosen and the rejected answer);
 - ``grpo`` and its controls: every answer token of the groups kept for an update (``train/tokens`` of each step that
-  updated); a skipped step (no informative group after resampling) counts no optimizer step and no token.
+  updated: with dynamic sampling, the arms' setting, only groups whose answers differ in reward; without it, groups
+  of zero advantage count too); a skipped step (no informative group after resampling) counts no optimizer step and
+  no token.
 For sft, rft and dpo, an arm trained for ``steps`` optimizer steps sees whole passes over its examples (counted
 exactly) and then, in its last pass, ``batch_size`` examples per remaining step from a reshuffled order (counted at
 the examples' mean length: the expected count). Optimizer steps are the trainer's own count (TRL's ``global_step``;
