@@ -98,3 +98,32 @@ def test_the_study_reports_every_arm_over_its_seeds(tmp_path, cache_dir):
     assert table["base"]["budget_vs_grpo"] == "" and "not within 10%" in table["sft_s1"]["budget_vs_grpo"]
     assert "is not cached: training it now" not in res.stdout  # the study's models, reused
     assert "[budget] warning: not within 10% of grpo's budget" in res.stdout
+
+
+def test_the_study_refuses_what_it_cannot_pair_or_resolve(tmp_path):
+    """Arms trained on different seeds cannot be paired by seed; loss_adjusted has no per-question values; an arm
+    of several seeds is no reference."""
+    from test_config import composed
+    from rlsft.errors import RlsftError
+    from rlsft.experiments.common import RunContext
+    from rlsft.experiments.eap import compare_stages
+    from rlsft.experiments.eap_study import check_study, compared_arms, is_study
+
+    tiny = "model:{source:tiny}"
+    stages = ("model_pair.stages=[{name:base,%s},{name:a0,arm:a,seed:0,%s},{name:a1,arm:a,seed:1,%s},"
+              "{name:b0,arm:b,seed:0,%s},{name:b2,arm:b,seed:2,%s}]" % ((tiny,) * 5))
+    cfg = composed("experiment=eap", "model_pair=tiny", stages, "eap.reference=base", "eap.compare=[a,b]")
+    ctx = RunContext(cfg, tmp_path, str(tmp_path), None)
+    reference, chosen = compare_stages(ctx)
+    arms = compared_arms(ctx, chosen)
+    assert reference == "base" and list(chosen) == ["base", "a0", "a1", "b0", "b2"] and is_study(arms)
+    assert arms == {"a": ["a0", "a1"], "b": ["b0", "b2"]}
+    with pytest.raises(RlsftError, match=r"trained on different seeds \(\{'a': \[0, 1\], 'b': \[0, 2\]\}\)"):
+        check_study(cfg, ctx, arms)
+    cfg = composed("experiment=eap", "model_pair=tiny", stages, "eap.reference=base", "eap.compare=[a]",
+                   "eap.primary.metric=loss_adjusted")
+    with pytest.raises(RlsftError, match="loss_adjusted is a refitted coefficient"):
+        check_study(cfg, ctx, {"a": ["a0", "a1"]})
+    cfg = composed("experiment=eap", "model_pair=tiny", stages, "eap.reference=a", "eap.compare=[b]")
+    with pytest.raises(RlsftError, match="eap.reference='a' is an arm of 2 seeds"):
+        compare_stages(RunContext(cfg, tmp_path, str(tmp_path), None))
