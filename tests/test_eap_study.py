@@ -15,7 +15,7 @@ from rlsft.tracking import read_offline_run
 BASE = "{source:tiny,tiny:{seed:3}}"
 TRAIN = "train:{name:arith,source:arithmetic,arithmetic:{count:30,digits:1}},eval_n:4,lr:0.001"
 GRPO = (TRAIN + ",steps:2,max_new_tokens:16,num_generations:8,batch_questions:4,dynamic_sampling:false,eval_every:0,"
-        "eap_alphas:[],save_every:0")
+        "save_every:0")
 STAGES = ("model_pair.stages=["
           f"{{name:base,model:{BASE}}},"
           f"{{name:sft,model:{{source:derived,base:{BASE},recipe:{{kind:sft,{TRAIN},steps:4,batch_size:8}}}}}},"
