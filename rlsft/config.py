@@ -53,6 +53,8 @@ class StageConfig:
     name: str = MISSING
     model: ModelSpec = field(default_factory=ModelSpec)
     algorithm: str = "sft"
+    arm: Optional[str] = None  # the arm this stage is one training seed of (set by model_pair.seeds); None: its name
+    seed: Optional[int] = None  # that training seed (its recipe's `seed`)
 
 
 @dataclass
@@ -63,6 +65,12 @@ class PairConfig:
     template: str = "chat"
     max_new_tokens: int = 512
     stages: List[StageConfig] = field(default_factory=list)
+    # method.md 8: every derived stage trained once per seed, as stages <name>_s<seed> of arm <name> (rlsft.seeds);
+    # empty: the stages as written
+    seeds: List[int] = field(default_factory=list)
+    # the arm whose training budget the others must match within 10% (rlsft.training.budget); None: the first
+    # derived stage's arm
+    budget_reference: Optional[str] = None
 
 
 @dataclass
@@ -293,6 +301,7 @@ def validate(cfg: Any) -> None:
     _check(len(cfg.model_pair.stages) >= 1, f"model_pair {cfg.model_pair.name!r} has no stages")
     names = [s.name for s in cfg.model_pair.stages]
     _check(len(set(names)) == len(names), f"model_pair.stages has repeated names: {names}")
+    _validate_seeds(cfg.model_pair)
     _check(cfg.logger.mode in ("offline", "online", "disabled"),
            f"logger.mode must be offline, online or disabled, got {cfg.logger.mode!r}")
     _validate_eap(cfg.eap)
@@ -308,6 +317,17 @@ def validate(cfg: Any) -> None:
            f"model_pair.template {cfg.model_pair.template!r} is unknown; expected one of {list(TEMPLATES)}")
     if cfg.dataset.n is not None:
         _check(cfg.dataset.n >= 1, f"dataset.n must be >= 1, got {cfg.dataset.n}")
+
+
+def _validate_seeds(pair: Any) -> None:
+    """The seeds expand (rlsft.seeds: names, one stage per arm and seed), and budget_reference names an arm."""
+    from omegaconf import OmegaConf
+
+    from .seeds import arms, expand_seeds
+
+    stages = expand_seeds(OmegaConf.to_container(pair.stages, resolve=True), list(pair.seeds))
+    _check(pair.budget_reference is None or pair.budget_reference in arms(stages),
+           f"model_pair.budget_reference={pair.budget_reference!r} names no arm; arms: {list(arms(stages))}")
 
 
 def _validate_eap(e: Any) -> None:

@@ -242,3 +242,66 @@ def test_held_out_questions_are_never_trained_on():
     train, evals = recipe_data(recipe)
     assert len({r.question for r in evals}) == len(evals) == 20
     assert not {r.question for r in train} & {r.question for r in evals} and len(train) > 50
+
+
+def test_steps_fix_the_optimizer_steps_and_the_trained_tokens_are_counted(cache_dir):
+    """method.md 8, matched budgets: `steps` cycles the examples (one pass of 24 in batches of 7, 7, 7 and 3, then one
+    more batch of 7); the budget counts the pass exactly and the extra batch at the examples' mean answer length."""
+    from rlsft.training.derived import training_budget
+
+    spec = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}},
+            "recipe": {"kind": "sft", "train": TRAIN, "eval_n": 4, "batch_size": 7, "lr": 1e-3, "steps": 5}}
+    load_model(spec, device="cpu")
+    budget = training_budget(spec)
+    model, tok = build_tiny_model(seed=3)
+    from rlsft.grpo.data import recipe_data
+
+    records = recipe_data(as_arm_recipe(spec["recipe"]))[0]
+    from rlsft.arms.data import distinct_questions
+
+    per_example = [sum(e["completion_mask"]) for e in
+                   sft_examples(tok, "chat", distinct_questions(records), stop_id(model, tok))]
+    assert len(per_example) == 24
+    assert budget["optimizer_steps"] == 5 and budget["examples_seen"] == 24 + 7 and budget["lr"] == 1e-3
+    assert budget["answer_tokens"] == round(sum(per_example) + 7 * sum(per_example) / 24)
+
+
+def test_one_seed_trains_to_the_same_weights_twice_and_another_seed_does_not(tmp_path):
+    def trained(seed, cache):
+        spec = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}},
+                "recipe": {"kind": "sft", "train": TRAIN, "eval_n": 4, "lr": 1e-3, "steps": 3, "seed": seed}}
+        return load_model(spec, device="cpu", cache_dir=str(tmp_path / cache))[0]
+
+    first, again, other = trained(0, "a"), trained(0, "b"), trained(1, "c")
+    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), again.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(first.parameters(), other.parameters()))
+
+
+def test_the_arms_family_trains_each_arm_on_three_seeds_at_one_budget():
+    """conf/model_pair/smollm2_arms.yaml (method.md 8): six trained arms, controls included, three seeds each from one
+    base; one learning rate, 20 optimizer steps of 16 trained answers in every arm; the controls are the grpo recipe."""
+    from test_config import composed
+    from rlsft.config import validate
+    from rlsft.experiments.common import RunContext
+    from rlsft.grpo.config import recipe_dict
+    from rlsft.training.derived import split_spec
+
+    cfg = composed("model_pair=smollm2_arms", "experiment=eap", "eap.reference=base")
+    validate(cfg)
+    ctx = RunContext(cfg, None, "", None)
+    arms = ctx.arms()
+    trained = ["sft", "rft", "dpo", "grpo", "grpo_random", "grpo_format"]
+    assert arms == {"base": ["base"], **{a: [f"{a}_s{s}" for s in (0, 1, 2)] for a in trained}}
+    assert list(cfg.eap.compare) == trained and cfg.model_pair.budget_reference == "grpo"
+    stages = {s.name: ctx.model_spec(s) for s in ctx.stages()}
+    specs = {a: [split_spec(stages[n]) for n in arms[a]] for a in trained}
+    assert all(base == specs["sft"][0][0] for a in trained for base, _, _ in specs[a])  # one base
+    assert all([r.seed for _, _, r in specs[a]] == [0, 1, 2] for a in trained)
+    recipes = {a: specs[a][0][2] for a in trained}
+    assert {r.lr for r in recipes.values()} == {2e-5}
+    assert {recipes[a].steps for a in ("sft", "rft", "dpo")} == {recipes["grpo"].steps * recipes["grpo"].mini_batches}
+    answers = {"sft": recipes["sft"].batch_size, "rft": recipes["rft"].batch_size, "dpo": 2 * recipes["dpo"].batch_size,
+               "grpo": recipes["grpo"].batch_questions * recipes["grpo"].num_generations}
+    assert set(answers.values()) == {16}
+    assert [specs[a][0][1].name for a in trained] == trained
+    assert recipe_dict(recipes["grpo_random"]) == recipe_dict(recipes["grpo_format"]) == recipe_dict(recipes["grpo"])

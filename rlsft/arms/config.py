@@ -40,6 +40,9 @@ class ArmConfig:
     beta: float = 0.1  # dpo: the DPO temperature (method.md 8)
     pairs_per_question: int = 1  # dpo: (correct, incorrect) pairs per question at most
     epochs: float = 1.0
+    # optimizer steps; 0: `epochs` passes over the examples. Set, it gives arms with different example counts the
+    # same steps (method.md 8, matched budgets): the examples are cycled, reshuffled each pass, and `epochs` is unused
+    steps: int = 0
     batch_size: int = 8  # sequences (dpo: pairs) per optimizer step
     lr: float = 1e-5
     warmup_steps: int = 0
@@ -109,5 +112,6 @@ def check_arm_recipe(r: ArmConfig) -> None:
     need(r.beta > 0, f"beta must be > 0, got {r.beta}")
     need(r.pairs_per_question >= 1, f"pairs_per_question must be >= 1, got {r.pairs_per_question}")
     need(r.epochs > 0 and r.batch_size >= 1 and r.lr > 0, "epochs, batch_size and lr must be positive")
+    need(r.steps >= 0, f"steps must be >= 0 (0: `epochs` passes), got {r.steps}")
     need(r.warmup_steps >= 0 and r.max_grad_norm >= 0 and r.save_every >= 0,
          "warmup_steps, max_grad_norm and save_every must be >= 0")

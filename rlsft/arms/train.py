@@ -19,7 +19,8 @@ from .config import ArmConfig
 def _common_args(recipe: ArmConfig, output_dir: Path, device: str) -> dict[str, Any]:
     return dict(
         output_dir=str(output_dir), per_device_train_batch_size=recipe.batch_size, gradient_accumulation_steps=1,
-        num_train_epochs=recipe.epochs, learning_rate=recipe.lr, lr_scheduler_type="constant_with_warmup",
+        num_train_epochs=recipe.epochs, max_steps=recipe.steps or -1, learning_rate=recipe.lr,
+        lr_scheduler_type="constant_with_warmup",
         warmup_steps=recipe.warmup_steps, weight_decay=recipe.weight_decay, max_grad_norm=recipe.max_grad_norm,
         seed=recipe.seed, data_seed=recipe.seed, logging_steps=1, report_to=[], disable_tqdm=True,
         save_strategy="steps" if recipe.save_every else "no", save_steps=recipe.save_every or 1, save_total_limit=1,

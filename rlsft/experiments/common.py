@@ -46,11 +46,28 @@ class RunContext:
     tracker: Tracker
     processes: Processes = field(default_factory=Processes)  # data-parallel processes (rlsft.parallel)
     _models: dict = field(default_factory=dict)
+    _stages: list = field(default_factory=list)  # the pair's stages, seeds expanded (rlsft.seeds), once
     _overlaps: dict = field(default_factory=dict)  # {dataset name: {stage: overlap}}, checked once per dataset
 
     # ------------------------------------------------------------------ models and data
     def stages(self) -> list[Any]:
-        return list(self.cfg.model_pair.stages)
+        """The pair's stages, each derived one once per training seed when ``model_pair.seeds`` is set."""
+        pair = self.cfg.model_pair
+        if not pair.get("seeds"):
+            return list(pair.stages)
+        if not self._stages:
+            from ..config import StageConfig
+            from ..seeds import expand_seeds
+
+            expanded = expand_seeds(OmegaConf.to_container(pair.stages, resolve=True), list(pair.seeds))
+            self._stages = [OmegaConf.merge(OmegaConf.structured(StageConfig), s) for s in expanded]
+        return list(self._stages)
+
+    def arms(self) -> dict[str, list[str]]:
+        """{arm: its stage names in seed order} (rlsft.seeds); a stage without ``arm`` is an arm of one seed."""
+        from ..seeds import arms
+
+        return arms([{"name": s.name, "arm": s.get("arm"), "seed": s.get("seed")} for s in self.stages()])
 
     def model_spec(self, stage: Any) -> dict:
         return OmegaConf.to_container(stage.model, resolve=True) if not isinstance(stage.model, dict) else stage.model

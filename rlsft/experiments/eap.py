@@ -19,11 +19,14 @@ from ..eap import (METRICS, answer_span, build_graph, collate, compare, compare_
                    relative_change, sample_diversity, samples_hash, scored_inputs, select_shared, summed_positions)
 from ..errors import RlsftError
 from ..models import fingerprint
+from ..seeds import stage_names
 from ..console import progress
 from .common import RunContext, markdown_table, stage_color
 from .eap_causal import (calibrated_tau, curve_rows, faithfulness_alpha, faithfulness_console, faithfulness_figure,
                          faithfulness_summary_rows)
 from .eap_family import add_tests, family_cell, family_table, family_wandb, lookup, primary_text, run_family
+from .eap_study import check_study, compared_arms, is_study, primary_values
+from .eap_study import report as study_report
 
 log = logging.getLogger(__name__)
 SCORES_VERSION = 3  # 2: per-sample loss saved beside the scores; 3: number of scored tokens per sample
@@ -333,6 +336,11 @@ def compare_stages(ctx: RunContext) -> tuple[str, dict]:
     if not cfg.compare or len(set(names)) != len(names):
         raise RlsftError(f"eap.reference={cfg.reference!r} needs eap.compare: a list of other stages, each once "
                          f"(got {list(cfg.compare)})")
+    arms = ctx.arms()
+    if len(arms.get(cfg.reference, [])) > 1:
+        raise RlsftError(f"eap.reference={cfg.reference!r} is an arm of {len(arms[cfg.reference])} seeds; the "
+                         "reference is one stage (e.g. base): arms are compared with each other in the study tables")
+    names = stage_names(arms, names)  # an arm stands for its seeds (rlsft.seeds)
     stages = {s.name: s for s in ctx.stages()}
     unknown = [n for n in names if n not in stages]
     if unknown:
@@ -357,13 +365,20 @@ def run_compare(cfg, ctx: RunContext) -> dict:
     """eap.reference=<stage> with eap.compare=[...]: each compared stage against the reference on one shared
     selection; per metric one table and one figure with a row per stage (the reference first)."""
     reference, stages = compare_stages(ctx)
+    arms = compared_arms(ctx, stages)
+    study = is_study(arms)  # arms trained on several seeds: the seed-aware study leads (rlsft.experiments.eap_study)
+    if study:
+        check_study(cfg, ctx, arms)
     gens = generations(ctx, *stages.values())
     selection, counts = select_compared(cfg, gens)
     ctx.write_json("eap_selection.json", {"counts": counts, "ids": selection.ids, "params": selection.params})
     log.info("eap selection (shared by %s): %s", list(stages), counts)
     summaries: dict = {}
+    primary = None  # the study's per-(seed, question) values of the primary metric
     for alpha in scored_alphas(cfg):
         scored = score_alpha(ctx, gens, selection, alpha, stages)
+        if study and np.isclose(alpha, cfg.eap.primary.alpha):
+            primary = primary_values(scored, cfg.eap.primary.metric, reference, arms)
         summaries[f"{alpha:g}"] = {}
         for name in list(stages)[1:]:
             pair = {"cut_len": scored["cut_len"], "mask": scored["mask"], "sft": scored[reference], "rl": scored[name],
@@ -372,7 +387,7 @@ def run_compare(cfg, ctx: RunContext) -> dict:
             if cfg.eap.faithfulness:  # the reference's patched losses are cached: computed once for all pairs
                 summaries[f"{alpha:g}"][name]["faithfulness"] = faithfulness_alpha(
                     ctx, gens, selection, pair, {"sft": stages[reference], "rl": stages[name]})
-    ranked = run_family(summaries, cfg.eap.primary, compare=True)  # primaries: one per compared stage
+    ranked = run_family(summaries, cfg.eap.primary, compare=True, stage_primaries=not study)  # one per stage
     columns, tables = compare_tables(cfg.dataset.name, summaries, reference, ranked)
     for metric, rows in tables.items():
         ctx.write_table(f"eap_compare_{metric}", columns, rows)
@@ -383,8 +398,12 @@ def run_compare(cfg, ctx: RunContext) -> dict:
                          row[5] if row[3] == reference else row[8] for m, rows in tables.items() for row in rows})
     ctx.tracker.summary(family_wandb(ranked))
     compare_figures(ctx, tables, reference)
-    print(primary_text(ranked, cfg.eap.primary, reference=reference)
-          + compare_console(cfg.dataset.name, counts, tables, reference))
+    if study:
+        print(study_report(cfg, ctx, reference, arms, gens, primary) + f"Each seed's stage against {reference} "
+              "(intervals over questions only, every test secondary): eap_compare_<metric>.csv, eap_tests.csv")
+    else:
+        print(primary_text(ranked, cfg.eap.primary, reference=reference)
+              + compare_console(cfg.dataset.name, counts, tables, reference))
     return {"selection": counts, "reference": reference, "tables": tables}
 
 

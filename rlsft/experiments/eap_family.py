@@ -48,15 +48,17 @@ def summary_tests(alpha: str, s: dict, stage: str | None = None) -> list[dict]:
     return rows
 
 
-def run_family(summaries: dict, primary, compare: bool = False) -> list[dict]:
-    """Ranked tests of the whole run: {alpha: summary} (or {alpha: {stage: summary}} in compare mode)."""
+def run_family(summaries: dict, primary, compare: bool = False, stage_primaries: bool = True) -> list[dict]:
+    """Ranked tests of the whole run: {alpha: summary} (or {alpha: {stage: summary}} in compare mode). Without
+    ``stage_primaries`` (the arms study, whose primary is each arm's over its seeds: rlsft.experiments.eap_study)
+    every per-stage test is secondary."""
     tests, groups = [], {}
     for a, s in summaries.items():
         per_stage = s.items() if compare else [(None, s)]
         for stage, summary in per_stage:
             tests += summary_tests(a, summary, stage)
             groups[(float(a), stage)] = summary.get("near_duplicates", [])
-    return findings(groups, rank_tests(tests, primary.metric, primary.alpha))
+    return findings(groups, rank_tests(tests, primary.metric if stage_primaries else None, primary.alpha))
 
 
 def family_table(dataset: str, ranked: list[dict]) -> tuple[list[str], list[list]]:

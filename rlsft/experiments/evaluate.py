@@ -1,17 +1,20 @@
 """Accuracy of every stage of a pair on a dataset (the paper's Appendix C table), with truncated answers.
 
 Stages that are derived models (GRPO or an arm of method.md 8) also get their training budget (rlsft.training.derived):
-optimizer steps, trained answer tokens, sampled answers and wall time, so arms are compared at a stated cost.
+learning rate, optimizer steps, trained answer tokens, sampled answers and wall time, so arms are compared at a stated
+cost, and whether each matches the reference arm's (``model_pair.budget_reference``) within 10%, with a one-line
+warning when one does not (rlsft.training.budget).
 """
 
 from __future__ import annotations
 
 from scipy.stats import binomtest
 
+from ..training.budget import check_arms, match_text, warning_line
 from ..training.derived import training_budget
 from .common import RunContext, markdown_table
 
-BUDGET = ("optimizer_steps", "answer_tokens", "samples", "wall_s")
+BUDGET = ("lr", "optimizer_steps", "answer_tokens", "samples", "wall_s")
 READS_INTERNALS = False
 DATA_PARALLEL = False
 
@@ -45,13 +48,17 @@ def run(cfg, ctx: RunContext) -> dict:
             results[stage.name]["budget"] = budget
         ctx.tracker.log({f"{stage.name}/accuracy": correct / n, f"{stage.name}/truncated": truncated})
         ctx.release(stage)
+    warning = None
     if any("budget" in r for r in results.values()):
-        columns += [f"train_{k}" for k in BUDGET]
-        for row, r in zip(rows, results.values()):
+        reference, gaps = check_arms({s: r.get("budget") for s, r in results.items()}, ctx.arms(),
+                                     cfg.model_pair.get("budget_reference"))
+        columns += [f"train_{k}" for k in BUDGET] + [f"budget_vs_{reference}"]
+        for row, (stage, r) in zip(rows, results.items()):
             b = r.get("budget")  # None: not a trained stage (blank); a field a budget lacks: n/a
             row += ["" if b is None else "n/a" if b.get(k) is None else round(b[k]) if k == "wall_s" else b[k]
-                    for k in BUDGET]
+                    for k in BUDGET] + [match_text(gaps.get(stage))]
+        warning = warning_line(gaps, reference)
     ctx.write_table("accuracy", columns, rows)
     ctx.write_json("accuracy.json", results)
-    print(markdown_table(columns, rows))
+    print(markdown_table(columns, rows) + (warning + "\n" if warning else ""))
     return results

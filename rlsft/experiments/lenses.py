@@ -24,6 +24,7 @@ from ..errors import RlsftError
 from ..lenses import (aggregate, answer_kls, block_eap_mass, crossover_k, mask_overlap, pass_at_k_curve,
                       powers_of_two, top_blocks, update_meets_circuit, weight_rows)
 from ..models import fingerprint
+from ..seeds import stage_names
 from ..stats import bootstrap_ci
 from .common import RunContext
 from .lenses_report import figures, tables
@@ -46,7 +47,7 @@ def tags(cfg) -> list[str]:
 def lens_stages(ctx: RunContext) -> tuple[str, dict]:
     """The reference and the ordered {name: stage} (reference first) this run compares."""
     e = ctx.cfg.eap
-    names = [e.reference, *e.compare] if e.reference else [e.sft_stage, e.rl_stage]
+    names = stage_names(ctx.arms(), [e.reference, *e.compare] if e.reference else [e.sft_stage, e.rl_stage])
     stages = {s.name: s for s in ctx.stages()}
     unknown = [n for n in names if n not in stages]
     if unknown or len(set(names)) != len(names) or len(names) < 2:

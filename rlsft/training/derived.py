@@ -71,7 +71,7 @@ def load_derived(spec: dict, device: str = "auto", dtype: str | None = None, cac
         tok.save_pretrained(tmp)
         for file, obj in trained.files.items():
             atomic_write_json(tmp / file, obj)
-        atomic_write_json(tmp / "budget.json", trained.budget)
+        atomic_write_json(tmp / "budget.json", {**trained.budget, "lr": recipe.lr})
         print(f"[rlsft] derived model {name} trained in {trained_s:.0f} s ({trained.summary})", flush=True)
 
     # The folder is loaded after the lock is released, as any local model is (its files are read lazily).
@@ -86,15 +86,17 @@ def load_derived(spec: dict, device: str = "auto", dtype: str | None = None, cac
 def training_budget(spec: dict, cache_dir: str | None = None) -> dict | None:
     """The recorded budget of a derived model that is cached; None for other sources or an untrained model.
 
-    Fields every kind has: kind, answer_tokens (trained answer tokens, all epochs or steps), optimizer_steps, samples
-    (answers sampled from a model to build the training data; 0 for sft), wall_s (training wall time on the machine
-    that trained it)."""
+    Fields every kind has: kind, answer_tokens (trained answer tokens, all epochs or steps, counted as
+    rlsft.training.budget says), optimizer_steps, samples (answers sampled from a model to build the training data; 0
+    for sft), wall_s (training wall time on the machine that trained it), lr (the recipe's learning rate)."""
     if spec.get("source") != "derived":
         return None
     base, kind, recipe = split_spec(spec)
     folder = default_cache_dir(cache_dir) / "models" / _name(base, kind, recipe)
     if (folder / "budget.json").is_file():
-        return json.loads((folder / "budget.json").read_text())
-    if not folder.is_dir():
+        budget = json.loads((folder / "budget.json").read_text())
+    elif folder.is_dir():
+        budget = kind.budget(folder)  # saved before budget.json existed: from the kind's own files
+    else:
         return None
-    return kind.budget(folder)  # saved before budget.json existed: from the kind's own files
+    return None if budget is None else {"lr": recipe.lr, **budget}  # saved before budgets recorded lr

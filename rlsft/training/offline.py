@@ -2,7 +2,8 @@
 
 The base's samples (rft, dpo) are cached generations (rlsft.generate), shared by both kinds when their sampling
 settings agree, so RFT and DPO learn from the very same answers. The budget records what training cost: examples,
-answer tokens, optimizer steps, wall time, and for rft/dpo the samples drawn.
+trained answer tokens (counted as rlsft.training.budget says), optimizer steps, wall time, and for rft/dpo the
+samples drawn.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..cache import stage_key
+from .budget import seen_tokens
 from .kind import Trained, TrainingKind
 
 
@@ -48,15 +50,16 @@ def train_arm(model, tokenizer, base: dict, recipe, work: Path, cache: Path, dev
         else:
             examples = data.dpo_pairs(samples, stop, recipe.pairs_per_question)
     if recipe.kind == "dpo":
-        tokens = sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in examples)
+        tokens = [len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in examples]  # both answers (budget.py)
         trainer = train.dpo_trainer(model, tokenizer, examples, recipe, work, device, callbacks)
     else:
-        tokens = sum(sum(e["completion_mask"]) for e in examples)
+        tokens = [sum(e["completion_mask"]) for e in examples]
         trainer = train.sft_trainer(model, tokenizer, examples, recipe, work, device, callbacks)
     t1 = time.time()
     budget.update(train.run(trainer))
-    budget.update(examples=len(examples), epochs=recipe.epochs, answer_tokens_per_epoch=tokens,
-                  answer_tokens=round(tokens * recipe.epochs), train_wall_s=time.time() - t1,
+    seen, answer_tokens = seen_tokens(tokens, recipe.batch_size, budget["optimizer_steps"])
+    budget.update(examples=len(examples), epochs=seen / len(examples), answer_tokens_per_epoch=sum(tokens),
+                  examples_seen=seen, answer_tokens=answer_tokens, train_wall_s=time.time() - t1,
                   wall_s=time.time() - t0)
     return trainer, budget
 
@@ -91,7 +94,11 @@ def _kind(name: str) -> TrainingKind:
     from ..arms.config import as_arm_recipe
 
     return TrainingKind(name=name, recipe=as_arm_recipe, key=offline_key, train=train_offline,
-                        describe=lambda r: f"{r.kind}, {r.epochs} epochs", budget=saved_budget)
+                        describe=_describe, budget=saved_budget)
+
+
+def _describe(recipe) -> str:
+    return f"{recipe.kind}, " + (f"{recipe.steps} optimizer steps" if recipe.steps else f"{recipe.epochs} epochs")
 
 
 KINDS = {name: _kind(name) for name in ("sft", "rft", "dpo")}

@@ -1,0 +1,91 @@
+"""Matched training budgets (method.md 8): what each kind counts, and whether the arms of a family trained with one
+learning rate and the same optimizer steps and trained answer tokens, within 10%.
+
+Trained answer tokens are the answer tokens whose log-probabilities enter the loss, summed over every optimizer step:
+- ``sft``, ``rft``: each example's completion tokens (the answer and its stop token: the completion mask);
+- ``dpo``: both answers of each pair (the loss reads the log-probabilities of the chosen and the rejected answer);
+- ``grpo`` and its controls: every answer token of the groups kept for an update (``train/tokens`` of each step that
+  updated: with dynamic sampling, the arms' setting, only groups whose answers differ in reward; without it, groups
+  of zero advantage count too); a skipped step (no informative group after resampling) counts no optimizer step and
+  no token.
+For sft, rft and dpo, an arm trained for ``steps`` optimizer steps sees whole passes over its examples (counted
+exactly) and then, in its last pass, ``batch_size`` examples per remaining step from a reshuffled order (counted at
+the examples' mean length: the expected count). Optimizer steps are the trainer's own count (TRL's ``global_step``;
+GRPO: the mini-batches of the steps that updated). The learning rate is the recipe's ``lr``.
+"""
+
+from __future__ import annotations
+
+import math
+
+TOLERANCE = 0.10  # method.md 8: optimizer steps and trained answer tokens within 10% of the reference arm
+MATCHED = ("optimizer_steps", "answer_tokens")
+
+
+def seen_tokens(per_example: list[int], batch_size: int, steps: int) -> tuple[int, int]:
+    """(examples, answer tokens) that ``steps`` optimizer steps of ``batch_size`` see, cycling over examples whose
+    answer token counts are ``per_example`` (each pass reshuffled, its last batch short as the HF Trainer's is)."""
+    n = len(per_example)
+    per_pass = math.ceil(n / batch_size)
+    passes, rest = divmod(steps, per_pass)
+    examples = passes * n + rest * batch_size
+    tokens = passes * sum(per_example) + rest * batch_size * sum(per_example) / n
+    return examples, round(tokens)
+
+
+def reference_value(budgets: dict[str, dict], stages: list[str], key: str) -> float | None:
+    """The mean of ``key`` over the reference arm's stages that recorded it (its seeds), or None."""
+    values = [budgets[s][key] for s in stages if budgets.get(s) and budgets[s].get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def budget_gaps(budgets: dict[str, dict], reference_stages: list[str]) -> dict[str, dict]:
+    """Per trained stage: ``lr_same`` (the reference arm's learning rate, bool or None if unknown) and, for each of
+    ``MATCHED``, its relative gap (value / reference mean - 1; None when either is unknown)."""
+    ref = {key: reference_value(budgets, reference_stages, key) for key in (*MATCHED, "lr")}
+    out = {}
+    for stage, b in budgets.items():
+        if not b:
+            continue
+        gap = {key: None if ref[key] in (None, 0) or b.get(key) is None else b[key] / ref[key] - 1 for key in MATCHED}
+        lr = b.get("lr")
+        gap["lr_same"] = None if ref["lr"] is None or lr is None else math.isclose(lr, ref["lr"], rel_tol=1e-9)
+        out[stage] = gap
+    return out
+
+
+def within(gap: dict) -> bool:
+    """One learning rate and every matched quantity within TOLERANCE (an unknown one does not pass)."""
+    return gap["lr_same"] is True and all(gap[k] is not None and abs(gap[k]) <= TOLERANCE + 1e-12 for k in MATCHED)
+
+
+def match_text(gap: dict | None) -> str:
+    """The budget table's cell: "within 10%", or what is off ("answer_tokens +35%, lr differs: not within 10%")."""
+    if gap is None:
+        return ""
+    if within(gap):
+        return f"within {TOLERANCE:.0%}"
+    off = [f"{k} {'n/a' if gap[k] is None else f'{gap[k]:+.0%}'}" for k in MATCHED
+           if gap[k] is None or abs(gap[k]) > TOLERANCE + 1e-12]
+    off += [] if gap["lr_same"] else ["lr " + ("n/a" if gap["lr_same"] is None else "differs")]
+    return ", ".join(off) + f": not within {TOLERANCE:.0%}"
+
+
+def warning_line(gaps: dict[str, dict], reference: str) -> str | None:
+    """One line naming every stage whose budget does not match the reference arm's, or None when all do."""
+    off = {stage: match_text(gap).split(":")[0] for stage, gap in gaps.items() if not within(gap)}
+    if not off:
+        return None
+    return (f"[budget] warning: not within {TOLERANCE:.0%} of {reference}'s budget (method.md 8, matched budgets): "
+            + "; ".join(f"{stage} ({what})" for stage, what in off.items()))
+
+
+def check_arms(budgets: dict[str, dict | None], arms: dict[str, list[str]],
+               reference: str | None = None) -> tuple[str | None, dict[str, dict]]:
+    """(reference arm, gaps of every trained stage) for a family: ``budgets`` per stage (None: not trained),
+    ``arms`` {arm: its stages}; the reference arm is ``reference``, else the first arm with a trained stage."""
+    trained = [arm for arm, stages in arms.items() if any(budgets.get(s) for s in stages)]
+    reference = reference or (trained[0] if trained else None)
+    if reference is None:
+        return None, {}
+    return reference, budget_gaps(budgets, arms[reference])

@@ -1,0 +1,63 @@
+"""Matched training budgets (rlsft.training.budget): the tokens an arm trained on, and the within-10% check of the
+budget table, on hand-made budgets."""
+
+import random
+
+import pytest
+
+from rlsft.training.budget import budget_gaps, match_text, seen_tokens, warning_line, within
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 5, 6, 7, 11])
+def test_seen_tokens_counts_whole_passes_exactly_and_the_last_pass_in_expectation(steps):
+    """Against the loop itself: passes of ceil(n / batch) batches over a reshuffled order, the last batch short; the
+    partial pass averaged over many shuffles."""
+    per_example = [3, 9, 4, 11, 6, 8, 5, 10, 7, 12]  # 10 examples, batches of 4: 3 steps a pass (4, 4, 2)
+    draws, examples, tokens = 4000, set(), 0.0
+    rng = random.Random(0)
+    for _ in range(draws):
+        seen, count = [], 0
+        while count < steps:
+            order = rng.sample(per_example, len(per_example))
+            for i in range(0, len(order), 4):
+                if count == steps:
+                    break
+                seen += order[i : i + 4]
+                count += 1
+        examples.add(len(seen))
+        tokens += sum(seen) / draws
+    got_examples, got_tokens = seen_tokens(per_example, 4, steps)
+    assert examples == {got_examples}
+    assert got_tokens == pytest.approx(tokens, rel=0.01)
+    if steps % 3 == 0:  # whole passes: exact
+        assert got_tokens == steps // 3 * sum(per_example)
+
+
+def _budget(steps, tokens, lr=2e-5):
+    return {"optimizer_steps": steps, "answer_tokens": tokens, "lr": lr}
+
+
+def test_each_arm_is_checked_against_the_mean_of_the_reference_arms_seeds():
+    budgets = {"grpo_s0": _budget(20, 3000), "grpo_s1": _budget(19, 3400),  # reference means: 19.5 steps, 3200 tokens
+               "sft_s0": _budget(20, 3520), "rft_s0": _budget(20, 2800), "dpo_s0": _budget(18, 3200, lr=1e-5),
+               "old": {"optimizer_steps": 20, "lr": 2e-5}, "base": None}
+    gaps = budget_gaps(budgets, ["grpo_s0", "grpo_s1"])
+    assert "base" not in gaps  # not trained: no row
+    assert gaps["sft_s0"]["answer_tokens"] == pytest.approx(0.10) and within(gaps["sft_s0"])  # exactly 10%: matched
+    assert gaps["rft_s0"]["answer_tokens"] == pytest.approx(-0.125) and not within(gaps["rft_s0"])
+    assert gaps["dpo_s0"]["lr_same"] is False and not within(gaps["dpo_s0"])
+    assert gaps["old"]["answer_tokens"] is None and not within(gaps["old"])  # unknown does not pass
+    assert match_text(gaps["sft_s0"]) == "within 10%" and match_text(None) == ""
+    assert match_text(gaps["rft_s0"]) == "answer_tokens -12%: not within 10%"
+    assert match_text(gaps["dpo_s0"]) == "lr differs: not within 10%"  # 18 steps: -7.7%, within
+    assert match_text(gaps["old"]) == "answer_tokens n/a: not within 10%"
+    assert warning_line(gaps, "grpo") == (
+        "[budget] warning: not within 10% of grpo's budget (method.md 8, matched budgets): rft_s0 (answer_tokens "
+        "-12%); dpo_s0 (lr differs); old (answer_tokens n/a)")
+    matched = {k: v for k, v in budgets.items() if k in ("grpo_s0", "grpo_s1", "sft_s0")}
+    assert warning_line(budget_gaps(matched, ["grpo_s0", "grpo_s1"]), "grpo") is None
+
+
+def test_steps_off_by_more_than_ten_percent_are_named():
+    gaps = budget_gaps({"a": _budget(20, 1000), "b": _budget(17, 1050)}, ["a"])
+    assert match_text(gaps["b"]) == "optimizer_steps -15%: not within 10%"
