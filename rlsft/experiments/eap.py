@@ -17,6 +17,7 @@ from ..cache import cached_npz, stage_dir, stage_key
 from ..eap import (METRICS, answer_span, build_graph, collate, compare, compare_values, cut_length, edge_scores,
                    estimate_memory, information_complexity_pooled, loss_adjusted, output_edge_entropy, per_sample,
                    relative_change, sample_diversity, samples_hash, scored_inputs, select_shared, summed_positions)
+from ..eap.results import RESULTS, Result, results, with_tests
 from ..errors import RlsftError
 from ..models import fingerprint
 from ..console import progress
@@ -379,8 +380,7 @@ def run_compare(cfg, ctx: RunContext) -> dict:
     ctx.write_table("eap_tests", *family_table(cfg.dataset.name, ranked))
     ctx.write_json("eap_compare.json", {"selection": counts, "reference": reference, "alphas": summaries,
                                         "tests": ranked})
-    ctx.tracker.summary({f"eap/{m}/{row[3]}{'' if row[3] == reference else '_minus_' + reference}":
-                         row[5] if row[3] == reference else row[8] for m, rows in tables.items() for row in rows})
+    ctx.tracker.summary(compare_wandb(tables, reference))
     ctx.tracker.summary(family_wandb(ranked))
     compare_figures(ctx, tables, reference)
     print(primary_text(ranked, cfg.eap.primary, reference=reference)
@@ -390,43 +390,38 @@ def run_compare(cfg, ctx: RunContext) -> dict:
 
 def compare_tables(dataset: str, summaries: dict, reference: str,
                    ranked: list[dict] | None = None) -> tuple[list[str], dict[str, list[list]]]:
-    """{metric: rows}; a row per alpha and stage: value [CI], then stage - reference [paired CI] (None for the
+    """{result: rows}; a row per alpha and stage: value [CI], then stage - reference [paired CI] (None for the
     reference). loss_adjusted has the stage coefficient c in the difference columns and no value. With the run's
     ranked tests: role, p, Holm p and near-duplicate group of each difference (empty for the reference)."""
     columns = ["dataset", "alpha", "cut_len", "stage", "n", "value", "lo", "hi", "minus_reference", "diff_lo",
                "diff_hi"]
-    tables = _compare_rows(dataset, summaries, reference)
-    if ranked is None:
-        return columns, tables
-    tests = lookup(ranked)
-    tables = {m: [row + (_test_cells(None) if row[3] == reference else _test_cells(tests.get((row[1], m, row[3]))))
-                  for row in rows] for m, rows in tables.items()}
-    return columns + ["role", "p", "p_holm", "finding"], tables
-
-
-def _compare_rows(dataset: str, summaries: dict, reference: str) -> dict[str, list[list]]:
-    """compare_tables' rows without the tests."""
-    tables: dict[str, list[list]] = {m: [] for m in [*STAGE_ROWS, "loss_adjusted"]}
+    tests = None if ranked is None else lookup(ranked)
+    tables: dict[str, list[list]] = {}
     for a, per_stage in summaries.items():
-        first = next(iter(per_stage.values()))
-        head = [dataset, float(a), first["cut_len"]]
-        for m in STAGE_ROWS:
-            tables[m].append([*head, reference, first["n_samples"], first[m]["sft"], *_bounds(first[m]["sft_ci"]),
-                              None, None, None])
-            tables[m] += [[*head, name, s["n_samples"], s[m]["rl"], *_bounds(s[m]["rl_ci"]), s[m]["diff"],
-                           *_bounds(s[m]["diff_ci"])]
-                          for name, s in per_stage.items()]
-        tables["loss_adjusted"] += [[*head, name, s["n_samples"], None, None, None, s["loss_adjusted"]["c"],
-                                     *s["loss_adjusted"]["c_ci"]] for name, s in per_stage.items()
-                                    if "loss_adjusted" in s]
-        if all("faithfulness" in s for s in per_stage.values()):  # eap.faithfulness: frac80 per stage
-            ref = first["faithfulness"]["sft"]
-            tables.setdefault("frac80", []).append([*head, reference, first["n_samples"], ref["frac80"],
-                                                    *ref["frac80_ci"], None, None, None])
-            tables["frac80"] += [[*head, name, s["n_samples"], s["faithfulness"]["rl"]["frac80"],
-                                  *s["faithfulness"]["rl"]["frac80_ci"], s["faithfulness"]["diff"]["frac80"],
-                                  *s["faithfulness"]["diff"]["frac80_ci"]] for name, s in per_stage.items()]
-    return {m: rows for m, rows in tables.items() if rows}
+        rs = [r for name, s in per_stage.items() for r in results(a, s, name, reference, view="tables")]
+        if tests is not None:
+            rs = with_tests(rs, tests, compare=True)
+        for name in RESULTS:
+            own = [r for r in rs if r.name == name]
+            rows = tables.setdefault(name, [])
+            if own and own[0].reference_value is not None:  # the reference's own row (none for loss_adjusted)
+                rows.append(_compare_row(dataset, own[0], reference, own[0].reference_value, own[0].reference_ci)
+                            + [None, None, None] + ([] if tests is None else _test_cells(None)))
+            rows += [_compare_row(dataset, r, r.stage, r.value, r.ci) + [r.diff, *r.diff_ci]
+                     + ([] if tests is None else _test_cells(r)) for r in own]
+    tables = {m: rows for m, rows in tables.items() if rows}
+    return columns + ([] if tests is None else ["role", "p", "p_holm", "finding"]), tables
+
+
+def _compare_row(dataset: str, r: Result, stage: str, value, ci) -> list:
+    """A compare table row's first cells: alpha, T_cut, stage, n and the stage's value with its interval."""
+    return [dataset, r.alpha, r.cut_len, stage, r.n, value, *(ci or (None, None))]
+
+
+def compare_wandb(tables: dict, reference: str) -> dict:
+    """W&B summary keys of compare mode: eap/<result>/<reference> (its value), eap/<result>/<stage>_minus_<reference>."""
+    return {f"eap/{m}/{row[3]}{'' if row[3] == reference else '_minus_' + reference}":
+            row[5] if row[3] == reference else row[8] for m, rows in tables.items() for row in rows}
 
 
 def compare_console(dataset: str, counts: dict, tables: dict, reference: str) -> str:
@@ -510,54 +505,40 @@ def summary_rows(dataset: str, summaries: dict, names: dict) -> tuple[list[str],
 
 
 def difference_rows(dataset: str, summaries: dict, ranked: list[dict] | None = None) -> tuple[list[str], list[list]]:
-    """RL - SFT per alpha and metric with its paired interval; loss_adjusted is the stage coefficient c. With the
+    """RL - SFT per alpha and result with its paired interval; loss_adjusted is the stage coefficient c. With the
     run's ranked tests: role (primary | secondary | point), p and Holm-adjusted p, near-duplicate group."""
-    rows = []
-    for a, s in summaries.items():
-        rows += [[dataset, float(a), m, s[m]["diff"], *_bounds(s[m]["diff_ci"])] for m in STAGE_ROWS]
-        if "loss_adjusted" in s:
-            rows.append([dataset, float(a), "loss_adjusted", s["loss_adjusted"]["c"], *s["loss_adjusted"]["c_ci"]])
-        if "faithfulness" in s:
-            d = s["faithfulness"]["diff"]
-            rows.append([dataset, float(a), "frac80", d["frac80"], *d["frac80_ci"]])
+    rs = [r for a, s in summaries.items() for r in results(a, s, "rl", "sft", view="tables")]
     columns = ["dataset", "alpha", "metric", "rl_minus_sft", "lo", "hi"]
     if ranked is None:
-        return columns, rows
-    tests = lookup(ranked)
-    rows = [row + _test_cells(tests.get((row[1], row[2], None))) for row in rows]
-    return columns + ["role", "p", "p_holm", "finding"], rows
+        return columns, [[dataset, r.alpha, r.name, r.diff, *r.diff_ci] for r in rs]
+    rs = with_tests(rs, lookup(ranked), compare=False)
+    return columns + ["role", "p", "p_holm", "finding"], [[dataset, r.alpha, r.name, r.diff, *r.diff_ci,
+                                                           *_test_cells(r)] for r in rs]
 
 
-def _test_cells(t: dict | None) -> list:
-    """role, p, Holm p and finding of a table row (empty for a row no test covers, e.g. frac80 before 19a's hook)."""
-    if t is None:
+def _test_cells(r: Result | None) -> list:
+    """role, p, Holm p and finding of a table row (empty for a row no test covers: the reference's)."""
+    if r is None or r.role is None:
         return [None, None, None, None]
-    ok = [None if not np.isfinite(t[k]) else t[k] for k in ("p", "p_holm")]
-    return [t["role"], *ok, t["finding"] or None]
+    ok = [None if not np.isfinite(v) else v for v in (r.p, r.p_holm)]
+    return [r.role, *ok, r.finding or None]
 
 
-def wandb_values(summary: dict) -> dict:
-    """One W&B key per number: eap/<metric>/<sft|rl|diff|diff_lo|diff_hi> (alpha lives in the config or x axis);
-    a point-value metric (no valid interval) has no _lo/_hi keys."""
+def wandb_values(alpha: str, summary: dict) -> dict:
+    """One W&B key per number: eap/<result>/<sft|rl|diff|diff_lo|diff_hi> (alpha lives in the config or x axis);
+    a point value (no valid interval) has no _lo/_hi keys; a kind's extra values and stage intervals join them."""
     out = {}
-    for m in STAGE_ROWS:
-        s = summary[m]
-        out |= {f"eap/{m}/sft": s["sft"], f"eap/{m}/rl": s["rl"], f"eap/{m}/diff": s["diff"]}
-        if _has_interval(s["diff_ci"]):
-            out |= {f"eap/{m}/diff_lo": s["diff_ci"][0], f"eap/{m}/diff_hi": s["diff_ci"][1]}
-    if "loss_adjusted" in summary:
-        la = summary["loss_adjusted"]
-        out |= {"eap/loss_adjusted/diff": la["c"], "eap/loss_adjusted/diff_lo": la["c_ci"][0],
-                "eap/loss_adjusted/diff_hi": la["c_ci"][1], "eap/loss_adjusted/slope": la["b"]}
-    pooled = summary["information_complexity_pooled"]
-    out |= {f"eap/information_complexity_pooled/{k}": pooled[k] for k in ("sft", "rl", "diff")}
-    if "faithfulness" in summary:
-        f = summary["faithfulness"]
-        out |= {f"eap/frac80/{side}": f[side]["frac80"] for side in ("sft", "rl")}
-        out |= {f"eap/frac80/{side}_{e}": f[side]["frac80_ci"][i] for side in ("sft", "rl")
-                for i, e in enumerate(("lo", "hi"))}
-        out |= {"eap/frac80/diff": f["diff"]["frac80"], "eap/frac80/diff_lo": f["diff"]["frac80_ci"][0],
-                "eap/frac80/diff_hi": f["diff"]["frac80_ci"][1]}
+    for r in results(alpha, summary, "rl", "sft", view="wandb"):
+        key = f"eap/{r.name}"
+        for side, value, ci in (("sft", r.reference_value, r.reference_ci), ("rl", r.value, r.ci)):
+            if value is not None:
+                out[f"{key}/{side}"] = value
+            if value is not None and RESULTS[r.name].wandb_stage_ci:
+                out |= {f"{key}/{side}_lo": ci[0], f"{key}/{side}_hi": ci[1]}
+        out[f"{key}/diff"] = r.diff
+        if r.diff_ci is not None and r.diff_ci[0] is not None:
+            out |= {f"{key}/diff_lo": r.diff_ci[0], f"{key}/diff_hi": r.diff_ci[1]}
+        out |= {f"{key}/{k}": v for k, v in (r.extra or {}).items()}
     if "tau" in summary:
         out["eap/tau/rl"] = summary["tau"]
     return out
@@ -574,9 +555,9 @@ def track(ctx: RunContext, summaries: dict) -> None:
     if len(alphas) > 1:
         ctx.tracker.define_metric("eap/*", step_metric="alpha")
         for a, s in summaries.items():
-            ctx.tracker.log({"alpha": float(a), **wandb_values(s)})
+            ctx.tracker.log({"alpha": float(a), **wandb_values(a, s)})
     else:
-        ctx.tracker.summary(wandb_values(next(iter(summaries.values()))))
+        ctx.tracker.summary(wandb_values(*next(iter(summaries.items()))))
 
 
 def _has_interval(ci) -> bool:
