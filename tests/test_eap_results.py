@@ -7,7 +7,7 @@ import pytest
 
 from rlsft.eap import METRICS, compare, compare_values
 from rlsft.eap.results import RESULTS, Kind, results
-from rlsft.experiments.eap import (compare_console, compare_tables, compare_wandb, difference_rows,
+from rlsft.experiments.eap import (compare_console, compare_tables, compare_wandb, console_summary, difference_rows,
                                   wandb_values)
 
 
@@ -56,7 +56,7 @@ def test_pair_mode_is_compare_mode_with_reference_sft():
 
 def test_a_new_result_is_one_registry_entry(monkeypatch):
     """A result that is not a per-sample metric: the code computing it (here: the summary) and one RESULTS entry
-    give its rows in the tables and W&B of both modes and compare mode's console, with no other edit."""
+    give its rows in the tables, the console and W&B of both modes, with no other edit."""
     def toy(s: dict) -> dict | None:
         t = s.get("toy")
         return None if t is None else dict(value=t[1], ci=(t[1] - 1, t[1] + 1), reference_value=t[0],
@@ -67,6 +67,9 @@ def test_a_new_result_is_one_registry_entry(monkeypatch):
     s, b = summary() | {"toy": (2.0, 3.0)}, summary(1) | {"toy": (2.0, 5.0)}
     _, pair = difference_rows("d", {"0.5": s})
     assert pair[-1] == ["d", 0.5, "toy", 1.0, 0.5, 1.5]
+    counts = {"questions": 8, "sft_correct": 8, "rl_correct": 8, "n_selected": 8, "tbar": 10.0}
+    assert "| 0.5 | 8 | toy result | 2 [1, 3] | 3 [2, 4] | 1 [0.5, 1.5] |" in console_summary("d", counts, {"0.5": s},
+                                                                                          "sft", "rl")
     values = wandb_values("0.5", s)
     assert {k: v for k, v in values.items() if k.startswith("eap/toy/")} == {
         "eap/toy/sft": 2.0, "eap/toy/rl": 3.0, "eap/toy/diff": 1.0, "eap/toy/diff_lo": 0.5, "eap/toy/diff_hi": 1.5}

@@ -17,7 +17,7 @@ from ..cache import cached_npz, stage_dir, stage_key
 from ..eap import (METRICS, answer_span, build_graph, collate, compare, compare_values, cut_length, edge_scores,
                    estimate_memory, information_complexity_pooled, loss_adjusted, output_edge_entropy, per_sample,
                    relative_change, sample_diversity, samples_hash, scored_inputs, select_shared, summed_positions)
-from ..eap.results import RESULTS, Result, results, with_tests
+from ..eap.results import RESULTS, Result, interval_text, results, with_tests
 from ..errors import RlsftError
 from ..models import fingerprint
 from ..console import progress
@@ -430,8 +430,8 @@ def compare_console(dataset: str, counts: dict, tables: dict, reference: str) ->
     head = (f"{dataset}: {correct} correct; {counts['n_selected']} questions selected, answered correctly by all "
             f"(Tbar {counts['tbar']:.1f} tokens)\n")
     tested = len(tables[STAGE_ROWS[0]][0]) > 11  # compare_tables with the run's tests: role, p, p_holm, finding
-    rows = [[row[1], row[2], m, row[3], "" if row[5] is None else _ci(row[5], row[6:8]),
-             "" if row[8] is None else _ci(row[8], row[9:11]), *([_cell_of(row[11:])] if tested else [])]
+    rows = [[row[1], row[2], m, row[3], "" if row[5] is None else interval_text(row[5], row[6:8]),
+             "" if row[8] is None else interval_text(row[8], row[9:11]), *([_cell_of(row[11:])] if tested else [])]
             for m, t in tables.items() for row in t]
     return head + markdown_table(["alpha", "T_cut", "metric", "stage", "value [95% CI]",
                                   f"stage - {reference} [95% CI]", *(["test (Holm p)"] if tested else [])], rows)
@@ -570,45 +570,28 @@ def _bounds(ci) -> list:
     return list(ci) if _has_interval(ci) else [None, None]
 
 
-def _ci(value: float, ci) -> str:
-    if not _has_interval(ci):
-        return f"{value:.4g} (point)"
-    return f"{value:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
-
-
 def console_rows(a: str, s: dict, tests: dict | None = None) -> list[list]:
-    """One alpha's console rows: scale-free shape, loss-adjusted, the paper's three, self-entropy, pooled complexity.
-    With ``tests`` ({(alpha, metric, None): ranked test}) a last column says primary / secondary and the p-value."""
-    def cell(m: str) -> list:
-        return [] if tests is None else [family_cell(tests.get((float(a), m, None)))]
-
-    def metric_row(m: str, label: str) -> list:
-        return [float(a), s["cut_len"], label, _ci(s[m]["sft"], s[m]["sft_ci"]), _ci(s[m]["rl"], s[m]["rl_ci"]),
-                _ci(s[m]["diff"], s[m]["diff_ci"]), *cell(m)]
-
-    rows = [metric_row(m, f"{m} (scale-free)") for m, spec in METRICS.items() if not spec.paper]
-    if "loss_adjusted" in s:
-        la = s["loss_adjusted"]
-        # No per-stage value exists: the stage columns stay empty and the slope b goes in the label.
-        rows.append([float(a), s["cut_len"], f"loss_adjusted: RL effect on log intensity at matched loss "
-                     f"(slope on log loss b = {_ci(la['b'], la['b_ci'])})", "", "", _ci(la["c"], la["c_ci"]),
-                     *cell("loss_adjusted")])
-    rows += [metric_row(m, m + (" (scale-free)" if spec.scale_free else "")) for m, spec in METRICS.items()
-             if spec.paper]
-    rows.append(metric_row("self_entropy", "self_entropy (loss, nats)" if s.get("target", "nll") == "nll" else
-                           f"loss of eap.target={s['target']}: -mean own-token margin (logits)"))
-    p = s["information_complexity_pooled"]
-    rows.append([float(a), s["cut_len"], "information_complexity (pooled, no interval)", f"{p['sft']:.4g}",
-                 f"{p['rl']:.4g}", f"{p['diff']:.4g}", *([] if tests is None else ["no test (point value)"])])
-    if "faithfulness" in s:
-        f = s["faithfulness"]
-        rows.append([float(a), s["cut_len"], f"frac80: kept share of edges for 80% faithfulness ({f['baseline']})",
-                     *(_ci(f[k]["frac80"], f[k]["frac80_ci"]) for k in ("sft", "rl", "diff")),
-                     *([] if tests is None else ["not in the Holm family (no p)"])])
+    """One alpha's console rows: the scale-free shape and loss_adjusted first, then the other results in registry
+    order, the calibration last. With ``tests`` ({(alpha, metric, None): ranked test}) a last column says primary /
+    secondary and the p-value."""
+    rs = sorted(results(a, s, "rl", "sft", view="console"), key=lambda r: not RESULTS[r.name].console_first)
+    rows = [[r.alpha, r.cut_len, r.label, _cell(r.reference_value, r.reference_ci), _cell(r.value, r.ci),
+             _cell(r.diff, r.diff_ci), *([] if tests is None else [_test_text(r, tests)])] for r in rs]
     if "tau" in s:
         rows.append([float(a), s["cut_len"], "calibration: RL logits divided by tau", "1", f"{s['tau']:.4g}", "",
                      *([] if tests is None else [""])])
     return rows
+
+
+def _cell(value, ci) -> str:
+    """A console cell: empty without a value, the bare value without an interval at all, else interval_text."""
+    return "" if value is None else f"{value:.4g}" if ci is None else interval_text(value, ci)
+
+
+def _test_text(r: Result, tests: dict) -> str:
+    """The console's test column of a pair-mode result: its kind's fixed text, else the ranked test's."""
+    fixed = RESULTS[r.name].console_test
+    return fixed if fixed is not None else family_cell(tests.get((r.alpha, r.name, None)))
 
 
 def console_summary(dataset: str, counts: dict, summaries: dict, sft: str, rl: str,
