@@ -56,10 +56,14 @@ class Kind:
     console_test: str | None = None  # a fixed text in the console's test column instead of the ranked test's
 
 
+def has_interval(ci) -> bool:
+    """False for a point value's interval: (nan, nan) from `compare`, (None, None) once read as a result."""
+    return all(v is not None for v in ci) and bool(np.isfinite(ci).any())
+
+
 def metric_interval(ci) -> tuple:
     """A per-sample metric's interval; (None, None) for a point value, which has no valid interval."""
-    ok = all(v is not None for v in ci) and bool(np.isfinite(ci).any())
-    return tuple(ci) if ok else (None, None)
+    return tuple(ci) if has_interval(ci) else (None, None)
 
 
 def _stage_values(m: str, label: str) -> Callable[[dict], dict]:
@@ -103,8 +107,8 @@ def _frac80(s: dict) -> dict | None:
         return None
     f = s["faithfulness"]
     return dict(value=f["rl"]["frac80"], ci=tuple(f["rl"]["frac80_ci"]), reference_value=f["sft"]["frac80"],
-                reference_ci=tuple(f["sft"]["frac80_ci"]), diff=f["diff"]["frac80"], diff_ci=tuple(f["diff"]["frac80_ci"]),
-                p=f["diff"].get("frac80_p", math.nan),
+                reference_ci=tuple(f["sft"]["frac80_ci"]), diff=f["diff"]["frac80"],
+                diff_ci=tuple(f["diff"]["frac80_ci"]), p=f["diff"].get("frac80_p", math.nan),
                 label=f"frac80: kept share of edges for 80% faithfulness ({f['baseline']})")
 
 
@@ -147,6 +151,6 @@ def with_tests(rs: list[Result], tests: dict, compare: bool) -> list[Result]:
 
 def interval_text(value: float, ci) -> str:
     """A value with its interval for the console; a point value says so."""
-    if ci is None or not (all(v is not None for v in ci) and bool(np.isfinite(ci).any())):
+    if ci is None or not has_interval(ci):
         return f"{value:.4g} (point)"
     return f"{value:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"

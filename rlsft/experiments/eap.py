@@ -2,7 +2,8 @@
 
 generate (cached) -> both-correct questions -> select (once, for every alpha) -> per alpha: score_alpha (T_cut,
 edge_scores per model, cached) -> compare_alpha (every registered metric per sample with BCa intervals, the
-loss-adjusted RL effect, self-entropy, the paper's pooled complexity as a point value) -> tables, W&B, figures, console.
+loss-adjusted RL effect, self-entropy, the paper's pooled complexity as a point value) -> typed results
+(rlsft.eap.results) -> tables, W&B, figures, console.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..cache import cached_npz, stage_dir, stage_key
 from ..eap import (METRICS, answer_span, build_graph, collate, compare, compare_values, cut_length, edge_scores,
                    estimate_memory, information_complexity_pooled, loss_adjusted, output_edge_entropy, per_sample,
                    relative_change, sample_diversity, samples_hash, scored_inputs, select_shared, summed_positions)
-from ..eap.results import RESULTS, Result, interval_text, results, with_tests
+from ..eap.results import RESULTS, Result, has_interval, interval_text, results, with_tests
 from ..errors import RlsftError
 from ..models import fingerprint
 from ..console import progress
@@ -28,7 +29,7 @@ from .eap_family import add_tests, family_cell, family_table, family_wandb, look
 
 log = logging.getLogger(__name__)
 SCORES_VERSION = 3  # 2: per-sample loss saved beside the scores; 3: number of scored tokens per sample
-STAGE_ROWS = [*METRICS, "self_entropy"]  # per-stage values with an interval, in the summary table and W&B
+STAGE_ROWS = [*METRICS, "self_entropy"]  # per-stage values with an interval: the summary table's, the alpha figure's
 READS_INTERNALS = True  # gradients at every edge of the model's blocks
 DATA_PARALLEL = False
 
@@ -419,7 +420,8 @@ def _compare_row(dataset: str, r: Result, stage: str, value, ci) -> list:
 
 
 def compare_wandb(tables: dict, reference: str) -> dict:
-    """W&B summary keys of compare mode: eap/<result>/<reference> (its value), eap/<result>/<stage>_minus_<reference>."""
+    """W&B summary keys of compare mode: eap/<result>/<reference> (its value) and
+    eap/<result>/<stage>_minus_<reference>."""
     return {f"eap/{m}/{row[3]}{'' if row[3] == reference else '_minus_' + reference}":
             row[5] if row[3] == reference else row[8] for m, rows in tables.items() for row in rows}
 
@@ -560,14 +562,9 @@ def track(ctx: RunContext, summaries: dict) -> None:
         ctx.tracker.summary(wandb_values(*next(iter(summaries.items()))))
 
 
-def _has_interval(ci) -> bool:
-    """False for a point value's interval: (nan, nan) from `compare`, (None, None) once in a table row."""
-    return all(v is not None for v in ci) and bool(np.isfinite(ci).any())
-
-
 def _bounds(ci) -> list:
     """An interval's two table cells; empty (None) for a point value, which has no valid interval."""
-    return list(ci) if _has_interval(ci) else [None, None]
+    return list(ci) if has_interval(ci) else [None, None]
 
 
 def console_rows(a: str, s: dict, tests: dict | None = None) -> list[list]:
@@ -725,7 +722,7 @@ def alpha_figure(plt, summaries: dict, names: dict):
             ax.plot(alphas, [v[side] for v in s], marker="o", color=color, label=names[side])
             ax.fill_between(alphas, [v[f"{side}_ci"][0] for v in s], [v[f"{side}_ci"][1] for v in s], color=color,
                             alpha=0.2)
-        point = not any(_has_interval(summaries[f"{a:g}"][m][f"{side}_ci"]) for a in alphas for side in ("sft", "rl"))
+        point = not any(has_interval(summaries[f"{a:g}"][m][f"{side}_ci"]) for a in alphas for side in ("sft", "rl"))
         ax.set(xscale="log", xlabel="alpha")
         ax.set_title(m.replace("_", " ") + (" (point value, no interval)" if point else ""), fontsize=9)
         ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
