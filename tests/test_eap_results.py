@@ -96,3 +96,25 @@ def test_wandb_keys_of_each_kind(faithful):
     assert (values.get("eap/frac80/sft_lo"), values.get("eap/frac80/rl_hi")) == ((0.1, 0.4) if faithful else
                                                                                 (None, None))
     assert all(isinstance(v, float) and not math.isnan(v) for v in values.values())
+
+
+def test_ranked_tests_join_their_results_in_both_modes():
+    """Role, p, Holm p and finding reach the row of their own result (pair mode: stage-less tests), never the
+    reference's row."""
+    from types import SimpleNamespace
+
+    from rlsft.experiments.eap_family import run_family
+
+    s = summary() | {"near_duplicates": [["gini", "top_mass"]]}
+    for m in ("gini", "top_mass", "self_entropy"):
+        s[m]["p"] = 0.01
+    primary = SimpleNamespace(metric="gini", alpha=0.5)
+    columns, rows = difference_rows("d", {"0.5": s}, run_family({"0.5": s}, primary))
+    cells = {row[2]: dict(zip(columns[6:], row[6:])) for row in rows}
+    assert cells["gini"]["role"] == "primary" and cells["gini"]["p"] == cells["gini"]["p_holm"] == 0.01
+    assert cells["top_mass"]["role"] == "secondary" and cells["top_mass"]["p_holm"] >= 0.01
+    assert cells["top_mass"]["finding"] == cells["gini"]["finding"] and "gini" in cells["gini"]["finding"]
+    assert cells["distribution_kurtosis"] == {"role": "point", "p": None, "p_holm": None, "finding": None}
+    per_stage = {"0.5": {"b": s, "c": s}}
+    _, tables = compare_tables("d", per_stage, "a", run_family(per_stage, primary, compare=True))
+    assert [row[11] for row in tables["gini"]] == [None, "primary", "primary"]
