@@ -8,7 +8,8 @@ import pytest
 from rlsft.eap import METRICS, compare, compare_values
 from rlsft.eap.results import RESULTS, Kind, results
 from rlsft.experiments.eap import (compare_console, compare_tables, compare_wandb, console_summary, difference_rows,
-                                  wandb_values)
+                                  summary_rows, wandb_values)
+from rlsft.report import table1
 
 
 def summary(seed: int = 0, faithful: bool = True) -> dict:
@@ -20,17 +21,20 @@ def summary(seed: int = 0, faithful: bool = True) -> dict:
     s["self_entropy"] = compare_values(rng.uniform(1, 2, 8), rng.uniform(1, 2, 8), n_resamples=50)
     s["loss_adjusted"] = {"c": 0.1, "c_ci": (0.0, 0.2), "c_p": 0.3, "b": 1.5, "b_ci": (0.5, 2.5)}
     s["information_complexity_pooled"] = {"sft": 2.0, "rl": 1.5, "diff": -0.5}
+    s["sample_diversity"] = {"sft": 0.6, "rl": 0.5, "diff": -0.1}
     if faithful:
         s["faithfulness"] = {"baseline": "counterfactual", "sft": {"frac80": 0.3, "frac80_ci": (0.1, 0.5)},
                              "rl": {"frac80": 0.2, "frac80_ci": (0.0, 0.4)},
                              "diff": {"frac80": -0.1, "frac80_ci": (-0.3, 0.1), "frac80_p": 0.4}}
-    s.update(cut_len=8, n_samples=8, target="nll")
+    s.update(cut_len=8, n_samples=8, target="nll", scored_tokens={"sft": 8.0, "rl": 8.0},
+             shorter_than_cut={"sft": 0, "rl": 0})
     return s
 
 
 def test_a_summary_reads_as_one_record_per_result():
     rs = {r.name: r for r in results("0.5", summary(), "rl", "sft")}
-    assert list(rs) == [*METRICS, "self_entropy", "loss_adjusted", "information_complexity_pooled", "frac80"]
+    assert list(rs) == [*METRICS, "self_entropy", "loss_adjusted", "information_complexity_pooled", "sample_diversity",
+                        "frac80"]
     assert all(r.alpha == 0.5 and r.cut_len == 8 and r.stage == "rl" and r.reference == "sft" for r in rs.values())
     k = rs["distribution_kurtosis"]  # no interval covers: a point value with empty bounds
     assert k.point_value and k.ci == k.reference_ci == k.diff_ci == (None, None)
@@ -56,7 +60,7 @@ def test_pair_mode_is_compare_mode_with_reference_sft():
 
 def test_a_new_result_is_one_registry_entry(monkeypatch):
     """A result that is not a per-sample metric: the code computing it (here: the summary) and one RESULTS entry
-    give its rows in the tables, the console and W&B of both modes, with no other edit."""
+    give its rows in the tables, the console and W&B of both modes and the report's Table 1, with no other edit."""
     def toy(s: dict) -> dict | None:
         t = s.get("toy")
         return None if t is None else dict(value=t[1], ci=(t[1] - 1, t[1] + 1), reference_value=t[0],
@@ -70,6 +74,12 @@ def test_a_new_result_is_one_registry_entry(monkeypatch):
     counts = {"questions": 8, "sft_correct": 8, "rl_correct": 8, "n_selected": 8, "tbar": 10.0}
     assert "| 0.5 | 8 | toy result | 2 [1, 3] | 3 [2, 4] | 1 [0.5, 1.5] |" in console_summary("d", counts, {"0.5": s},
                                                                                           "sft", "rl")
+    columns, rows = summary_rows("d", {"0.5": s}, {"sft": "sft", "rl": "rl"})
+    assert columns[-6:] == ["frac80", "frac80_lo", "frac80_hi", "toy", "toy_lo", "toy_hi"]
+    assert [row[-3:] for row in rows] == [[2.0, 1.0, 3.0], [3.0, 2.0, 4.0]]
+    head, table = table1({"eap_summary": (["job", "experiment", "model_pair", *columns],
+                                          [["j", "eap", "p", *row] for row in rows])})
+    assert table[0][head.index("toy (rl)")] == "3 [2, 4]"
     values = wandb_values("0.5", s)
     assert {k: v for k, v in values.items() if k.startswith("eap/toy/")} == {
         "eap/toy/sft": 2.0, "eap/toy/rl": 3.0, "eap/toy/diff": 1.0, "eap/toy/diff_lo": 0.5, "eap/toy/diff_hi": 1.5}

@@ -16,7 +16,7 @@ import numpy as np
 
 from .metrics import METRICS
 
-VIEWS = frozenset({"tables", "wandb", "console"})
+VIEWS = frozenset({"tables", "wandb", "console", "summary"})  # summary: the per-stage table (and the report's)
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Kind:
 
     read: Callable[[dict], dict | None]
     views: frozenset = VIEWS
+    per_sample: bool = False  # a mean of per-sample values (a metric, self_entropy): the per-stage table's first columns
     console_first: bool = False  # shown with the scale-free shape, before the paper's metrics
     wandb_stage_ci: bool = False  # W&B also gets each stage's interval (<stage>_lo, <stage>_hi)
     console_test: str | None = None  # a fixed text in the console's test column instead of the ranked test's
@@ -101,6 +102,13 @@ def _pooled(s: dict) -> dict:
                 point_value=True, label="information_complexity (pooled, no interval)")
 
 
+def _sample_diversity(s: dict) -> dict:
+    """1 - mean correlation between the samples' edge scores: one value per stage, no interval."""
+    d = s["sample_diversity"]
+    return dict(value=d["rl"], ci=None, reference_value=d["sft"], reference_ci=None, diff=d["diff"], diff_ci=None,
+                point_value=True, label="sample_diversity")
+
+
 def _frac80(s: dict) -> dict | None:
     """eap.faithfulness: the kept share of edges for 80% faithfulness (method.md 2.7)."""
     if "faithfulness" not in s:
@@ -117,10 +125,12 @@ def _metric_label(spec) -> str:
 
 
 RESULTS: dict[str, Kind] = {
-    **{m: Kind(_stage_values(m, m + _metric_label(spec)), console_first=not spec.paper) for m, spec in METRICS.items()},
-    "self_entropy": Kind(_self_entropy),
+    **{m: Kind(_stage_values(m, m + _metric_label(spec)), per_sample=True, console_first=not spec.paper)
+       for m, spec in METRICS.items()},
+    "self_entropy": Kind(_self_entropy, per_sample=True),
     "loss_adjusted": Kind(_loss_adjusted, console_first=True),
-    "information_complexity_pooled": Kind(_pooled, views=frozenset({"wandb", "console"})),
+    "information_complexity_pooled": Kind(_pooled, views=frozenset({"wandb", "console", "summary"})),
+    "sample_diversity": Kind(_sample_diversity, views=frozenset({"summary"})),
     # frac80's console text predates its test joining the Holm family (eap_differences shows that test): kept as is
     "frac80": Kind(_frac80, wandb_stage_ci=True, console_test="not in the Holm family (no p)"),
 }

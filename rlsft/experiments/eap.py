@@ -481,29 +481,42 @@ def compare_figures(ctx: RunContext, tables: dict, reference: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------------- outputs
 def summary_rows(dataset: str, summaries: dict, names: dict) -> tuple[list[str], list[list]]:
-    """One row per alpha and stage: each metric and self_entropy with its interval, then the point values."""
+    """One row per alpha and stage: the per-sample results with their intervals, the point values, what was scored,
+    the other results (those of every alpha, with their intervals), the calibration."""
+    rs = {a: [r for r in results(a, s, names["rl"], names["sft"], view="summary") if r.value is not None]
+          for a, s in summaries.items()}
+    everywhere = set.intersection(*({r.name for r in x} for x in rs.values()))
+
+    def groups(x: list[Result]) -> tuple[list[Result], list[Result]]:
+        """Before what was scored: the per-sample results, then the point values; after it: the others."""
+        rank = {r.name: 0 if RESULTS[r.name].per_sample else 1 if r.ci is None else 2 for r in x}
+        x = sorted((r for r in x if r.name in everywhere), key=lambda r: rank[r.name])
+        return [r for r in x if rank[r.name] < 2], [r for r in x if rank[r.name] == 2]
+
+    first, other = groups(next(iter(rs.values())))
     columns = ["dataset", "alpha", "cut_len", "stage", "n"]
-    for m in STAGE_ROWS:
-        columns += [m, f"{m}_lo", f"{m}_hi"]
-    columns += ["information_complexity_pooled", "sample_diversity", "scored_tokens", "shorter_than_cut"]
-    faithful = all("faithfulness" in s for s in summaries.values())
-    columns += ["frac80", "frac80_lo", "frac80_hi"] if faithful else []
+    columns += [c for r in first for c in ([r.name] if r.ci is None else [r.name, f"{r.name}_lo", f"{r.name}_hi"])]
+    columns += ["scored_tokens", "shorter_than_cut"] + [c for r in other for c in (r.name, f"{r.name}_lo",
+                                                                                    f"{r.name}_hi")]
     calibrated = all("tau" in s for s in summaries.values())
     columns += ["tau"] if calibrated else []
     rows = []
     for a, s in summaries.items():
+        before, after = groups(rs[a])
         for side in ("sft", "rl"):
-            row = [dataset, float(a), s["cut_len"], names[side], s["n_samples"]]
-            for m in STAGE_ROWS:
-                row += [s[m][side], *_bounds(s[m][f"{side}_ci"])]
-            row += [s["information_complexity_pooled"][side], s["sample_diversity"][side], s["scored_tokens"][side],
-                    s["shorter_than_cut"][side]]
-            if faithful:
-                f = s["faithfulness"][side]
-                row += [f["frac80"], *f["frac80_ci"]]
-            row += [s["tau"] if side == "rl" else 1.0] if calibrated else []
-            rows.append(row)
+            rows.append([dataset, float(a), s["cut_len"], names[side], s["n_samples"], *_stage_cells(before, side),
+                         s["scored_tokens"][side], s["shorter_than_cut"][side], *_stage_cells(after, side),
+                         *([s["tau"] if side == "rl" else 1.0] if calibrated else [])])
     return columns, rows
+
+
+def _stage_cells(rs: list[Result], side: str) -> list:
+    """One stage's value of each result, with its interval where it has one ("sft": the reference)."""
+    out = []
+    for r in rs:
+        value, ci = (r.reference_value, r.reference_ci) if side == "sft" else (r.value, r.ci)
+        out += [value] if ci is None else [value, *ci]
+    return out
 
 
 def difference_rows(dataset: str, summaries: dict, ranked: list[dict] | None = None) -> tuple[list[str], list[list]]:
@@ -560,11 +573,6 @@ def track(ctx: RunContext, summaries: dict) -> None:
             ctx.tracker.log({"alpha": float(a), **wandb_values(a, s)})
     else:
         ctx.tracker.summary(wandb_values(*next(iter(summaries.items()))))
-
-
-def _bounds(ci) -> list:
-    """An interval's two table cells; empty (None) for a point value, which has no valid interval."""
-    return list(ci) if has_interval(ci) else [None, None]
 
 
 def console_rows(a: str, s: dict, tests: dict | None = None) -> list[list]:
