@@ -23,6 +23,7 @@ import yaml
 
 from .cache import atomic_path, atomic_write_bytes
 from .eap.metrics import METRICS
+from .eap.results import RESULTS
 from .errors import RlsftError
 
 EAP_METRICS = list(METRICS)  # the one registry: Table 1 and the figures show every registered metric
@@ -191,7 +192,8 @@ def table1(tables: dict) -> tuple[list[str], list[list]]:
         return [], []
     columns, rows = tables["eap_summary"]
     idx = {c: i for i, c in enumerate(columns)}
-    shown = EAP_METRICS + (["frac80"] if "frac80" in idx else [])  # eap.faithfulness=true: method.md 2.7
+    # every metric, then each other typed result with an interval per stage (eap.faithfulness: frac80, method.md 2.7)
+    shown = EAP_METRICS + [m for m, kind in RESULTS.items() if not kind.per_sample and f"{m}_lo" in idx]
     cells: dict[tuple, dict] = {}
     for r in rows:
         key = (r[idx["model_pair"]], r[idx["dataset"]], float(r[idx["alpha"]]))

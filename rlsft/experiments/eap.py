@@ -2,7 +2,8 @@
 
 generate (cached) -> both-correct questions -> select (once, for every alpha) -> per alpha: score_alpha (T_cut,
 edge_scores per model, cached) -> compare_alpha (every registered metric per sample with BCa intervals, the
-loss-adjusted RL effect, self-entropy, the paper's pooled complexity as a point value) -> tables, W&B, figures, console.
+loss-adjusted RL effect, self-entropy, the paper's pooled complexity as a point value) -> typed results
+(rlsft.eap.results) -> tables, W&B, figures, console.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..cache import cached_npz, stage_dir, stage_key
 from ..eap import (METRICS, answer_span, build_graph, collate, compare, compare_values, cut_length, edge_scores,
                    estimate_memory, information_complexity_pooled, loss_adjusted, output_edge_entropy, per_sample,
                    relative_change, sample_diversity, samples_hash, scored_inputs, select_shared, summed_positions)
+from ..eap.results import RESULTS, Result, has_interval, interval_text, results, with_tests
 from ..errors import RlsftError
 from ..models import fingerprint
 from ..seeds import stage_names
@@ -30,7 +32,7 @@ from .eap_study import report as study_report
 
 log = logging.getLogger(__name__)
 SCORES_VERSION = 3  # 2: per-sample loss saved beside the scores; 3: number of scored tokens per sample
-STAGE_ROWS = [*METRICS, "self_entropy"]  # per-stage values with an interval, in the summary table and W&B
+STAGE_ROWS = [*METRICS, "self_entropy"]  # per-stage values with an interval: the summary table's, the alpha figure's
 READS_INTERNALS = True  # gradients at every edge of the model's blocks
 DATA_PARALLEL = False
 
@@ -394,8 +396,7 @@ def run_compare(cfg, ctx: RunContext) -> dict:
     ctx.write_table("eap_tests", *family_table(cfg.dataset.name, ranked))
     ctx.write_json("eap_compare.json", {"selection": counts, "reference": reference, "alphas": summaries,
                                         "tests": ranked})
-    ctx.tracker.summary({f"eap/{m}/{row[3]}{'' if row[3] == reference else '_minus_' + reference}":
-                         row[5] if row[3] == reference else row[8] for m, rows in tables.items() for row in rows})
+    ctx.tracker.summary(compare_wandb(tables, reference))
     ctx.tracker.summary(family_wandb(ranked))
     compare_figures(ctx, tables, reference)
     if study:
@@ -409,43 +410,39 @@ def run_compare(cfg, ctx: RunContext) -> dict:
 
 def compare_tables(dataset: str, summaries: dict, reference: str,
                    ranked: list[dict] | None = None) -> tuple[list[str], dict[str, list[list]]]:
-    """{metric: rows}; a row per alpha and stage: value [CI], then stage - reference [paired CI] (None for the
+    """{result: rows}; a row per alpha and stage: value [CI], then stage - reference [paired CI] (None for the
     reference). loss_adjusted has the stage coefficient c in the difference columns and no value. With the run's
     ranked tests: role, p, Holm p and near-duplicate group of each difference (empty for the reference)."""
     columns = ["dataset", "alpha", "cut_len", "stage", "n", "value", "lo", "hi", "minus_reference", "diff_lo",
                "diff_hi"]
-    tables = _compare_rows(dataset, summaries, reference)
-    if ranked is None:
-        return columns, tables
-    tests = lookup(ranked)
-    tables = {m: [row + (_test_cells(None) if row[3] == reference else _test_cells(tests.get((row[1], m, row[3]))))
-                  for row in rows] for m, rows in tables.items()}
-    return columns + ["role", "p", "p_holm", "finding"], tables
-
-
-def _compare_rows(dataset: str, summaries: dict, reference: str) -> dict[str, list[list]]:
-    """compare_tables' rows without the tests."""
-    tables: dict[str, list[list]] = {m: [] for m in [*STAGE_ROWS, "loss_adjusted"]}
+    tests = None if ranked is None else lookup(ranked)
+    tables: dict[str, list[list]] = {}
     for a, per_stage in summaries.items():
-        first = next(iter(per_stage.values()))
-        head = [dataset, float(a), first["cut_len"]]
-        for m in STAGE_ROWS:
-            tables[m].append([*head, reference, first["n_samples"], first[m]["sft"], *_bounds(first[m]["sft_ci"]),
-                              None, None, None])
-            tables[m] += [[*head, name, s["n_samples"], s[m]["rl"], *_bounds(s[m]["rl_ci"]), s[m]["diff"],
-                           *_bounds(s[m]["diff_ci"])]
-                          for name, s in per_stage.items()]
-        tables["loss_adjusted"] += [[*head, name, s["n_samples"], None, None, None, s["loss_adjusted"]["c"],
-                                     *s["loss_adjusted"]["c_ci"]] for name, s in per_stage.items()
-                                    if "loss_adjusted" in s]
-        if all("faithfulness" in s for s in per_stage.values()):  # eap.faithfulness: frac80 per stage
-            ref = first["faithfulness"]["sft"]
-            tables.setdefault("frac80", []).append([*head, reference, first["n_samples"], ref["frac80"],
-                                                    *ref["frac80_ci"], None, None, None])
-            tables["frac80"] += [[*head, name, s["n_samples"], s["faithfulness"]["rl"]["frac80"],
-                                  *s["faithfulness"]["rl"]["frac80_ci"], s["faithfulness"]["diff"]["frac80"],
-                                  *s["faithfulness"]["diff"]["frac80_ci"]] for name, s in per_stage.items()]
-    return {m: rows for m, rows in tables.items() if rows}
+        rs = [r for name, s in per_stage.items() for r in results(a, s, name, reference, view="tables")]
+        if tests is not None:
+            rs = with_tests(rs, tests, compare=True)
+        for name in RESULTS:
+            own = [r for r in rs if r.name == name]
+            rows = tables.setdefault(name, [])
+            if own and own[0].reference_value is not None:  # the reference's own row (none for loss_adjusted)
+                rows.append(_compare_row(dataset, own[0], reference, own[0].reference_value, own[0].reference_ci)
+                            + [None, None, None] + ([] if tests is None else _test_cells(None)))
+            rows += [_compare_row(dataset, r, r.stage, r.value, r.ci) + [r.diff, *r.diff_ci]
+                     + ([] if tests is None else _test_cells(r)) for r in own]
+    tables = {m: rows for m, rows in tables.items() if rows}
+    return columns + ([] if tests is None else ["role", "p", "p_holm", "finding"]), tables
+
+
+def _compare_row(dataset: str, r: Result, stage: str, value, ci) -> list:
+    """A compare table row's first cells: alpha, T_cut, stage, n and the stage's value with its interval."""
+    return [dataset, r.alpha, r.cut_len, stage, r.n, value, *(ci or (None, None))]
+
+
+def compare_wandb(tables: dict, reference: str) -> dict:
+    """W&B summary keys of compare mode: eap/<result>/<reference> (its value) and
+    eap/<result>/<stage>_minus_<reference>."""
+    return {f"eap/{m}/{row[3]}{'' if row[3] == reference else '_minus_' + reference}":
+            row[5] if row[3] == reference else row[8] for m, rows in tables.items() for row in rows}
 
 
 def compare_console(dataset: str, counts: dict, tables: dict, reference: str) -> str:
@@ -454,8 +451,8 @@ def compare_console(dataset: str, counts: dict, tables: dict, reference: str) ->
     head = (f"{dataset}: {correct} correct; {counts['n_selected']} questions selected, answered correctly by all "
             f"(Tbar {counts['tbar']:.1f} tokens)\n")
     tested = len(tables[STAGE_ROWS[0]][0]) > 11  # compare_tables with the run's tests: role, p, p_holm, finding
-    rows = [[row[1], row[2], m, row[3], "" if row[5] is None else _ci(row[5], row[6:8]),
-             "" if row[8] is None else _ci(row[8], row[9:11]), *([_cell_of(row[11:])] if tested else [])]
+    rows = [[row[1], row[2], m, row[3], "" if row[5] is None else interval_text(row[5], row[6:8]),
+             "" if row[8] is None else interval_text(row[8], row[9:11]), *([_cell_of(row[11:])] if tested else [])]
             for m, t in tables.items() for row in t]
     return head + markdown_table(["alpha", "T_cut", "metric", "stage", "value [95% CI]",
                                   f"stage - {reference} [95% CI]", *(["test (Holm p)"] if tested else [])], rows)
@@ -503,80 +500,79 @@ def compare_figures(ctx: RunContext, tables: dict, reference: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------------- outputs
 def summary_rows(dataset: str, summaries: dict, names: dict) -> tuple[list[str], list[list]]:
-    """One row per alpha and stage: each metric and self_entropy with its interval, then the point values."""
+    """One row per alpha and stage: the per-sample results with their intervals, the point values, what was scored,
+    the other results (those of every alpha, with their intervals), the calibration."""
+    rs = {a: [r for r in results(a, s, names["rl"], names["sft"], view="summary") if r.value is not None]
+          for a, s in summaries.items()}
+    everywhere = set.intersection(*({r.name for r in x} for x in rs.values()))
+
+    def groups(x: list[Result]) -> tuple[list[Result], list[Result]]:
+        """Before what was scored: the per-sample results, then the point values; after it: the others."""
+        rank = {r.name: 0 if RESULTS[r.name].per_sample else 1 if r.ci is None else 2 for r in x}
+        x = sorted((r for r in x if r.name in everywhere), key=lambda r: rank[r.name])
+        return [r for r in x if rank[r.name] < 2], [r for r in x if rank[r.name] == 2]
+
+    first, other = groups(next(iter(rs.values())))
     columns = ["dataset", "alpha", "cut_len", "stage", "n"]
-    for m in STAGE_ROWS:
-        columns += [m, f"{m}_lo", f"{m}_hi"]
-    columns += ["information_complexity_pooled", "sample_diversity", "scored_tokens", "shorter_than_cut"]
-    faithful = all("faithfulness" in s for s in summaries.values())
-    columns += ["frac80", "frac80_lo", "frac80_hi"] if faithful else []
+    columns += [c for r in first for c in ([r.name] if r.ci is None else [r.name, f"{r.name}_lo", f"{r.name}_hi"])]
+    columns += ["scored_tokens", "shorter_than_cut"] + [c for r in other for c in (r.name, f"{r.name}_lo",
+                                                                                    f"{r.name}_hi")]
     calibrated = all("tau" in s for s in summaries.values())
     columns += ["tau"] if calibrated else []
     rows = []
     for a, s in summaries.items():
+        before, after = groups(rs[a])
         for side in ("sft", "rl"):
-            row = [dataset, float(a), s["cut_len"], names[side], s["n_samples"]]
-            for m in STAGE_ROWS:
-                row += [s[m][side], *_bounds(s[m][f"{side}_ci"])]
-            row += [s["information_complexity_pooled"][side], s["sample_diversity"][side], s["scored_tokens"][side],
-                    s["shorter_than_cut"][side]]
-            if faithful:
-                f = s["faithfulness"][side]
-                row += [f["frac80"], *f["frac80_ci"]]
-            row += [s["tau"] if side == "rl" else 1.0] if calibrated else []
-            rows.append(row)
+            rows.append([dataset, float(a), s["cut_len"], names[side], s["n_samples"], *_stage_cells(before, side),
+                         s["scored_tokens"][side], s["shorter_than_cut"][side], *_stage_cells(after, side),
+                         *([s["tau"] if side == "rl" else 1.0] if calibrated else [])])
     return columns, rows
 
 
+def _stage_cells(rs: list[Result], side: str) -> list:
+    """One stage's value of each result, with its interval where it has one ("sft": the reference)."""
+    out = []
+    for r in rs:
+        value, ci = (r.reference_value, r.reference_ci) if side == "sft" else (r.value, r.ci)
+        out += [value] if ci is None else [value, *ci]
+    return out
+
+
 def difference_rows(dataset: str, summaries: dict, ranked: list[dict] | None = None) -> tuple[list[str], list[list]]:
-    """RL - SFT per alpha and metric with its paired interval; loss_adjusted is the stage coefficient c. With the
+    """RL - SFT per alpha and result with its paired interval; loss_adjusted is the stage coefficient c. With the
     run's ranked tests: role (primary | secondary | point), p and Holm-adjusted p, near-duplicate group."""
-    rows = []
-    for a, s in summaries.items():
-        rows += [[dataset, float(a), m, s[m]["diff"], *_bounds(s[m]["diff_ci"])] for m in STAGE_ROWS]
-        if "loss_adjusted" in s:
-            rows.append([dataset, float(a), "loss_adjusted", s["loss_adjusted"]["c"], *s["loss_adjusted"]["c_ci"]])
-        if "faithfulness" in s:
-            d = s["faithfulness"]["diff"]
-            rows.append([dataset, float(a), "frac80", d["frac80"], *d["frac80_ci"]])
+    rs = [r for a, s in summaries.items() for r in results(a, s, "rl", "sft", view="tables")]
     columns = ["dataset", "alpha", "metric", "rl_minus_sft", "lo", "hi"]
     if ranked is None:
-        return columns, rows
-    tests = lookup(ranked)
-    rows = [row + _test_cells(tests.get((row[1], row[2], None))) for row in rows]
-    return columns + ["role", "p", "p_holm", "finding"], rows
+        return columns, [[dataset, r.alpha, r.name, r.diff, *r.diff_ci] for r in rs]
+    rs = with_tests(rs, lookup(ranked), compare=False)
+    return columns + ["role", "p", "p_holm", "finding"], [[dataset, r.alpha, r.name, r.diff, *r.diff_ci,
+                                                           *_test_cells(r)] for r in rs]
 
 
-def _test_cells(t: dict | None) -> list:
-    """role, p, Holm p and finding of a table row (empty for a row no test covers, e.g. frac80 before 19a's hook)."""
-    if t is None:
+def _test_cells(r: Result | None) -> list:
+    """role, p, Holm p and finding of a table row (empty for a row no test covers: the reference's)."""
+    if r is None or r.role is None:
         return [None, None, None, None]
-    ok = [None if not np.isfinite(t[k]) else t[k] for k in ("p", "p_holm")]
-    return [t["role"], *ok, t["finding"] or None]
+    ok = [None if not np.isfinite(v) else v for v in (r.p, r.p_holm)]
+    return [r.role, *ok, r.finding or None]
 
 
-def wandb_values(summary: dict) -> dict:
-    """One W&B key per number: eap/<metric>/<sft|rl|diff|diff_lo|diff_hi> (alpha lives in the config or x axis);
-    a point-value metric (no valid interval) has no _lo/_hi keys."""
+def wandb_values(alpha: str, summary: dict) -> dict:
+    """One W&B key per number: eap/<result>/<sft|rl|diff|diff_lo|diff_hi> (alpha lives in the config or x axis);
+    a point value (no valid interval) has no _lo/_hi keys; a kind's extra values and stage intervals join them."""
     out = {}
-    for m in STAGE_ROWS:
-        s = summary[m]
-        out |= {f"eap/{m}/sft": s["sft"], f"eap/{m}/rl": s["rl"], f"eap/{m}/diff": s["diff"]}
-        if _has_interval(s["diff_ci"]):
-            out |= {f"eap/{m}/diff_lo": s["diff_ci"][0], f"eap/{m}/diff_hi": s["diff_ci"][1]}
-    if "loss_adjusted" in summary:
-        la = summary["loss_adjusted"]
-        out |= {"eap/loss_adjusted/diff": la["c"], "eap/loss_adjusted/diff_lo": la["c_ci"][0],
-                "eap/loss_adjusted/diff_hi": la["c_ci"][1], "eap/loss_adjusted/slope": la["b"]}
-    pooled = summary["information_complexity_pooled"]
-    out |= {f"eap/information_complexity_pooled/{k}": pooled[k] for k in ("sft", "rl", "diff")}
-    if "faithfulness" in summary:
-        f = summary["faithfulness"]
-        out |= {f"eap/frac80/{side}": f[side]["frac80"] for side in ("sft", "rl")}
-        out |= {f"eap/frac80/{side}_{e}": f[side]["frac80_ci"][i] for side in ("sft", "rl")
-                for i, e in enumerate(("lo", "hi"))}
-        out |= {"eap/frac80/diff": f["diff"]["frac80"], "eap/frac80/diff_lo": f["diff"]["frac80_ci"][0],
-                "eap/frac80/diff_hi": f["diff"]["frac80_ci"][1]}
+    for r in results(alpha, summary, "rl", "sft", view="wandb"):
+        key = f"eap/{r.name}"
+        for side, value, ci in (("sft", r.reference_value, r.reference_ci), ("rl", r.value, r.ci)):
+            if value is not None:
+                out[f"{key}/{side}"] = value
+            if value is not None and RESULTS[r.name].wandb_stage_ci:
+                out |= {f"{key}/{side}_lo": ci[0], f"{key}/{side}_hi": ci[1]}
+        out[f"{key}/diff"] = r.diff
+        if r.diff_ci is not None and r.diff_ci[0] is not None:
+            out |= {f"{key}/diff_lo": r.diff_ci[0], f"{key}/diff_hi": r.diff_ci[1]}
+        out |= {f"{key}/{k}": v for k, v in (r.extra or {}).items()}
     if "tau" in summary:
         out["eap/tau/rl"] = summary["tau"]
     return out
@@ -593,60 +589,33 @@ def track(ctx: RunContext, summaries: dict) -> None:
     if len(alphas) > 1:
         ctx.tracker.define_metric("eap/*", step_metric="alpha")
         for a, s in summaries.items():
-            ctx.tracker.log({"alpha": float(a), **wandb_values(s)})
+            ctx.tracker.log({"alpha": float(a), **wandb_values(a, s)})
     else:
-        ctx.tracker.summary(wandb_values(next(iter(summaries.values()))))
-
-
-def _has_interval(ci) -> bool:
-    """False for a point value's interval: (nan, nan) from `compare`, (None, None) once in a table row."""
-    return all(v is not None for v in ci) and bool(np.isfinite(ci).any())
-
-
-def _bounds(ci) -> list:
-    """An interval's two table cells; empty (None) for a point value, which has no valid interval."""
-    return list(ci) if _has_interval(ci) else [None, None]
-
-
-def _ci(value: float, ci) -> str:
-    if not _has_interval(ci):
-        return f"{value:.4g} (point)"
-    return f"{value:.4g} [{ci[0]:.4g}, {ci[1]:.4g}]"
+        ctx.tracker.summary(wandb_values(*next(iter(summaries.items()))))
 
 
 def console_rows(a: str, s: dict, tests: dict | None = None) -> list[list]:
-    """One alpha's console rows: scale-free shape, loss-adjusted, the paper's three, self-entropy, pooled complexity.
-    With ``tests`` ({(alpha, metric, None): ranked test}) a last column says primary / secondary and the p-value."""
-    def cell(m: str) -> list:
-        return [] if tests is None else [family_cell(tests.get((float(a), m, None)))]
-
-    def metric_row(m: str, label: str) -> list:
-        return [float(a), s["cut_len"], label, _ci(s[m]["sft"], s[m]["sft_ci"]), _ci(s[m]["rl"], s[m]["rl_ci"]),
-                _ci(s[m]["diff"], s[m]["diff_ci"]), *cell(m)]
-
-    rows = [metric_row(m, f"{m} (scale-free)") for m, spec in METRICS.items() if not spec.paper]
-    if "loss_adjusted" in s:
-        la = s["loss_adjusted"]
-        # No per-stage value exists: the stage columns stay empty and the slope b goes in the label.
-        rows.append([float(a), s["cut_len"], f"loss_adjusted: RL effect on log intensity at matched loss "
-                     f"(slope on log loss b = {_ci(la['b'], la['b_ci'])})", "", "", _ci(la["c"], la["c_ci"]),
-                     *cell("loss_adjusted")])
-    rows += [metric_row(m, m + (" (scale-free)" if spec.scale_free else "")) for m, spec in METRICS.items()
-             if spec.paper]
-    rows.append(metric_row("self_entropy", "self_entropy (loss, nats)" if s.get("target", "nll") == "nll" else
-                           f"loss of eap.target={s['target']}: -mean own-token margin (logits)"))
-    p = s["information_complexity_pooled"]
-    rows.append([float(a), s["cut_len"], "information_complexity (pooled, no interval)", f"{p['sft']:.4g}",
-                 f"{p['rl']:.4g}", f"{p['diff']:.4g}", *([] if tests is None else ["no test (point value)"])])
-    if "faithfulness" in s:
-        f = s["faithfulness"]
-        rows.append([float(a), s["cut_len"], f"frac80: kept share of edges for 80% faithfulness ({f['baseline']})",
-                     *(_ci(f[k]["frac80"], f[k]["frac80_ci"]) for k in ("sft", "rl", "diff")),
-                     *([] if tests is None else ["not in the Holm family (no p)"])])
+    """One alpha's console rows: the scale-free shape and loss_adjusted first, then the other results in registry
+    order, the calibration last. With ``tests`` ({(alpha, metric, None): ranked test}) a last column says primary /
+    secondary and the p-value."""
+    rs = sorted(results(a, s, "rl", "sft", view="console"), key=lambda r: not RESULTS[r.name].console_first)
+    rows = [[r.alpha, r.cut_len, r.label, _cell(r.reference_value, r.reference_ci), _cell(r.value, r.ci),
+             _cell(r.diff, r.diff_ci), *([] if tests is None else [_test_text(r, tests)])] for r in rs]
     if "tau" in s:
         rows.append([float(a), s["cut_len"], "calibration: RL logits divided by tau", "1", f"{s['tau']:.4g}", "",
                      *([] if tests is None else [""])])
     return rows
+
+
+def _cell(value, ci) -> str:
+    """A console cell: empty without a value, the bare value without an interval at all, else interval_text."""
+    return "" if value is None else f"{value:.4g}" if ci is None else interval_text(value, ci)
+
+
+def _test_text(r: Result, tests: dict) -> str:
+    """The console's test column of a pair-mode result: its kind's fixed text, else the ranked test's."""
+    fixed = RESULTS[r.name].console_test
+    return fixed if fixed is not None else family_cell(tests.get((r.alpha, r.name, None)))
 
 
 def console_summary(dataset: str, counts: dict, summaries: dict, sft: str, rl: str,
@@ -780,7 +749,7 @@ def alpha_figure(plt, summaries: dict, names: dict):
             ax.plot(alphas, [v[side] for v in s], marker="o", color=color, label=names[side])
             ax.fill_between(alphas, [v[f"{side}_ci"][0] for v in s], [v[f"{side}_ci"][1] for v in s], color=color,
                             alpha=0.2)
-        point = not any(_has_interval(summaries[f"{a:g}"][m][f"{side}_ci"]) for a in alphas for side in ("sft", "rl"))
+        point = not any(has_interval(summaries[f"{a:g}"][m][f"{side}_ci"]) for a in alphas for side in ("sft", "rl"))
         ax.set(xscale="log", xlabel="alpha")
         ax.set_title(m.replace("_", " ") + (" (point value, no interval)" if point else ""), fontsize=9)
         ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
