@@ -183,6 +183,7 @@ def test_compare_drop_and_flips():
     assert m["drop_ci95"][0] <= m["drop"] <= m["drop_ci95"][1]
 
 
+@pytest.mark.slow  # a whole tiny run in a subprocess: outside the default suite's 6 minutes, run by CI with -m slow
 def test_end_to_end_tiny(tmp_path):
     env = {"RLSFT_CACHE_DIR": str(tmp_path / "cache")}
     run_dir = tmp_path / "run"

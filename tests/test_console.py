@@ -49,6 +49,7 @@ def covering_jobs(args: list[str]) -> list[list[str]]:
     return [[v[i % len(v)] for v in values] for i in range(n)]
 
 
+@pytest.mark.slow  # composes every documented command: outside the default suite's 6 minutes, run by CI with -m slow
 def test_every_documented_command_composes_and_validates():
     """Catches an example that names a key the schema does not have (`seed=0,1` instead of `dataset.seed=0,1`)."""
     from hydra import compose, initialize_config_dir
@@ -77,6 +78,7 @@ def test_every_documented_command_composes_and_validates():
 TINY_EAP = ["experiment=eap", "model_pair=tiny", "dataset.arithmetic.count=6", "eap.n_boot=200", "eap.alphas=[]"]
 
 
+@pytest.mark.slow  # a 3-task sweep in subprocesses: outside the default suite's 6 minutes, run by CI with -m slow
 def test_sweep_with_failing_tasks_is_one_line_each_and_the_report_lists_every_task(tmp_path, cache_dir):
     """A 4-task sweep (default offline W&B logger): one task finishes, one raises RlsftError in the experiment (no
     question both models got right), two fail validation (alpha 2) before writing their resolved config.
@@ -133,6 +135,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow  # a sweep in subprocesses: outside the default suite's 6 minutes, run by CI with -m slow
 def test_sweep_task_that_crashes_ends_like_bad_input_with_its_traceback_in_its_log(tmp_path, cache_dir):
     """A sweep task raising something other than RlsftError ended the sweep with Hydra's traceback (issue 23): now
     one error line names it, the other task still runs, exit 2, and the traceback is in the task's launch.log."""

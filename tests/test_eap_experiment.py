@@ -26,6 +26,7 @@ def stage_means(W, mask):
             "l_kurtosis": np.mean([hand_l_kurtosis(x) for x in X])}
 
 
+@pytest.mark.slow  # a 3-alpha sweep of whole runs: outside the default suite's 6 minutes, run by CI with -m slow
 def test_alpha_sweep_generates_once_and_saves_recomputable_matrices(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
     res = launch("-m", *TINY, "eap.alphas=[]", "truncation.alpha=0.1,0.5", f"hydra.sweep.dir={sweep}", "logger=offline")
@@ -84,6 +85,7 @@ def test_alpha_sweep_generates_once_and_saves_recomputable_matrices(tmp_path, ca
     assert main([str(tmp_path / "nothing")]) == 2
 
 
+@pytest.mark.slow  # a whole tiny run in a subprocess: outside the default suite's 6 minutes, run by CI with -m slow
 def test_identical_models_give_zero_differences(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     res = launch(*TINY, "model_pair.stages.1.model.tiny.seed=0", "eap.alphas=[0.3,1.0]", "eap.shared_range=true",

@@ -23,7 +23,9 @@ CONFIGS = {
 LIMIT = {"college_math": 400}
 
 
-@pytest.fixture(scope="module", params=list(CONFIGS))
+# College Math (sympy on free text, about a minute for its sample) runs with -m slow in CI, outside the default suite.
+@pytest.fixture(scope="module", params=[pytest.param(k, marks=pytest.mark.slow) if k == "college_math" else k
+                                        for k in CONFIGS])
 def records(request, shared_data):
     path, cfg = CONFIGS[request.param]
     recs = rows_to_records(read_rows(shared_data / path), cfg, path)

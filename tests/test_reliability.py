@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import ROOT, communicate, too_slow
 
 EVAL = ["experiment=evaluate", "model_pair=tiny", "logger=disabled", "generation.batch_size=2"]
@@ -21,6 +23,7 @@ def _lines(path):
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
+@pytest.mark.slow  # kills and reruns a run: outside the default suite's 6 minutes, run by CI with -m slow
 def test_generation_killed_halfway_resumes_without_redoing_finished_answers(tmp_path, cache_dir):
     proc = _start(tmp_path / "a", "dataset.arithmetic.count=40", "model_pair.max_new_tokens=400")
     deadline = time.time() + 120
