@@ -97,7 +97,7 @@ def test_faithfulness_plasmode_truth_is_the_population_curve_by_hand():
 @pytest.mark.slow
 def test_faithfulness_plasmode_reports_every_printed_interval():
     """The faithfulness plasmode runs the engine on resampled pool questions and scores every interval a run prints
-    (10 summaries x sft, rl, diff). On a heterogeneous synthetic pool (two layers, heavy-tailed effects) the
+    (7 cross-fitted summaries x sft, rl, diff; the 3 point values as the intervals they would have had). On a heterogeneous synthetic pool (two layers, heavy-tailed effects) the
     faith_auc intervals and the RL - SFT differences of faith_auc cover."""
     import numpy as np
 
@@ -115,7 +115,8 @@ def test_faithfulness_plasmode_reports_every_printed_interval():
         pool[f"W_{s}"], pool[f"loss_{s}"] = W, np.full(80, 3.0)
     cov = bench.faithfulness_plasmode_coverage(pool, n=12, reps=40, n_boot=400)
     rows = {k: v for k, v in cov.items() if k[0] == "faithfulness"}
-    assert len(rows) == 10 * 3
+    assert len(rows) == 7 * 3  # the cross-fitted summaries; control and within are point values, scored "withheld"
+    assert len([k for k in cov if k[0] == "withheld"]) == 3 * 3
     print(sorted(rows.items(), key=lambda kv: kv[1]))
     # 40 replications: SE 0.034 at 95%; a 70%-coverage interval passes 0.8 with probability about 0.09.
     assert min(rows[("faithfulness", "faith_auc", side)] for side in ("sft", "rl", "diff")) >= 0.8, rows

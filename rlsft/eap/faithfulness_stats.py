@@ -21,6 +21,11 @@ from .faithfulness import LEVEL
 AT = (0.05, 0.1, 0.2, 0.5)  # kept shares whose f is tabulated
 CROSS = ("faith_auc", "faith_auc_minus_control", "frac80") + tuple(f"f_{q:g}" for q in AT)
 OTHER = ("control_auc", "control_frac80", "within_auc", "within_frac80")
+# Point values, no interval and no test: on a plasmode of the embedded pair (138 real questions' W_k, resampled;
+# benchmarks/coverage_eap_intervals.py --faithfulness) their intervals covered 0.81-0.89 at n = 30 for the RL stage
+# (control_auc 0.81, within_auc 0.87, within_frac80 0.84, its RL - SFT 0.89): a ratio of question means with no
+# split to average over, from heavy-tailed per-question mass. Every cross-fitted summary covered 0.93-1.00.
+POINT_VALUES = ("control_auc", "control_frac80", "within_auc", "within_frac80")
 
 
 def curve_summaries(shares, F, level: float = LEVEL) -> dict:
@@ -85,12 +90,14 @@ def _interval(point: float, boot: np.ndarray, between, n: int, level: float):
     return [point - q * se, point + q * se], p
 
 
-def summarize(stages: dict[str, dict], level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict:
+def summarize(stages: dict[str, dict], level: float = 0.95, n_boot: int = 2000, seed: int = 0,
+              withhold: bool = True) -> dict:
     """Curves, summaries with intervals per stage, and each later stage minus the first with interval and p-value.
 
     stages: name -> `faithfulness_losses` output, on the same questions (paired). Returns {stage: {shares, curve,
     curve_lo, curve_hi, control, within, <summary>: value, <summary>_ci: (lo, hi)}, f"{b}-{a}": {<summary>:
-    {"diff", "ci", "p"}}}.
+    {"diff", "ci", "p"}}}. The POINT_VALUES get (nan, nan) and p nan unless `withhold` is False (the coverage
+    benchmark scores the intervals they would have had).
     """
     names = list(stages)
     n = len(stages[names[0]]["none"])
@@ -113,7 +120,8 @@ def summarize(stages: dict[str, dict], level: float = 0.95, n_boot: int = 2000, 
                    within=curves["within"][0].tolist(), n_splits=int(res["cross"].shape[0]))
         for k in pt:
             row[k] = float(pt[k][0])
-            row[f"{k}_ci"] = _interval(row[k], boot[s][k], split[k][:, 0] if k in split else None, n, level)[0]
+            row[f"{k}_ci"] = [float("nan")] * 2 if withhold and k in POINT_VALUES else \
+                _interval(row[k], boot[s][k], split[k][:, 0] if k in split else None, n, level)[0]
         out[s] = row
     for s in names[1:]:
         a, b = names[0], s
@@ -121,7 +129,8 @@ def summarize(stages: dict[str, dict], level: float = 0.95, n_boot: int = 2000, 
         for k in point[a][0]:
             between = point[b][1][k][:, 0] - point[a][1][k][:, 0] if k in point[a][1] else None
             d = float(point[b][0][k][0] - point[a][0][k][0])
-            ci, p = _interval(d, boot[b][k] - boot[a][k], between, n, level)
+            ci, p = ([float("nan")] * 2, float("nan")) if withhold and k in POINT_VALUES else \
+                _interval(d, boot[b][k] - boot[a][k], between, n, level)
             diff[k] = {"diff": d, "ci": ci, "p": p}
         out[f"{b}-{a}"] = diff
     return out

@@ -19,7 +19,7 @@ from ..eap import build_graph, collate, edge_scores, samples_hash, scored_inputs
 from ..eap.calibration import calibrate_temperature, mean_self_entropy, scored_states
 from ..eap.faithfulness import baseline_outputs, faithfulness_losses as engine_losses, mean_positional, \
     patch_evaluator, share_grid
-from ..eap.faithfulness_stats import summarize
+from ..eap.faithfulness_stats import POINT_VALUES, summarize
 from ..errors import RlsftError
 from ..models import fingerprint
 from ..templates import encode_prompt
@@ -212,6 +212,17 @@ def _cannot_tell(ci) -> bool:
     return not (ci[0] > 0 or ci[1] < 0)  # nan bounds: cannot tell either
 
 
+def _reading(k: str, ci) -> str:
+    if k in POINT_VALUES:
+        return "point value (no interval, no test)"
+    return "cannot tell" if _cannot_tell(ci) else ("RL higher" if ci[0] > 0 else "RL lower")
+
+
+def _bounds(ci) -> list:
+    """An interval's two cells; None (empty) for a point value's."""
+    return [None, None] if not np.isfinite(ci).all() else list(ci)
+
+
 def faithfulness_summary_rows(dataset: str, summaries: dict, names: dict) -> tuple[list[str], list[list]]:
     """Per alpha and summary: each stage's value with interval, RL - SFT with interval and unadjusted p-value."""
     rows = []
@@ -219,9 +230,9 @@ def faithfulness_summary_rows(dataset: str, summaries: dict, names: dict) -> tup
         f = s["faithfulness"]
         for k in SUMMARIES:
             sft, rl, d = f["sft"], f["rl"], f["diffs"][k]
-            rows.append([dataset, float(a), f["baseline"], k, sft[k], *sft[f"{k}_ci"], rl[k], *rl[f"{k}_ci"],
-                         d["diff"], *d["ci"], d["p"], "cannot tell" if _cannot_tell(d["ci"]) else
-                         ("RL higher" if d["ci"][0] > 0 else "RL lower")])
+            rows.append([dataset, float(a), f["baseline"], k, sft[k], *_bounds(sft[f"{k}_ci"]), rl[k],
+                         *_bounds(rl[f"{k}_ci"]), d["diff"], *_bounds(d["ci"]),
+                         None if k in POINT_VALUES else d["p"], _reading(k, d["ci"])])
     return ["dataset", "alpha", "baseline", "summary", names["sft"], "sft_lo", "sft_hi", names["rl"], "rl_lo", "rl_hi",
             "rl_minus_sft", "diff_lo", "diff_hi", "p_unadjusted", "reading"], rows
 
@@ -236,6 +247,10 @@ def faithfulness_console(summaries: dict, names: dict) -> str:
                      f"draws; 95% intervals include the split; p unadjusted):")
         for k in SUMMARIES:
             d = f["diffs"][k]
+            if k in POINT_VALUES:
+                lines.append(f"  {k:<24} {names['sft']} {f['sft'][k]:.3f}  {names['rl']} {f['rl'][k]:.3f}  RL - SFT "
+                             f"{d['diff']:+.3f}  point values (no interval, no test)")
+                continue
             cell = lambda r: f"{r[k]:.3f} [{r[k + '_ci'][0]:.3f}, {r[k + '_ci'][1]:.3f}]"  # noqa: E731
             lines.append(f"  {k:<24} {names['sft']} {cell(f['sft'])}  {names['rl']} {cell(f['rl'])}  RL - SFT "
                          f"{d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] p={d['p']:.3g}"
