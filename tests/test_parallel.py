@@ -92,7 +92,7 @@ def test_srun_tasks_join_one_process_group(tmp_path):
 TINY = ["model_pair=tiny", "dataset.arithmetic.count=40", "grpo.seed=1", "grpo.steps=2", "grpo.max_new_tokens=2",
         "grpo.num_generations=8", "grpo.batch_questions=4", "grpo.dynamic_sampling=false", "grpo.lr=3e-3",
         "grpo.generation_batch_size=8", "grpo.mini_batches=2", "grpo.micro_batch_size=12",  # 12 + 4: uneven shares
-        "grpo.eval_every=2", "grpo.eval_n=8", "grpo.eval_batch_size=4", "grpo.eap_n=4", "grpo.eap_alphas=[1.0]"]
+        "grpo.eval_every=2", "grpo.eval_n=8", "grpo.eval_batch_size=4", "truncation.n=4", "eap.alphas=[1.0]"]
 # The embedded pair's RL recipe, 2 steps; one micro-batch per step, so the second process has none to backpropagate.
 SMOLLM2 = ["grpo=smollm2_arith", "grpo.steps=2", "grpo.batch_questions=2", "grpo.max_new_tokens=16",
            "grpo.generation_batch_size=4", "grpo.micro_batch_size=8"]
