@@ -23,7 +23,7 @@ from ..eap.faithfulness_stats import POINT_VALUES, summarize
 from ..errors import RlsftError
 from ..models import fingerprint
 from ..templates import encode_prompt
-from .common import RunContext
+from .common import RunContext, stage_color
 
 log = logging.getLogger(__name__)
 FAITHFULNESS_VERSION = 2
@@ -271,7 +271,7 @@ def faithfulness_figure(plt, summaries: dict, names: dict):
         for side in ("sft", "rl"):
             c = f[side]
             x = [0.0] + list(c["shares"])
-            line, = ax.plot(x, [0.0] + list(c["curve"]), lw=1.8,
+            line, = ax.plot(x, [0.0] + list(c["curve"]), lw=1.8, color=stage_color(names[side]),
                             label=f"{names[side]} cross-fitted (frac80 {c['frac80']:.2f}, AUC {c['faith_auc']:.2f})")
             ax.fill_between(c["shares"], c["curve_lo"], c["curve_hi"], alpha=0.2, color=line.get_color(), lw=0)
             ax.plot(x, [0.0] + list(c["control"]), ls=":", lw=1.4, color=line.get_color(),
