@@ -297,6 +297,7 @@ def faithfulness_truth(pool: dict, n: int, rankings: int = 100, control_draws: i
     mask = pool["mask"]
     graph, E = _graph_of(mask), int(mask.sum())
     counts = [max(1, int(np.ceil(q * E - 1e-9))) for q in FAITH_TRUTH_GRID]
+    on_grid = np.isin(FAITH_TRUTH_GRID, FAITH_GRID)
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, len(pool["W_sft"]), n // 2) for _ in range(rankings)]
     controls = [_order(rng.random(mask.shape), mask) for _ in range(control_draws)]
@@ -312,7 +313,6 @@ def faithfulness_truth(pool: dict, n: int, rankings: int = 100, control_draws: i
         own = [_order(rank_scores(pool[f"W_{s}"][j : j + 1]), mask) for j in range(len(C))]
         within = np.array([sum(C[j][kept_at_count(o, graph, c)].sum() for j, o in enumerate(own)) for c in counts])
         within /= C[:, mask].sum()
-        on_grid = np.isin(FAITH_TRUTH_GRID, FAITH_GRID)
         cs, ct, wi = (curve_summaries(FAITH_TRUTH_GRID, v) for v in (cross, control, within))
         for summ, v in zip((cs, ct, wi), (cross, control, within)):
             summ["fine_auc"], summ["auc"] = summ["auc"], curve_summaries(FAITH_GRID, v[on_grid])["auc"]

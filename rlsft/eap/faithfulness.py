@@ -50,15 +50,16 @@ def _blocks(graph: Graph) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     key = (graph.n_layers, graph.attn_inputs)
     if key not in _BLOCKS:
         block = _block_of(graph)
-        starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
-        _BLOCKS[key] = starts, block[starts], np.cumsum(np.r_[True, block[1:] != block[:-1]]) - 1
+        new_group = np.r_[True, block[1:] != block[:-1]]
+        starts = np.flatnonzero(new_group)
+        _BLOCKS[key] = starts, block[starts], np.cumsum(new_group) - 1
     return _BLOCKS[key]
 
 
 def _bits(rows: np.ndarray) -> list[int]:
     """Each row of a bool matrix as a Python int bit set (bit i = column i)."""
     packed = np.packbits(rows, axis=1, bitorder="little")
-    words = np.ascontiguousarray(np.pad(packed, ((0, 0), (0, -packed.shape[1] % 8)))).view("<u8")  # [rows, 64-bit words]
+    words = np.ascontiguousarray(np.pad(packed, ((0, 0), (0, -packed.shape[1] % 8)))).view("<u8")  # 64-bit words
     if words.shape[1] == 1:
         return words[:, 0].tolist()
     return [sum(w << (64 * i) for i, w in enumerate(row)) for row in words.tolist()]

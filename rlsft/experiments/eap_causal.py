@@ -20,6 +20,7 @@ from ..eap.calibration import calibrate_temperature, mean_self_entropy, scored_s
 from ..eap.faithfulness import baseline_outputs, faithfulness_losses as engine_losses, mean_positional, \
     patch_evaluator, share_grid
 from ..eap.faithfulness_stats import POINT_VALUES, summarize
+from ..eap.results import metric_interval
 from ..errors import RlsftError
 from ..models import fingerprint
 from ..templates import encode_prompt
@@ -218,11 +219,6 @@ def _reading(k: str, ci) -> str:
     return "cannot tell" if _cannot_tell(ci) else ("RL higher" if ci[0] > 0 else "RL lower")
 
 
-def _bounds(ci) -> list:
-    """An interval's two cells; None (empty) for a point value's."""
-    return [None, None] if not np.isfinite(ci).all() else list(ci)
-
-
 def faithfulness_summary_rows(dataset: str, summaries: dict, names: dict) -> tuple[list[str], list[list]]:
     """Per alpha and summary: each stage's value with interval, RL - SFT with interval and unadjusted p-value."""
     rows = []
@@ -230,8 +226,8 @@ def faithfulness_summary_rows(dataset: str, summaries: dict, names: dict) -> tup
         f = s["faithfulness"]
         for k in SUMMARIES:
             sft, rl, d = f["sft"], f["rl"], f["diffs"][k]
-            rows.append([dataset, float(a), f["baseline"], k, sft[k], *_bounds(sft[f"{k}_ci"]), rl[k],
-                         *_bounds(rl[f"{k}_ci"]), d["diff"], *_bounds(d["ci"]),
+            rows.append([dataset, float(a), f["baseline"], k, sft[k], *metric_interval(sft[f"{k}_ci"]), rl[k],
+                         *metric_interval(rl[f"{k}_ci"]), d["diff"], *metric_interval(d["ci"]),
                          None if k in POINT_VALUES else d["p"], _reading(k, d["ci"])])
     return ["dataset", "alpha", "baseline", "summary", names["sft"], "sft_lo", "sft_hi", names["rl"], "rl_lo", "rl_hi",
             "rl_minus_sft", "diff_lo", "diff_hi", "p_unadjusted", "reading"], rows
