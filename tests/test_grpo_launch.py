@@ -45,6 +45,7 @@ def test_bad_grpo_settings_fail_validation(override, message):
         validate(composed("experiment=grpo", override))
 
 
+@pytest.mark.slow  # a two-job sweep in subprocesses: outside the default suite's 6 minutes, run by CI with -m slow
 def test_temperature_sweep_end_to_end(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
     res = launch("-m", "experiment=grpo", "model_pair=tiny", "grpo.temperature=0.6,1.0", "grpo.steps=2",

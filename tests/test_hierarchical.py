@@ -88,6 +88,7 @@ def test_coverage_when_seeds_dominate_and_the_question_only_interval_fails():
     assert got["percentile"] < 0.85, got
 
 
+@pytest.mark.slow  # 300 replications and a 2M-draw truth: run by CI with -m slow; the two 4 s coverage tests above stay
 def test_coverage_of_an_accuracy_difference():
     """0/1 answers, as accuracy: P(correct) = sigmoid(0.3 + a_s + b_q) in the arm (seed SD 0.4), sigmoid(b_q) in the
     base, difficulty b_q ~ N(0, 1.5^2) shared; the truth is the population difference, integrated numerically."""
