@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from rlsft.eap import build_graph, edge_scores
 from rlsft.eap.faithfulness import (Plan, cross_curve, faithfulness_losses, kept_at_count, kept_edges,
-                                    patch_evaluator, prune_edges, share_grid, split_halves)
+                                    patch_evaluator, prune_edges, share_grid, shared_prefix, split_halves)
 from rlsft.eap.faithfulness_stats import curve_summaries, summarize
 from rlsft.eap.graph import make_graph
 from rlsft.eap.scores import source_outputs
@@ -263,3 +263,28 @@ def test_the_control_check_names_the_shares_where_the_ranking_does_not_win():
     assert shares_not_above_control(r) == []  # 0.01 is below 0.05: not judged
     r["curve"][2] = 0.1
     assert shares_not_above_control(r) == [0.3]
+
+
+def test_the_evaluator_with_shared_prefixes_returns_the_losses_of_whole_patched_forwards():
+    """`patch_evaluator(shared=)` (each sample's prefix shared with its twin runs once on a cache; batches take more
+    rows) against the same pairs patched over the whole sequence; samples of different lengths and prefixes."""
+    model = tiny("qwen2")  # q/k/v biases: B_u != 0 at the baseline input
+    graph = build_graph(model)
+    ids, lm, am = batch(lengths=(12, 7, 10), prompt=(6, 4, 7))
+    twin = ids.clone()
+    g = torch.Generator().manual_seed(2)
+    starts = (am == 0).sum(1)
+    for k, keep_first in enumerate((4, 1, 5)):  # the twin redraws every token from there
+        s = int(starts[k]) + keep_first
+        shift = torch.randint(1, 47, (ids.shape[1] - s,), generator=g)
+        twin[k, s:] = (ids[k, s:] - 3 + shift) % 47 + 3  # a token in 3..49, never the sample's own
+    B = source_outputs(model, twin, am, graph)
+    shared = shared_prefix(ids, twin)
+    assert shared == [int(starts[k]) + j for k, j in enumerate((4, 1, 5))]
+    pairs = [(k, (graph.mask & (torch.rand(graph.mask.shape, generator=g) < q)).numpy())
+             for q in (0.1, 0.5, 0.9) for k in (2, 0, 1)]
+    rows = []
+    cached = patch_evaluator(model, graph, ids, lm, am, B, batch_size=2, shared=shared, on_rows=rows.append)(pairs)
+    whole = patch_evaluator(model, graph, ids, lm, am, B, batch_size=2)(pairs)
+    np.testing.assert_allclose(cached, whole, rtol=1e-9)
+    assert sum(rows) == len(pairs) and max(rows) == 3  # sample 2 (10 tokens, 5 shared): 2 x 10 // 5 rows a batch

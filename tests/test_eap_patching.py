@@ -8,7 +8,8 @@ import torch
 
 from rlsft.eap import build_graph
 from rlsft.eap.patching import patched_losses
-from rlsft.eap.scores import mean_source_outputs
+from rlsft.eap.faithfulness import shared_prefix
+from rlsft.eap.scores import mean_source_outputs, source_outputs as score_source_outputs
 from test_eap_scores import batch, fp64_exact, perturbed_losses, ref_losses, source_outputs, tiny  # noqa: F401
 
 
@@ -178,3 +179,41 @@ def test_one_kept_set_per_row_equals_each_row_patched_on_its_own(arch):
                                baseline="input", baseline_acts=B[b : b + 1])
         close(together[b], alone[0])
     assert (together - patched_losses(model, ids, lm, am, graph=graph)).abs().min() > 1e-4  # the patch mattered
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "olmo2", "gemma3_text", "phi3"])
+def test_a_shared_prefix_run_once_from_its_cache_equals_the_whole_patched_forward(arch):
+    """prefix=p (positions before the first token where the baseline input differs run once, unpatched, on a
+    key/value cache) against the whole sequence patched; rows of one left-padded sample, one kept set per row."""
+    model = tiny(arch)
+    graph = build_graph(model)
+    g = torch.Generator().manual_seed(4)
+    T, pad, p = 14, 2, 7  # 2 padding columns, then 5 shared real tokens, then the twin differs
+    sample = torch.randint(3, 50, (T - pad,), generator=g)
+    twin = sample.clone()
+    twin[p - pad :] = torch.randint(3, 50, (T - p,), generator=g)
+    ids, base_ids = (torch.cat([torch.zeros(pad, dtype=torch.long), s]).expand(4, -1) for s in (sample, twin))
+    am = (torch.arange(T) >= pad).long().expand(4, -1)
+    lm = (torch.arange(T) >= 10).expand(4, -1)
+    B = score_source_outputs(model, base_ids, am, graph)
+    keeps = torch.stack([graph.mask & (torch.rand(graph.mask.shape, generator=g) < q) for q in (0.0, 0.2, 0.6, 0.9)])
+    whole = patched_losses(model, ids, lm, am, graph=graph, keep=keeps, baseline="input", baseline_acts=B)
+    cached = patched_losses(model, ids, lm, am, graph=graph, keep=keeps, baseline="input", baseline_acts=B, prefix=p)
+    close(cached, whole, rtol=1e-9)
+    assert (whole - patched_losses(model, ids, lm, am, graph=graph)).abs().min() > 1e-4  # the patches mattered
+    assert shared_prefix(ids, base_ids) == [p] * 4
+
+
+def test_a_shared_prefix_is_refused_where_it_cannot_hold():
+    model = tiny("llama")
+    graph = build_graph(model)
+    ids, lm, am = batch()
+    B = torch.zeros(2, graph.n_src, ids.shape[1], 32, dtype=torch.float64)
+    with pytest.raises(ValueError, match="a shared prefix needs a baseline input"):
+        patched_losses(model, ids, lm, am, graph=graph, prefix=3)
+    with pytest.raises(ValueError, match="needs every row to hold the same tokens"):
+        patched_losses(model, ids, lm, am, graph=graph, baseline="input", baseline_acts=B, prefix=3)
+    same = ids[:1].expand(2, -1)
+    with pytest.raises(ValueError, match="a scored token lies within the cached prefix"):
+        patched_losses(model, same, lm[:1].expand(2, -1), am[:1].expand(2, -1), graph=graph, baseline="input",
+                       baseline_acts=B, prefix=8)

@@ -252,30 +252,48 @@ def cross_curve(res: dict) -> np.ndarray:
     return ((none - res["cross"].mean(-1)) / (none - clean)).mean(0)
 
 
+def shared_prefix(input_ids, baseline_ids) -> list[int]:
+    """Per row, how many leading positions the baseline input holds the same token as the input (its length if
+    all): up to there O_u = B_u, so a patched forward may start there (`patched_losses(prefix=)`)."""
+    same = torch.as_tensor(input_ids) == torch.as_tensor(baseline_ids)
+    return same.int().cumprod(1).sum(1).tolist()
+
+
 def patch_evaluator(model, graph: Graph, input_ids, loss_mask, attention_mask, baseline_acts=None,
-                    batch_size: int = 8, on_rows=None, **loss):
-    """`evaluate(pairs)` for `Plan` on a model: each pair's patched loss, rows of one sample batched together (its
-    padding columns cut away). baseline_acts [n, n_src, seq, d] per sample (a counterfactual, resampled or
-    mean-positional baseline; None: zero); `on_rows(k)` after each batch of k patched forwards (progress);
-    loss: target, tau for `patched_losses`."""
+                    batch_size: int = 8, on_rows=None, shared=None, **loss):
+    """`evaluate(pairs)` for `Plan` on a model: each pair's patched loss, the rows of one sample batched together
+    (its padding columns cut away). baseline_acts [n, n_src, seq, d] per sample (a counterfactual, resampled or
+    mean-positional baseline; None: zero); shared: per sample, the leading positions its baseline input shares with
+    it (`shared_prefix`; None: none), which run once per batch on a key/value cache, not once per row; a batch then
+    takes more rows, as many tokens as `batch_size` full rows. `on_rows(k)` after each batch of k patched forwards
+    (progress); loss: target, tau for `patched_losses`."""
     input_ids, loss_mask, attention_mask = (torch.as_tensor(t) for t in (input_ids, loss_mask, attention_mask))
+    if shared is not None and baseline_acts is None:
+        raise ValueError("a shared prefix needs a baseline input's activations (baseline_acts)")
 
     def evaluate(pairs) -> np.ndarray:
         out = np.empty(len(pairs))
-        order = sorted(range(len(pairs)), key=lambda i: pairs[i][0])
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            rows = torch.tensor([pairs[i][0] for i in chunk])
-            real = attention_mask[rows].bool().any(0).nonzero()[:, 0]
+        by_sample: dict[int, list[int]] = {}
+        for i, (k, _) in enumerate(pairs):
+            by_sample.setdefault(int(k), []).append(i)
+        for k, items in sorted(by_sample.items()):
+            real = attention_mask[k].bool().nonzero()[:, 0]
             cols = slice(int(real[0]), int(real[-1]) + 1)
-            keep = torch.from_numpy(np.stack([pairs[i][1] for i in chunk]))
-            patch = dict(baseline="zero") if baseline_acts is None else \
-                dict(baseline="input", baseline_acts=baseline_acts[rows][:, :, cols])
-            out[chunk] = patched_losses(model, input_ids[rows][:, cols], loss_mask[rows][:, cols],
-                                        attention_mask[rows][:, cols], graph=graph, keep=keep, **patch,
-                                        **loss).double().numpy()
-            if on_rows is not None:
-                on_rows(len(chunk))
+            first_scored = int(loss_mask[k, cols].nonzero()[0, 0]) if loss_mask[k, cols].any() else 0
+            prefix = max(0, min(shared[k] - cols.start, first_scored - 1)) if shared is not None else 0
+            length = cols.stop - cols.start
+            rows_per_batch = max(batch_size, batch_size * length // max(1, length - prefix))
+            for start in range(0, len(items), rows_per_batch):
+                chunk = items[start : start + rows_per_batch]
+                rows = torch.full((len(chunk),), k)
+                keep = torch.from_numpy(np.stack([pairs[i][1] for i in chunk]))
+                patch = dict(baseline="zero") if baseline_acts is None else \
+                    dict(baseline="input", baseline_acts=baseline_acts[rows][:, :, cols], prefix=prefix)
+                out[chunk] = patched_losses(model, input_ids[rows][:, cols], loss_mask[rows][:, cols],
+                                            attention_mask[rows][:, cols], graph=graph, keep=keep, **patch,
+                                            **loss).double().numpy()
+                if on_rows is not None:
+                    on_rows(len(chunk))
         return out
 
     return evaluate

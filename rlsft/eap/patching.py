@@ -17,8 +17,8 @@ from contextlib import contextmanager
 import torch
 
 from .graph import Graph, build_graph
-from .scores import (architecture, baseline_tensor, check_batch, check_loss, first_input, sample_losses,
-                     scoring_mode)
+from .scores import (architecture, baseline_tensor, check_batch, check_loss, first_input, prefix_cache,
+                     sample_losses, scoring_mode)
 
 
 def check_keep(keep, graph: Graph, batch: int | None = None) -> torch.Tensor:
@@ -164,13 +164,16 @@ def _pre(module, fn):
 
 
 def patched_losses(model, input_ids, loss_mask, attention_mask=None, graph=None, keep=None, baseline="zero",
-                   baseline_acts=None, target="nll", tau=1.0) -> torch.Tensor:
+                   baseline_acts=None, target="nll", tau=1.0, prefix: int = 0) -> torch.Tensor:
     """Per-sample loss [batch] (fp32, CPU) with every edge outside `keep` replaced by its baseline (method.md 2.7).
 
     keep: bool [n_src, n_dst] within the graph's mask (None = every edge: the model's own loss), or [batch, n_src,
     n_dst] for one kept set per row (many kept sets of one sample in one forward). baseline: "zero",
     "mean" (baseline_acts [n_src, d] from `mean_source_outputs`) or "input" (baseline_acts [batch, n_src, seq, d],
     the source outputs of a baseline input). target, tau: as in `edge_scores`. Batch as in `edge_scores`.
+    prefix: with baseline "input", how many leading positions the baseline input shares with the input (every row
+    the same tokens there, none scored). There O_u = B_u, so no patch changes them: they run once, unpatched, and
+    only the positions after them run patched, on their key/value cache (`prefix_cache`).
     """
     graph = graph if graph is not None else build_graph(model)
     input_ids, loss_mask, attention_mask = check_batch(model, graph, input_ids, loss_mask, attention_mask)
@@ -178,7 +181,15 @@ def patched_losses(model, input_ids, loss_mask, attention_mask=None, graph=None,
     removed = check_keep(keep, graph, len(input_ids))
     d = model.get_submodule(architecture(model)["embed"]).weight.shape[1]
     B = baseline_tensor(baseline, baseline_acts, graph, input_ids, d)
-    patcher = Patcher(model, graph, removed, B, attention_mask.bool())
-    with scoring_mode(model), patcher.attach(model), torch.no_grad():
-        losses = sample_losses(model, input_ids, loss_mask, attention_mask, target=target, tau=tau)
+    if prefix and baseline != "input":
+        raise ValueError(f"a shared prefix needs a baseline input (baseline='input'); got baseline={baseline!r}")
+    if not 0 <= prefix < input_ids.shape[1]:
+        raise ValueError(f"prefix must be in [0, {input_ids.shape[1]}) positions; got {prefix}")
+    with scoring_mode(model), torch.no_grad():
+        cache = prefix_cache(model, input_ids, attention_mask, prefix, len(input_ids)) if prefix else None
+        if prefix:
+            B = B[:, :, prefix:]
+        patcher = Patcher(model, graph, removed, B, attention_mask[:, prefix:].bool())
+        with patcher.attach(model):
+            losses = sample_losses(model, input_ids, loss_mask, attention_mask, target=target, tau=tau, cache=cache)
     return losses.float().cpu()

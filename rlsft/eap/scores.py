@@ -66,20 +66,43 @@ def token_losses(logits: torch.Tensor, tokens: torch.Tensor, target: str = "nll"
     raise ValueError(f"target must be one of {TARGETS}; got {target!r}")
 
 
-def scored_hidden(model, input_ids, loss_mask, attention_mask, inputs_embeds=None):
+def scored_hidden(model, input_ids, loss_mask, attention_mask, inputs_embeds=None, cache=None):
     """The final hidden states that predict a scored token [n, d], those tokens [n] and their sample index [n].
 
-    Position ids count real tokens, so left padding does not shift a sample's positions.
+    Position ids count real tokens, so left padding does not shift a sample's positions. `cache`: the key/value
+    cache of the first `cache.get_seq_length()` positions (`prefix_cache`); only the positions after them run here
+    (`inputs_embeds`, if given, covers those positions only), and no token among the first ones may be scored.
     """
     arch = architecture(model)
+    start = cache.get_seq_length() if cache is not None else 0
+    if loss_mask[:, : start + 1].any():
+        raise ValueError(f"a scored token lies within the cached prefix ({start} positions): its prediction is not run")
     if inputs_embeds is None:
-        inputs_embeds = model.get_submodule(arch["embed"])(input_ids)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        inputs_embeds = model.get_submodule(arch["embed"])(input_ids[:, start:])
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, start:]
     hidden = model.get_submodule(arch["body"])(
-        inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+        use_cache=cache is not None,
     ).last_hidden_state
-    scored = loss_mask[:, 1:]  # token t is predicted at position t-1
-    return hidden[:, :-1][scored], input_ids[:, 1:][scored], scored.nonzero()[:, 0]
+    scored = loss_mask[:, 1:][:, start:]  # token t is predicted at position t-1
+    return hidden[:, :-1][scored], input_ids[:, 1:][:, start:][scored], scored.nonzero()[:, 0]
+
+
+def prefix_cache(model, input_ids, attention_mask, prefix: int, batch: int):
+    """The key/value cache of the first `prefix` positions of row 0, repeated for `batch` rows (every row must
+    hold the same tokens there). Why: the faithfulness curves run hundreds of patched forwards of one sample whose
+    baseline input differs from it only after the first operand; no patch changes the positions before that, so
+    they run once here, not once per kept set (method.md 2.7)."""
+    arch = architecture(model)
+    if not (torch.equal(input_ids[:, :prefix], input_ids[:1, :prefix].expand(len(input_ids), -1))
+            and torch.equal(attention_mask[:, :prefix], attention_mask[:1, :prefix].expand(len(input_ids), -1))):
+        raise ValueError(f"a shared prefix of {prefix} positions needs every row to hold the same tokens there")
+    ids, am = input_ids[:1, :prefix], attention_mask[:1, :prefix]
+    out = model.get_submodule(arch["body"])(input_ids=ids, attention_mask=am,
+                                            position_ids=(am.long().cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    cache = out.cache
+    cache.batch_repeat_interleave(batch)
+    return cache
 
 
 def per_sample_mean(values, sample, batch: int) -> torch.Tensor:
@@ -88,13 +111,14 @@ def per_sample_mean(values, sample, batch: int) -> torch.Tensor:
     return total / torch.bincount(sample, minlength=batch).to(total)
 
 
-def sample_losses(model, input_ids, loss_mask, attention_mask, inputs_embeds=None, target="nll", tau=1.0):
+def sample_losses(model, input_ids, loss_mask, attention_mask, inputs_embeds=None, target="nll", tau=1.0,
+                  cache=None):
     """Per-sample loss [batch]: mean over scored tokens t of the token loss (`token_losses`) of token_t.
 
     Only the positions that predict a scored token go through lm_head (in fp32), so the vocabulary-sized logits exist
-    for the scored tokens only.
+    for the scored tokens only. `cache`: as in `scored_hidden`.
     """
-    hidden, tokens, sample = scored_hidden(model, input_ids, loss_mask, attention_mask, inputs_embeds)
+    hidden, tokens, sample = scored_hidden(model, input_ids, loss_mask, attention_mask, inputs_embeds, cache)
     logits = scored_logits(model, hidden)
     return per_sample_mean(token_losses(logits, tokens, target, tau), sample, len(input_ids))
 

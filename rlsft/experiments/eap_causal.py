@@ -18,7 +18,7 @@ from ..console import progress
 from ..eap import build_graph, collate, edge_scores, samples_hash, scored_inputs, summed_positions
 from ..eap.calibration import calibrate_temperature, mean_self_entropy, scored_states
 from ..eap.faithfulness import baseline_outputs, faithfulness_losses as engine_losses, mean_positional, \
-    patch_evaluator, share_grid
+    patch_evaluator, share_grid, shared_prefix
 from ..eap.faithfulness_stats import POINT_VALUES, summarize
 from ..eap.results import metric_interval
 from ..errors import RlsftError
@@ -87,7 +87,8 @@ def _twin_prompts(ctx: RunContext, tok, answers: list[dict], baseline: str, seed
 
 
 def _baseline(ctx: RunContext, model, tok, graph, answers, cut_len, ids, am, baseline: str):
-    """B_u per sample [n, n_src, seq, d] for the faithfulness baseline (None for zero), and the twins' prompt ids."""
+    """B_u per sample [n, n_src, seq, d] for the faithfulness baseline (None for zero), and the baseline inputs'
+    ids [n, seq] (None unless counterfactual or resample)."""
     cfg = ctx.cfg.eap
     if baseline == "zero":
         return None, None
@@ -98,7 +99,7 @@ def _baseline(ctx: RunContext, model, tok, graph, answers, cut_len, ids, am, bas
     twin_ids, _, twin_am = collate(items, pad_id=tok.pad_token_id, side="left")
     if not torch.equal(twin_am, am):
         raise RlsftError("eap.faithfulness: a baseline input's length differs from its sample's")
-    return baseline_outputs(model, graph, twin_ids, am, cfg.batch_size), twins
+    return baseline_outputs(model, graph, twin_ids, am, cfg.batch_size), twin_ids
 
 
 def _ranking_scores(model, graph, ids, lm, am, B, settings: dict, batch_size: int) -> np.ndarray:
@@ -131,12 +132,14 @@ def faithfulness_losses(ctx: RunContext, stage, answers: list[dict], cut_len: in
         model, tok = ctx.load_stage(stage)
         graph = build_graph(model, settings["attn_inputs"])
         ids, lm, am = collate(scored_inputs(answers, cut_len), pad_id=tok.pad_token_id, side="left")
-        B, _ = _baseline(ctx, model, tok, graph, answers, cut_len, ids, am, cfg.faithfulness_baseline)
+        B, twin_ids = _baseline(ctx, model, tok, graph, answers, cut_len, ids, am, cfg.faithfulness_baseline)
         W = _ranking_scores(model, graph, ids, lm, am, B, settings, cfg.batch_size)
         log.info("faithfulness [%s]: %d samples, %d shares, %d splits, %d control draws, baseline %s", stage.name,
                  len(ids), len(grid), cfg.faithfulness_splits, cfg.faithfulness_draws, cfg.faithfulness_baseline)
         bar = progress(desc=f"faithfulness [{stage.name}]", unit="patched forward")
-        evaluate = patch_evaluator(model, graph, ids, lm, am, B, cfg.batch_size, on_rows=bar.update,
+        # the positions before a twin's first changed token run once per batch (numerically the whole forward's)
+        shared = shared_prefix(ids, twin_ids) if twin_ids is not None else None
+        evaluate = patch_evaluator(model, graph, ids, lm, am, B, cfg.batch_size, on_rows=bar.update, shared=shared,
                                    target=settings.get("target", "nll"), tau=settings.get("tau", 1.0))
 
         def counted(pairs):  # the engine hands over its planned kept sets in a few large calls: the total grows
