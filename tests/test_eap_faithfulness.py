@@ -288,3 +288,25 @@ def test_the_evaluator_with_shared_prefixes_returns_the_losses_of_whole_patched_
     whole = patch_evaluator(model, graph, ids, lm, am, B, batch_size=2)(pairs)
     np.testing.assert_allclose(cached, whole, rtol=1e-9)
     assert sum(rows) == len(pairs) and max(rows) == 3  # sample 2 (10 tokens, 5 shared): 2 x 10 // 5 rows a batch
+
+
+@pytest.mark.slow
+def test_the_split_seed_moves_every_summary_by_less_than_half_its_interval_on_smollm2():
+    """method.md 2.7 (issue 19): the embedded SFT model's correct answers to 8 arithmetic questions, counterfactual
+    twins, 10 splits at seeds 0, 1 and 2 (benchmarks/faithfulness_seeds.py, one memo of patched losses): every
+    cross-fitted summary moves between seeds by less than the smallest of its intervals' half-widths."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "faithfulness_seeds.py"
+    spec = importlib.util.spec_from_file_location("faithfulness_seeds", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from rlsft.models import load_model
+
+    model, tok = load_model(bench.SMOLLM2, device="cpu", dtype="float32")
+    out = bench.seed_summaries(model, tok, n=8, points=10, splits=10, draws=1, seeds=[0, 1, 2], within=False,
+                               log=print)
+    moved = bench.moves(out)
+    print(moved)
+    assert len(moved) == 7 and max(moved.values()) < 1.0, moved
