@@ -264,7 +264,7 @@ def faithfulness_console(summaries: dict, names: dict) -> str:
 def faithfulness_figure(plt, summaries: dict, names: dict):
     """Per alpha, each stage's cross-fitted curve (95% band), its random control (dotted) and its within-sample curve
     (dashed); frac80 of the cross-fitted curve in the legend."""
-    fig, axes = plt.subplots(1, len(summaries), figsize=(5.2 * len(summaries), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(summaries), figsize=(5.6 * len(summaries), 5.0), squeeze=False)
     for ax, (a, s) in zip(axes[0], summaries.items()):
         f = s["faithfulness"]
         for side in ("sft", "rl"):
@@ -280,6 +280,7 @@ def faithfulness_figure(plt, summaries: dict, names: dict):
         ax.axhline(0.8, color="grey", lw=0.8)
         ax.set(xlim=(0, 1), ylim=(max(-1.0, ax.get_ylim()[0]), 1.1), xlabel="kept share of edges (after pruning)",
                ylabel="faithfulness f", title=f"alpha={a}: baseline {f['baseline']}, {f['splits']} splits")
-        ax.legend(fontsize=7, loc="lower right")
+        # below the axes: the control curves climb through the lower right, the bands fill the upper left
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
