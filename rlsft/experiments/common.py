@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,23 +166,35 @@ class RunContext:
 
 # One colour per stage in every figure (tab10 shades): the paper's sft/rl pair first, then the families' stages.
 STAGE_COLORS = {"sft": "#1f77b4", "rl": "#d62728", "base": "#7f7f7f", "instruct": "#2ca02c", "think_sft": "#17becf",
-                "think_dpo": "#9467bd", "think": "#ff7f0e", "rlzero_math": "#8c564b"}
+                "think_dpo": "#9467bd", "think": "#ff7f0e", "rlzero_math": "#8c564b",
+                # the training arms (smollm2_arms): dpo as the families' DPO stages, grpo as rl; never beside them
+                "rft": "#2ca02c", "dpo": "#9467bd", "grpo": "#d62728", "grpo_random": "#ff7f0e",
+                "grpo_format": "#8c564b"}
 _SPARE = ["#e377c2", "#bcbd22", "#aec7e8", "#ff9896", "#98df8a", "#c5b0d5"]
+_SEED = re.compile(r"_s\d+$")  # a seeded arm's stage name, <arm>_s<seed> (rlsft/seeds.py)
+
+
+def _arm(stage: str) -> str:
+    """The name a stage's colour and legend place come from: a seeded arm's stage takes its arm's."""
+    arm = _SEED.sub("", stage)
+    return arm if arm in STAGE_COLORS else stage
 
 
 def stage_color(stage: str) -> str:
-    """The colour of a stage, the same in every figure (unknown names get a fixed spare colour by their hash)."""
-    if stage in STAGE_COLORS:
-        return STAGE_COLORS[stage]
+    """The colour of a stage, the same in every figure (a seeded arm's stages share their arm's; unknown names get a
+    fixed spare colour by their hash)."""
+    if _arm(stage) in STAGE_COLORS:
+        return STAGE_COLORS[_arm(stage)]
     import hashlib
 
     return _SPARE[int(hashlib.sha1(stage.encode()).hexdigest(), 16) % len(_SPARE)]
 
 
 def stage_order(stages) -> list[str]:
-    """Stages in legend order: the known ones as listed in STAGE_COLORS (sft before rl), then the rest by name."""
+    """Stages in legend order: the known ones as listed in STAGE_COLORS (sft before rl; a seeded arm's stages at
+    their arm's place, by seed), then the rest by name."""
     known = list(STAGE_COLORS)
-    return sorted(set(stages), key=lambda s: (known.index(s) if s in known else len(known), s))
+    return sorted(set(stages), key=lambda s: (known.index(_arm(s)) if _arm(s) in known else len(known), s))
 
 
 def _fmt(v: Any) -> str:

@@ -158,6 +158,7 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str):
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    # beside the axes: with the arms' seven stages a legend inside covers curves and error bars
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     ax.grid(alpha=0.3)
     return fig
