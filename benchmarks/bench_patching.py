@@ -110,10 +110,11 @@ def curve_ratios(model, tok, samples, repeats, points, settings, batch):
     cases = {"curve13": lambda: curve13(model, graph, ids, lm, am, W, batch)}
     cases |= {key: curve(*key) for key in [(s, d, w, True) for s, d, w in settings] + [(*settings[0], False)]}
     best = best_of(cases, repeats)
-    lengths, real = am.shape[1], am.sum(1).float()
-    print(f"{samples} real prompts of {int(real.min())}-{int(real.max())} tokens; the twin differs from token "
-          f"{min(shared) - lengths + int(real.min())}-{max(shared) - lengths + int(real.max())} on (0-based, padding "
-          f"cut); 13-point curve: {best['curve13']:.1f} s, {13 + 2} patched rows per sample", flush=True)
+    real = am.sum(1).tolist()
+    first = [s - (am.shape[1] - r) for s, r in zip(shared, real)]  # each twin's first changed token, padding cut
+    print(f"{samples} real prompts of {min(real)}-{max(real)} tokens; the twin differs from token {min(first)}-"
+          f"{max(first)} on (0-based); 13-point curve: {best['curve13']:.1f} s, {13 + 2} patched rows per sample",
+          flush=True)
     for key, r in rows.items():
         s, d, w, prefix = key
         print(f"    curve{points} S={s} D={d}{' +within' if w else ''}{' shared prefix' if prefix else ' whole rows'}: "

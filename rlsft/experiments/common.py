@@ -183,8 +183,9 @@ def _arm(stage: str) -> str:
 def stage_color(stage: str) -> str:
     """The colour of a stage, the same in every figure (a seeded arm's stages share their arm's; unknown names get a
     fixed spare colour by their hash)."""
-    if _arm(stage) in STAGE_COLORS:
-        return STAGE_COLORS[_arm(stage)]
+    arm = _arm(stage)
+    if arm in STAGE_COLORS:
+        return STAGE_COLORS[arm]
     import hashlib
 
     return _SPARE[int(hashlib.sha1(stage.encode()).hexdigest(), 16) % len(_SPARE)]
