@@ -172,8 +172,12 @@ class EAPConfig:
     sft_stage: str = "sft"
     rl_stage: str = "rl"
     require_correct: bool = True  # method.md 2.1: only questions both models answer correctly (false: smoke tests)
-    reference: Optional[str] = None  # several stages at once: each of `compare` against this stage, one selection
+    reference: Optional[str] = None  # several stages at once: each of `compare` against this stage
     compare: List[str] = field(default_factory=list)
+    # with eap.reference: shared (one selection, the questions every stage answers correctly) | per_arm (each arm
+    # against the reference on the questions the reference and every seed of that arm answer correctly; arm against
+    # arm on the questions both selections hold). per_arm keeps arms that answer little from emptying every selection.
+    selection: str = "shared"
     # rlsft's additions (method.md 2.6-2.7); all of them are part of the scores' cache key
     target: str = "nll"  # nll: the paper's loss | margin: own-token logit margin (does not vanish as p -> 1)
     calibrate: str = "none"  # none | match_sft: RL logits / tau so its mean self-entropy equals SFT's (tau recorded)
@@ -250,6 +254,23 @@ class LensesConfig:
     n_boot: int = 2000
 
 
+def _validation_split() -> DatasetConfig:
+    """200 distinct 2-digit +/- questions of another seed than the arms' training (1) and held-out (0) splits."""
+    return DatasetConfig(name="arith2_val", source="arithmetic", answer_format="plain", seed=2,
+                         arithmetic=ArithmeticConfig(count=200, digits=2, n_ops=1, style="bare", ops="+-", unique=True))
+
+
+@dataclass
+class LrSweepConfig:
+    """method.md 8: where an arm does not learn at the shared learning rate, a small sweep for it, picked by accuracy
+    on a validation split (never the evaluated questions: those and the training pool are left out of it)."""
+
+    arm: Optional[str] = None  # the swept arm (a derived stage of model_pair, or the arm of its seeds)
+    lrs: List[float] = field(default_factory=list)  # the learning rates tried (the arm's own is added if missing)
+    seed: Optional[int] = None  # the training seed swept (None: the first of model_pair.seeds, else the recipe's)
+    validation: DatasetConfig = field(default_factory=_validation_split)
+
+
 @dataclass
 class ReportConfig:
     dir: Optional[str] = None  # the multirun folder to gather
@@ -271,6 +292,7 @@ class Config:
     variability: VariabilityConfig = field(default_factory=VariabilityConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     lenses: LensesConfig = field(default_factory=LensesConfig)
+    lr_sweep: LrSweepConfig = field(default_factory=LrSweepConfig)
 
 
 def register_configs() -> None:
@@ -336,6 +358,7 @@ def _validate_eap(e: Any) -> None:
     _check(e.positions in ("all", "answer", "answer_span"),
            f"eap.positions must be all, answer or answer_span, got {e.positions!r}")
     _check(e.span_before >= 0, f"eap.span_before must be >= 0, got {e.span_before}")
+    _check(e.selection in ("shared", "per_arm"), f"eap.selection must be shared or per_arm, got {e.selection!r}")
     _check(e.bins >= 2, f"eap.bins must be >= 2, got {e.bins}")
     _check(e.batch_size >= 1, f"eap.batch_size must be >= 1, got {e.batch_size}")
     _check(all(0 < a <= 1 for a in e.alphas), f"eap.alphas must each be in (0, 1], got {list(e.alphas)}")

@@ -89,7 +89,7 @@ def test_a_new_result_is_one_registry_entry(monkeypatch):
                              ["d", 0.5, 8, "c", 8, 5.0, 4.0, 6.0, 3.0, 0.5, 1.5]]
     assert compare_wandb(tables, "a")["eap/toy/c_minus_a"] == 3.0
     counts = {"questions": 8, "a_correct": 8, "b_correct": 8, "c_correct": 8, "n_selected": 8, "tbar": 10.0}
-    assert "| 0.5 | 8 | toy | c | 5 [4, 6] | 3 [0.5, 1.5] |" in compare_console("d", counts, tables, "a")
+    assert "| 0.5 | 8 | toy | c | 5 [4, 6] | 3 [0.5, 1.5] |" in compare_console("d", {"c": (None, counts)}, tables, "a")
     monkeypatch.delitem(RESULTS, "toy")
     assert "toy" not in compare_tables("d", {"0.5": {"b": s}}, "a")[1]
 

@@ -99,6 +99,21 @@ def test_the_study_reports_every_arm_over_its_seeds(tmp_path, cache_dir):
     assert "is not cached: training it now" not in res.stdout  # the study's models, reused
     assert "[budget] warning: not within 10% of grpo's budget" in res.stdout
 
+    # eap.selection=per_arm on the same models: each arm on its own questions (here all of them: require_correct is
+    # off), the reference scored per arm beside the arm's scores; the same numbers as the shared selection's
+    per_arm = tmp_path / "per_arm"
+    res = launch("experiment=eap", *FAMILY, "eap.reference=base", "eap.compare=[sft,grpo,grpo_random]",
+                 "eap.require_correct=false", "eap.alphas=[1.0]", "eap.n_boot=400", "eap.selection=per_arm",
+                 "logger=disabled", f"hydra.run.dir={per_arm}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "on each arm's own selection (questions base and every seed of the arm answer correctly)" in res.stdout
+    assert sorted(json.loads((per_arm / "eap_selection.json").read_text())["per_arm"]) == sorted(ARMS)
+    for arm in ARMS:
+        saved = np.load(per_arm / f"eap_scores_base_for_{arm}_alpha1.npz")
+        assert per_sample(saved["W"], saved["mask"], "effective_edges") == pytest.approx(scores["base"])
+    again = {r["arm"]: r for r in _csv(per_arm / "study_primary.csv")}
+    assert {a: again[a]["diff"] for a in ARMS} == {a: rows[a]["diff"] for a in ARMS}
+
 
 def test_the_study_refuses_what_it_cannot_pair_or_resolve(tmp_path):
     """Arms trained on different seeds cannot be paired by seed; loss_adjusted has no per-question values; an arm
@@ -127,3 +142,57 @@ def test_the_study_refuses_what_it_cannot_pair_or_resolve(tmp_path):
     cfg = composed("experiment=eap", "model_pair=tiny", stages, "eap.reference=a", "eap.compare=[b]")
     with pytest.raises(RlsftError, match="eap.reference='a' is an arm of 2 seeds"):
         compare_stages(RunContext(cfg, tmp_path, str(tmp_path), None))
+
+
+def _gens(correct: dict[str, str]) -> dict:
+    """Generations of one length per stage; ``correct`` {stage: a 0/1 string over questions q0, q1, ...}."""
+    return {stage: {f"q{i}": {"id": f"q{i}", "correct": c == "1", "prompt_ids": [1, 2, 3], "output_ids": [4, 5, 6, 7]}
+                    for i, c in enumerate(flags)} for stage, flags in correct.items()}
+
+
+def test_per_arm_selection_keeps_each_arm_on_the_questions_it_and_the_reference_answer(capsys):
+    """eap.selection=per_arm: an arm's questions are those the reference and every seed of the arm answer (not every
+    stage's), so an arm that answers little leaves the others' comparisons whole and is itself left out, said once."""
+    from test_config import composed
+    from rlsft.errors import RlsftError
+    from rlsft.experiments.eap import arm_selections, selection_json
+
+    cfg = composed("experiment=eap", "eap.reference=base", "eap.selection=per_arm", "truncation.delta=1.0")
+    gens = _gens({"base": "11111110", "a0": "11110011", "a1": "11011011", "b0": "00111111", "b1": "01111110",
+                  "c0": "10000001", "c1": "10000000"})
+    arms = {"a": ["a0", "a1"], "b": ["b0", "b1"], "c": ["c0", "c1"]}
+    chosen = arm_selections(cfg, gens, "base", arms)
+    assert chosen["a"][0].ids == ["q0", "q1", "q3", "q6"] and chosen["b"][0].ids == ["q2", "q3", "q4", "q5", "q6"]
+    assert chosen["c"] is None  # one question (q0) answered by base, c0 and c1
+    assert "[eap] c is left out of the EAP comparison: only 1 question(s)" in capsys.readouterr().out
+    assert selection_json(chosen)["per_arm"]["b"]["ids"] == ["q2", "q3", "q4", "q5", "q6"]
+    shared = arm_selections(composed("experiment=eap", "eap.reference=base", "truncation.delta=1.0"),
+                            {n: gens[n] for n in ("base", "a0", "a1", "b0", "b1")}, "base", {"a": [], "b": []})
+    assert shared["a"] is shared["b"] and shared["a"][0].ids == ["q3", "q6"]  # what every stage answers
+    with pytest.raises(RlsftError, match="no arm has 2 questions that base and all its seeds answer correctly"):
+        arm_selections(cfg, gens, "base", {"c": ["c0", "c1"]})
+
+
+def test_arms_on_their_own_questions_are_compared_on_the_questions_both_hold():
+    """between_arms and against_reference align by question id: values built from a known function of (seed,
+    question) are compared on exactly the shared questions (recomputed here from the function, not the arrays)."""
+    from rlsft.experiments.eap_study import ArmValues, against_reference, between_arms
+
+    f = lambda arm, s, q: (1.0 if arm == "a" else 0.0) + 0.1 * s + 0.01 * int(q[1:]) ** 1.5  # noqa: E731
+    def arm(name, ids):
+        return ArmValues(ids, np.array([[0.05 * int(q[1:]) for q in ids]]),
+                         np.array([[f(name, s, q) for q in ids] for s in range(3)]))
+    values = {"a": arm("a", ["q0", "q1", "q4", "q7"]), "b": arm("b", ["q2", "q4", "q5", "q7", "q9"]),
+              "c": arm("c", ["q3", "q8"]), "d": None}
+    pairs = {r["arm"]: r for r in between_arms(values, ["a", "b", "c", "d"], n_boot=200, seed=0)}
+    common = ["q4", "q7"]
+    expected = np.mean([f("a", s, q) - f("b", s, q) for s in range(3) for q in common])
+    assert pairs["a - b"]["diff"].diff == pytest.approx(expected) and pairs["a - b"]["diff"].questions == 2
+    assert pairs["a - c"]["diff"] is None and pairs["a - c"]["verdict"] == "cannot tell: 0 question(s) in both selections"
+    assert pairs["c - d"]["verdict"].startswith("cannot tell")
+    rows = {r["arm"]: r for r in against_reference(values, "base", n_boot=200, seed=0)}
+    assert "base" not in rows  # no shared questions: the reference's value is per arm
+    assert rows["b"]["reference_value"] == pytest.approx(np.mean([0.05 * k for k in (2, 4, 5, 7, 9)]))
+    assert rows["b"]["diff"].diff == pytest.approx(
+        np.mean([f("b", s, q) - 0.05 * int(q[1:]) for s in range(3) for q in values["b"].ids]))
+    assert rows["d"]["value"] is None and rows["d"]["verdict"] == "cannot tell: fewer than 2 selected questions"

@@ -19,7 +19,7 @@ from types import ModuleType
 
 from ..errors import RlsftError
 
-EXPERIMENTS = ["evaluate", "eap", "report", "probe", "ablation", "variability", "grpo", "lenses"]
+EXPERIMENTS = ["evaluate", "eap", "report", "probe", "ablation", "variability", "grpo", "lenses", "lr_sweep"]
 
 
 def get_experiment(name: str) -> ModuleType:

@@ -363,37 +363,86 @@ def select_compared(cfg, gens: dict):
     return length_filter(cfg.truncation, gens, usable, counts)
 
 
+def arm_selections(cfg, gens: dict, reference: str, arms: dict[str, list[str]]) -> dict[str, tuple | None]:
+    """{arm: (selection, counts)}. eap.selection=shared: one selection over every stage, the same for each arm;
+    per_arm: each arm's own over the reference and the arm's stages (method.md 8: an arm that answers little then
+    shrinks its own comparison, not every arm's), None for an arm left with fewer than 2 questions (said on the
+    console); the run stops only when no arm has 2."""
+    if cfg.eap.selection == "shared":
+        shared = select_compared(cfg, gens)
+        return {arm: shared for arm in arms}
+    out: dict[str, tuple | None] = {}
+    for arm, group in arms.items():
+        try:
+            out[arm] = select_compared(cfg, {n: gens[n] for n in (reference, *group)})
+        except RlsftError as exc:
+            print(f"[eap] {arm} is left out of the EAP comparison: {exc}")
+            out[arm] = None
+    if all(v is None for v in out.values()):
+        raise RlsftError(f"no arm has 2 questions that {reference} and all its seeds answer correctly "
+                         f"(eap.selection=per_arm); use more questions (dataset.n)")
+    return out
+
+
+def selection_json(selections: dict[str, tuple | None]) -> dict:
+    """eap_selection.json: the shared selection's counts, ids and params, or those of each arm's (None: too few)."""
+    one = lambda chosen: None if chosen is None else {"counts": chosen[1], "ids": chosen[0].ids,
+                                                      "params": chosen[0].params}
+    chosen = list(selections.values())
+    if all(c is chosen[0] for c in chosen):
+        return one(chosen[0])
+    return {"per_arm": {arm: one(c) for arm, c in selections.items()}}
+
+
 def run_compare(cfg, ctx: RunContext) -> dict:
-    """eap.reference=<stage> with eap.compare=[...]: each compared stage against the reference on one shared
-    selection; per metric one table and one figure with a row per stage (the reference first)."""
+    """eap.reference=<stage> with eap.compare=[...]: each compared stage against the reference on the shared
+    selection or its arm's own (eap.selection); per metric one table and one figure with a row per stage (the
+    reference first)."""
     reference, stages = compare_stages(ctx)
     arms = compared_arms(ctx, stages)
     study = is_study(arms)  # arms trained on several seeds: the seed-aware study leads (rlsft.experiments.eap_study)
     if study:
         check_study(cfg, ctx, arms)
     gens = generations(ctx, *stages.values())
-    selection, counts = select_compared(cfg, gens)
-    ctx.write_json("eap_selection.json", {"counts": counts, "ids": selection.ids, "params": selection.params})
-    log.info("eap selection (shared by %s): %s", list(stages), counts)
+    selections = arm_selections(cfg, gens, reference, arms)
+    ctx.write_json("eap_selection.json", selection_json(selections))
+    for arm, chosen in selections.items():
+        if chosen is not None:
+            log.info("eap selection (%s): %s", [reference, *arms[arm]] if cfg.eap.selection == "per_arm"
+                     else list(stages), chosen[1])
     summaries: dict = {}
-    primary = None  # the study's per-(seed, question) values of the primary metric
+    primary = None  # the study's per-(seed, question) values of the primary metric, per arm
     for alpha in scored_alphas(cfg):
-        scored = score_alpha(ctx, gens, selection, alpha, stages)
+        a = f"{alpha:g}"
+        summaries[a] = {}
+        values: dict = {arm: None for arm in arms}
+        for arm, chosen in selections.items():
+            if chosen is None:
+                continue
+            selection = chosen[0]
+            group = {n: stages[n] for n in (reference, *arms[arm])}
+            scored = score_alpha(ctx, gens, selection, alpha, group)
+            if cfg.eap.selection == "per_arm":  # the reference's scores of this arm's questions, beside its own
+                copied = ctx.run_dir / f"eap_scores_{reference}_alpha{a}.npz"
+                copied.rename(ctx.run_dir / f"eap_scores_{reference}_for_{arm}_alpha{a}.npz")
+            if study and np.isclose(alpha, cfg.eap.primary.alpha):
+                values[arm] = primary_values(scored, cfg.eap.primary.metric, reference, arms[arm], selection.ids)
+            for name in arms[arm]:
+                pair = {"cut_len": scored["cut_len"], "mask": scored["mask"], "sft": scored[reference],
+                        "rl": scored[name], "settings": {"sft": scored["settings"][reference],
+                                                         "rl": scored["settings"][name]}}
+                summaries[a][name] = compare_alpha(cfg.eap, pair, cfg.truncation.seed)
+                if cfg.eap.faithfulness:  # the reference's patched losses are cached: computed once for all pairs
+                    summaries[a][name]["faithfulness"] = faithfulness_alpha(
+                        ctx, gens, selection, pair, {"sft": stages[reference], "rl": stages[name]})
         if study and np.isclose(alpha, cfg.eap.primary.alpha):
-            primary = primary_values(scored, cfg.eap.primary.metric, reference, arms)
-        summaries[f"{alpha:g}"] = {}
-        for name in list(stages)[1:]:
-            pair = {"cut_len": scored["cut_len"], "mask": scored["mask"], "sft": scored[reference], "rl": scored[name],
-                    "settings": {"sft": scored["settings"][reference], "rl": scored["settings"][name]}}
-            summaries[f"{alpha:g}"][name] = compare_alpha(cfg.eap, pair, cfg.truncation.seed)
-            if cfg.eap.faithfulness:  # the reference's patched losses are cached: computed once for all pairs
-                summaries[f"{alpha:g}"][name]["faithfulness"] = faithfulness_alpha(
-                    ctx, gens, selection, pair, {"sft": stages[reference], "rl": stages[name]})
+            primary = values
     ranked = run_family(summaries, cfg.eap.primary, compare=True, stage_primaries=not study)  # one per stage
     columns, tables = compare_tables(cfg.dataset.name, summaries, reference, ranked)
     for metric, rows in tables.items():
         ctx.write_table(f"eap_compare_{metric}", columns, rows)
     ctx.write_table("eap_tests", *family_table(cfg.dataset.name, ranked))
+    counts = selection_json(selections)
     ctx.write_json("eap_compare.json", {"selection": counts, "reference": reference, "alphas": summaries,
                                         "tests": ranked})
     ctx.tracker.summary(compare_wandb(tables, reference))
@@ -404,14 +453,14 @@ def run_compare(cfg, ctx: RunContext) -> dict:
               "(intervals over questions only, every test secondary): eap_compare_<metric>.csv, eap_tests.csv")
     else:
         print(primary_text(ranked, cfg.eap.primary, reference=reference)
-              + compare_console(cfg.dataset.name, counts, tables, reference))
+              + compare_console(cfg.dataset.name, selections, tables, reference))
     return {"selection": counts, "reference": reference, "tables": tables}
 
 
 def compare_tables(dataset: str, summaries: dict, reference: str,
                    ranked: list[dict] | None = None) -> tuple[list[str], dict[str, list[list]]]:
     """{result: rows}; a row per alpha and stage: value [CI], then stage - reference [paired CI] (None for the
-    reference). loss_adjusted has the stage coefficient c in the difference columns and no value. With the run's
+    reference's row, repeated where its questions change: eap.selection=per_arm). loss_adjusted has the stage coefficient c in the difference columns and no value. With the run's
     ranked tests: role, p, Holm p and near-duplicate group of each difference (empty for the reference)."""
     columns = ["dataset", "alpha", "cut_len", "stage", "n", "value", "lo", "hi", "minus_reference", "diff_lo",
                "diff_hi"]
@@ -424,11 +473,14 @@ def compare_tables(dataset: str, summaries: dict, reference: str,
         for name in RESULTS:
             own = [r for r in rs if r.name == name]
             rows = tables.setdefault(name, [])
-            if own and own[0].reference_value is not None:  # the reference's own row (none for loss_adjusted)
-                rows.append(_compare_row(dataset, own[0], reference, own[0].reference_value, own[0].reference_ci)
-                            + [None, None, None] + ([] if tests is None else _test_cells(None)))
-            rows += [_compare_row(dataset, r, r.stage, r.value, r.ci) + [r.diff, *r.diff_ci]
-                     + ([] if tests is None else _test_cells(r)) for r in own]
+            shown = None
+            for r in own:  # the reference's own row (none for loss_adjusted), again wherever its questions change
+                if r.reference_value is not None and (r.n, r.reference_value) != shown:
+                    shown = (r.n, r.reference_value)
+                    rows.append(_compare_row(dataset, r, reference, r.reference_value, r.reference_ci)
+                                + [None, None, None] + ([] if tests is None else _test_cells(None)))
+                rows.append(_compare_row(dataset, r, r.stage, r.value, r.ci) + [r.diff, *r.diff_ci]
+                            + ([] if tests is None else _test_cells(r)))
     tables = {m: rows for m, rows in tables.items() if rows}
     return columns + ([] if tests is None else ["role", "p", "p_holm", "finding"]), tables
 
@@ -445,17 +497,25 @@ def compare_wandb(tables: dict, reference: str) -> dict:
             row[5] if row[3] == reference else row[8] for m, rows in tables.items() for row in rows}
 
 
-def compare_console(dataset: str, counts: dict, tables: dict, reference: str) -> str:
+def compare_console(dataset: str, selections: dict[str, tuple | None], tables: dict, reference: str) -> str:
     stages = list(dict.fromkeys(row[3] for row in tables[STAGE_ROWS[0]]))
-    correct = ", ".join(f"{n} {counts[f'{n}_correct']}/{counts['questions']}" for n in stages)
-    head = (f"{dataset}: {correct} correct; {counts['n_selected']} questions selected, answered correctly by all "
-            f"(Tbar {counts['tbar']:.1f} tokens)\n")
+    heads = []
+    for arm, chosen in selections.items():
+        if chosen is None:
+            heads.append(f"{arm}: fewer than 2 questions answered correctly by {reference} and it: not compared\n")
+            continue
+        counts = chosen[1]
+        named = [n for n in stages if f"{n}_correct" in counts]
+        correct = ", ".join(f"{n} {counts[f'{n}_correct']}/{counts['questions']}" for n in named)
+        heads.append(f"{dataset}: {correct} correct; {counts['n_selected']} questions selected, answered correctly by "
+                     f"all (Tbar {counts['tbar']:.1f} tokens)\n")
     tested = len(tables[STAGE_ROWS[0]][0]) > 11  # compare_tables with the run's tests: role, p, p_holm, finding
     rows = [[row[1], row[2], m, row[3], "" if row[5] is None else interval_text(row[5], row[6:8]),
              "" if row[8] is None else interval_text(row[8], row[9:11]), *([_cell_of(row[11:])] if tested else [])]
             for m, t in tables.items() for row in t]
-    return head + markdown_table(["alpha", "T_cut", "metric", "stage", "value [95% CI]",
-                                  f"stage - {reference} [95% CI]", *(["test (Holm p)"] if tested else [])], rows)
+    return "".join(dict.fromkeys(heads)) + markdown_table(
+        ["alpha", "T_cut", "metric", "stage", "value [95% CI]", f"stage - {reference} [95% CI]",
+         *(["test (Holm p)"] if tested else [])], rows)
 
 
 def _cell_of(cells: list) -> str:
@@ -478,7 +538,7 @@ def compare_figures(ctx: RunContext, tables: dict, reference: str) -> None:
     colour = {name: f"C{i}" for i, name in enumerate(stages)}  # one colour per stage in every panel and figure
     for metric, rows in tables.items():
         fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.5), sharey=True)
-        labels = [f"{row[3]} (alpha {row[1]:g})" for row in rows]
+        labels = [f"{row[3]} (alpha {row[1]:g}, n {row[4]})" for row in rows]
         point = metric in METRICS and not METRICS[metric].interval
         for ax, (v, lo, hi), title in ((axes[0], (5, 6, 7), metric), (axes[1], (8, 9, 10), f"minus {reference}")):
             for y, row in enumerate(rows):

@@ -8,11 +8,15 @@ The primary comparison (method.md 2.8) is then the primary metric per arm agains
 printed first, its p-values Holm-adjusted among the arms; accuracy against the reference, and every arm against
 every other arm (accuracy, the primary metric), are secondary, each table Holm-adjusted over its own rows. Each seed's
 stage against the reference (intervals over questions only) stays in the per-stage compare tables.
+
+With ``eap.selection=per_arm`` each arm is compared with the reference on its own questions (those the reference and
+every seed of the arm answer correctly) and two arms on the questions both selections hold; an arm (or pair) with
+fewer than 2 such questions gets a row that says "cannot tell" and how many it had.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from itertools import combinations
 
 import numpy as np
@@ -58,42 +62,78 @@ def check_study(cfg, ctx: RunContext, arms: dict[str, list[str]]) -> None:
                          "seeds (differences are paired by seed)")
 
 
-def accuracy_values(gens: dict, reference: str, arms: dict[str, list[str]]) -> dict[str, np.ndarray]:
-    """{arm: correct [seeds, questions]} (the reference one row) over the questions every stage answered."""
+@dataclass
+class ArmValues:
+    """One arm's values per (seed, question) and the reference's on the same questions ``ids`` (in that order)."""
+    ids: list
+    reference: np.ndarray  # [1, questions]
+    arm: np.ndarray  # [seeds, questions]
+
+
+def accuracy_values(gens: dict, reference: str, arms: dict[str, list[str]]) -> dict[str, ArmValues]:
+    """{arm: correct or not} over the questions every stage answered (no selection: accuracy counts them all)."""
     ids = [q for q in gens[reference] if all(q in g for g in gens.values())]
 
     def rows(names: list[str]) -> np.ndarray:
         return np.array([[float(gens[n][q]["correct"]) for q in ids] for n in names])
 
-    return {reference: rows([reference]), **{arm: rows(group) for arm, group in arms.items()}}
+    ref = rows([reference])
+    return {arm: ArmValues(ids, ref, rows(group)) for arm, group in arms.items()}
 
 
-def primary_values(scored: dict, metric: str, reference: str, arms: dict[str, list[str]]) -> dict[str, np.ndarray]:
-    """{arm: the primary metric [seeds, selected questions]} from one alpha's scores (the reference one row)."""
+def primary_values(scored: dict, metric: str, reference: str, group: list[str], ids: list) -> ArmValues:
+    """One arm's primary metric [seeds, selected questions] and the reference's [1, questions], from one alpha's
+    scores of the arm's selection ``ids``."""
     def one(name: str) -> np.ndarray:
         if metric == "self_entropy":
             return scored[name]["loss"].astype(float)
         return per_sample(scored[name]["W"], scored["mask"], metric)
 
-    return {reference: one(reference)[None], **{arm: np.stack([one(n) for n in group]) for arm, group in arms.items()}}
+    return ArmValues(list(ids), one(reference)[None], np.stack([one(n) for n in group]))
 
 
-def against_reference(values: dict[str, np.ndarray], reference: str, n_boot: int, seed: int) -> list[dict]:
-    """Per arm (the reference first): its value and its difference from the reference, each over seeds and
-    questions; the differences' p-values Holm-adjusted over the arms."""
-    rows = [{"arm": arm, "value": seed_question_interval(v, n_boot=n_boot, seed=seed),
-             "diff": None if arm == reference else seed_question_interval(v, values[reference], n_boot=n_boot,
-                                                                          seed=seed)}
-            for arm, v in values.items()]
+def shared_ids(values: dict[str, ArmValues]) -> bool:
+    """Whether every arm was measured on the same questions (one shared selection)."""
+    return len({tuple(v.ids) for v in values.values()}) == 1
+
+
+def against_reference(values: dict[str, ArmValues | None], reference: str, n_boot: int, seed: int) -> list[dict]:
+    """Per arm: its value, the reference's on the same questions and their difference, each over seeds and
+    questions; the differences' p-values Holm-adjusted over the arms. The reference's own row comes first when
+    every arm shares its questions. An arm without values (too few selected questions) says so."""
+    measured = {arm: v for arm, v in values.items() if v is not None}
+    rows = []
+    if shared_ids(measured):
+        ref = next(iter(measured.values())).reference
+        rows.append({"arm": reference, "value": seed_question_interval(ref, n_boot=n_boot, seed=seed), "diff": None,
+                     "reference_value": None})
+    for arm, v in values.items():
+        if v is None:
+            rows.append({"arm": arm, "value": None, "diff": None, "reference_value": None,
+                         "verdict": "cannot tell: fewer than 2 selected questions"})
+            continue
+        rows.append({"arm": arm, "value": seed_question_interval(v.arm, n_boot=n_boot, seed=seed),
+                     "reference_value": float(v.reference.mean()),
+                     "diff": seed_question_interval(v.arm, v.reference, n_boot=n_boot, seed=seed)})
     _holm([r for r in rows if r["diff"] is not None])
     return rows
 
 
-def between_arms(values: dict[str, np.ndarray], arms: list[str], n_boot: int, seed: int) -> list[dict]:
-    """Every two arms a, b (in ``arms`` order): a - b over seeds (paired) and questions, Holm over the pairs."""
-    rows = [{"arm": f"{a} - {b}", "diff": seed_question_interval(values[a], values[b], n_boot=n_boot, seed=seed)}
-            for a, b in combinations(arms, 2)]
-    _holm(rows)
+def between_arms(values: dict[str, ArmValues | None], arms: list[str], n_boot: int, seed: int) -> list[dict]:
+    """Every two arms a, b (in ``arms`` order): a - b over seeds (paired) and the questions both were measured on,
+    Holm over the pairs; a pair sharing fewer than 2 questions says "cannot tell"."""
+    rows = []
+    for a, b in combinations(arms, 2):
+        va, vb = values.get(a), values.get(b)
+        common = [] if va is None or vb is None else [q for q in va.ids if q in set(vb.ids)]
+        if len(common) < 2:
+            rows.append({"arm": f"{a} - {b}", "diff": None,
+                         "verdict": f"cannot tell: {len(common)} question(s) in both selections"})
+            continue
+        pa, pb = {q: i for i, q in enumerate(va.ids)}, {q: i for i, q in enumerate(vb.ids)}
+        rows.append({"arm": f"{a} - {b}", "diff": seed_question_interval(
+            va.arm[:, [pa[q] for q in common]], vb.arm[:, [pb[q] for q in common]], n_boot=n_boot, seed=seed)})
+    _holm([r for r in rows if r["diff"] is not None])
     return rows
 
 
@@ -124,10 +164,12 @@ CELLS = ["diff", "lo", "hi", "p", "seeds", "questions", "se_seeds", "se_question
 
 
 def reference_table(dataset: str, measure: str, rows: list[dict]) -> tuple[list[str], list[list]]:
-    """Each arm's value and its difference from the reference (the reference's own row: value only)."""
-    columns = ["dataset", "measure", "arm", "value", "value_lo", "value_hi", *CELLS, "p_holm", "verdict"]
-    return columns, [[dataset, measure, r["arm"], *interval_cells(r["value"])[:3], *interval_cells(r["diff"]),
-                      r.get("p_holm"), r.get("verdict", "")] for r in rows]
+    """Each arm's value, the reference's on the same questions and the difference (the reference's own row: value
+    only)."""
+    columns = ["dataset", "measure", "arm", "value", "value_lo", "value_hi", "reference_value", *CELLS, "p_holm",
+               "verdict"]
+    return columns, [[dataset, measure, r["arm"], *interval_cells(r["value"])[:3], r["reference_value"],
+                      *interval_cells(r["diff"]), r.get("p_holm"), r.get("verdict", "")] for r in rows]
 
 
 def pairs_table(dataset: str, pairs: dict[str, list[dict]]) -> tuple[list[str], list[list]]:
@@ -154,21 +196,23 @@ def budget_table(cfg, ctx: RunContext, arms: dict[str, list[str]]) -> tuple[list
 
 
 def reference_console(rows: list[dict], reference: str, what: str) -> str:
-    out = [[r["arm"], f"{r['value'].seeds} x {r['value'].questions}", interval_text(r["value"]),
+    out = [[r["arm"], "" if r["value"] is None else f"{r['value'].seeds} x {r['value'].questions}",
+            interval_text(r["value"]), "" if r["reference_value"] is None else f"{r['reference_value']:.4g}",
             interval_text(r["diff"]), "" if r["diff"] is None else f"{r['diff'].p:.2g} ({r['p_holm']:.2g})",
             r.get("verdict", "")] for r in rows]
-    return markdown_table(["arm", "seeds x questions", f"{what} [95% CI]", f"arm - {reference} [95% CI]",
-                           "p (Holm)", "verdict"], out)
+    return markdown_table(["arm", "seeds x questions", f"{what} [95% CI]", f"{reference} on them",
+                           f"arm - {reference} [95% CI]", "p (Holm)", "verdict"], out)
 
 
 def pairs_console(pairs: dict[str, list[dict]]) -> str:
-    out = [[measure, r["arm"], interval_text(r["diff"]), f"{r['diff'].p:.2g} ({r['p_holm']:.2g})", r["verdict"]]
+    out = [[measure, r["arm"], interval_text(r["diff"]),
+            "" if r["diff"] is None else f"{r['diff'].p:.2g} ({r['p_holm']:.2g})", r["verdict"]]
            for measure, rows in pairs.items() for r in rows]
     return markdown_table(["measure", "arms", "difference [95% CI]", "p (Holm)", "verdict"], out)
 
 
 def report(cfg, ctx: RunContext, reference: str, arms: dict[str, list[str]], gens: dict,
-           primary: dict[str, np.ndarray] | None) -> str:
+           primary: dict[str, ArmValues | None] | None) -> str:
     """Write the study's tables (study_primary, study_accuracy, study_arm_pairs, study_budget, eap_study.json, W&B
     ``study/...``) and return its console text, the primary comparison first."""
     n_boot, seed, metric = cfg.eap.n_boot, cfg.truncation.seed, cfg.eap.primary.metric
@@ -188,7 +232,8 @@ def report(cfg, ctx: RunContext, reference: str, arms: dict[str, list[str]], gen
     ctx.write_json("eap_study.json", {"reference": reference, "arms": arms, "primary_metric": metric,
                                       "against_reference": _plain(rows), "arm_pairs": _plain(pairs)})
     ctx.tracker.summary({f"study/{m}/{r['arm']}" + ("" if r["diff"] is None else f"_minus_{reference}"):
-                         (r["value"] if r["diff"] is None else r["diff"]).diff for m, rs in rows.items() for r in rs})
+                         (r["value"] if r["diff"] is None else r["diff"]).diff
+                         for m, rs in rows.items() for r in rs if r["value"] is not None})
     seeds = max(len(g) for g in arms.values())
     head = (f"STUDY (method.md 8): {len(arms)} arms x up to {seeds} seeds against {reference} on {dataset}; every "
             "interval is over seeds and questions (rlsft.hierarchical: seeds, then questions redrawn; Student t, "
@@ -197,7 +242,9 @@ def report(cfg, ctx: RunContext, reference: str, arms: dict[str, list[str]], gen
         first = (f"PRIMARY comparison ({metric} at alpha {cfg.eap.primary.alpha:g}): not in this run (that alpha was "
                  "not scored).\n")
     else:
-        first = (f"PRIMARY comparison per arm: {metric} at alpha {cfg.eap.primary.alpha:g} on the shared selection, "
+        where = ("the shared selection" if cfg.eap.selection == "shared" else
+                 f"each arm's own selection (questions {reference} and every seed of the arm answer correctly)")
+        first = (f"PRIMARY comparison per arm: {metric} at alpha {cfg.eap.primary.alpha:g} on {where}, "
                  f"arm - {reference} (Holm over the {len(arms)} arms):\n" + reference_console(rows[metric], reference,
                                                                                              metric))
     return (head + first + "Accuracy (secondary):\n" + reference_console(rows["accuracy"], reference, "accuracy")
