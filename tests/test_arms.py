@@ -305,3 +305,23 @@ def test_the_arms_family_trains_each_arm_on_three_seeds_at_one_budget():
     assert set(answers.values()) == {16}
     assert [specs[a][0][1].name for a in trained] == trained
     assert recipe_dict(recipes["grpo_random"]) == recipe_dict(recipes["grpo_format"]) == recipe_dict(recipes["grpo"])
+
+
+@pytest.mark.parametrize("full_batches,sizes", [(False, [4, 4, 2, 4, 4, 2, 4]), (True, [4, 4, 4, 4, 4, 4, 4])])
+def test_full_batches_give_every_optimizer_step_batch_size_examples(tmp_path, full_batches, sizes):
+    """The HF Trainer's own dataloader over 10 examples in batches of 4: a short last batch per pass, or none with
+    full_batches (so trained tokens are steps x batch_size x the mean example's, rlsft.training.budget)."""
+    model, tok = build_tiny_model(seed=0)
+    examples = sft_examples(tok, "chat", arithmetic_records(10, 1, 1, "bare", 0), stop_id(model, tok))
+    trainer = sft_trainer(model, tok, examples, _recipe(full_batches=full_batches, steps=7), tmp_path, "cpu")
+    seen, loader = [], trainer.get_train_dataloader()
+    while len(seen) < 7:
+        seen += [len(batch["input_ids"]) for batch in loader][: 7 - len(seen)]
+    assert seen == sizes
+
+
+def test_full_batches_is_keyed_only_when_set():
+    spec = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}},
+            "recipe": {"kind": "sft", "train": TRAIN, "lr": 1e-5}}
+    assert folder_name({**spec, "recipe": {**spec["recipe"], "full_batches": False}}) == folder_name(spec)
+    assert folder_name({**spec, "recipe": {**spec["recipe"], "full_batches": True}}) != folder_name(spec)

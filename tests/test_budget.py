@@ -61,3 +61,23 @@ def test_each_arm_is_checked_against_the_mean_of_the_reference_arms_seeds():
 def test_steps_off_by_more_than_ten_percent_are_named():
     gaps = budget_gaps({"a": _budget(20, 1000), "b": _budget(17, 1050)}, ["a"])
     assert match_text(gaps["b"]) == "optimizer_steps -15%: not within 10%"
+
+
+@pytest.mark.parametrize("steps", [1, 3, 7])
+def test_full_batches_count_batch_size_examples_a_step_at_the_mean_length(steps):
+    """Against the loop: each pass a reshuffled order cut into whole batches (the short one dropped)."""
+    per_example = [3, 9, 4, 11, 6, 8, 5, 10, 7, 12]
+    rng = random.Random(0)
+    draws, tokens, examples = 2000, 0.0, set()
+    for _ in range(draws):
+        seen, order = [], []
+        for _ in range(steps):
+            if len(order) < 4:
+                order = rng.sample(per_example, len(per_example))
+            seen += order[:4]
+            order = order[4:]
+        examples.add(len(seen))
+        tokens += sum(seen) / draws
+    got_examples, got_tokens = seen_tokens(per_example, 4, steps, full_batches=True)
+    assert examples == {got_examples} == {4 * steps}
+    assert got_tokens == pytest.approx(tokens, rel=0.02)

@@ -44,6 +44,10 @@ class ArmConfig:
     # same steps (method.md 8, matched budgets): the examples are cycled, reshuffled each pass, and `epochs` is unused
     steps: int = 0
     batch_size: int = 8  # sequences (dpo: pairs) per optimizer step
+    # every step exactly `batch_size` examples: each pass's short last batch is dropped (the HF Trainer's
+    # dataloader_drop_last), so trained tokens are steps x batch_size x the mean example's, whatever the example count
+    # (method.md 8, matched budgets: without it they jump in whole passes when the examples are few)
+    full_batches: bool = False
     lr: float = 1e-5
     warmup_steps: int = 0
     weight_decay: float = 0.0

@@ -25,6 +25,7 @@ def _common_args(recipe: ArmConfig, output_dir: Path, device: str) -> dict[str, 
         seed=recipe.seed, data_seed=recipe.seed, logging_steps=1, report_to=[], disable_tqdm=True,
         save_strategy="steps" if recipe.save_every else "no", save_steps=recipe.save_every or 1, save_total_limit=1,
         use_cpu=device == "cpu", bf16=device.startswith("cuda"), dataloader_num_workers=0, max_length=None,
+        dataloader_drop_last=recipe.full_batches,
     )
 
 

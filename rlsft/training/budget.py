@@ -10,7 +10,8 @@ Trained answer tokens are the answer tokens whose log-probabilities enter the lo
   no token.
 For sft, rft and dpo, an arm trained for ``steps`` optimizer steps sees whole passes over its examples (counted
 exactly) and then, in its last pass, ``batch_size`` examples per remaining step from a reshuffled order (counted at
-the examples' mean length: the expected count). Optimizer steps are the trainer's own count (TRL's ``global_step``;
+the examples' mean length: the expected count); with the recipe's ``full_batches``, ``batch_size`` examples every
+step (counted at the mean length). Optimizer steps are the trainer's own count (TRL's ``global_step``;
 GRPO: the mini-batches of the steps that updated). The learning rate is the recipe's ``lr``.
 """
 
@@ -22,10 +23,15 @@ TOLERANCE = 0.10  # method.md 8: optimizer steps and trained answer tokens withi
 MATCHED = ("optimizer_steps", "answer_tokens")
 
 
-def seen_tokens(per_example: list[int], batch_size: int, steps: int) -> tuple[int, int]:
+def seen_tokens(per_example: list[int], batch_size: int, steps: int, full_batches: bool = False) -> tuple[int, int]:
     """(examples, answer tokens) that ``steps`` optimizer steps of ``batch_size`` see, cycling over examples whose
-    answer token counts are ``per_example`` (each pass reshuffled, its last batch short as the HF Trainer's is)."""
+    answer token counts are ``per_example`` (each pass reshuffled, its last batch short as the HF Trainer's is; with
+    ``full_batches`` that short batch is dropped: every step sees ``batch_size`` examples, a random subset of each
+    pass, counted at the examples' mean length)."""
     n = len(per_example)
+    if full_batches:
+        examples = steps * batch_size
+        return examples, round(examples * sum(per_example) / n)
     per_pass = math.ceil(n / batch_size)
     passes, rest = divmod(steps, per_pass)
     examples = passes * n + rest * batch_size

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..cache import stage_key
+from ..errors import RlsftError
 from .budget import seen_tokens
 from .kind import Trained, TrainingKind
 
@@ -49,6 +50,9 @@ def train_arm(model, tokenizer, base: dict, recipe, work: Path, cache: Path, dev
             examples = data.rft_examples(samples, stop)
         else:
             examples = data.dpo_pairs(samples, stop, recipe.pairs_per_question)
+    if recipe.full_batches and recipe.batch_size > len(examples):
+        raise RlsftError(f"{recipe.kind} recipe: full_batches with batch_size {recipe.batch_size} needs at least that "
+                         f"many examples; the training questions gave {len(examples)}")
     if recipe.kind == "dpo":
         tokens = [len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in examples]  # both answers (budget.py)
         trainer = train.dpo_trainer(model, tokenizer, examples, recipe, work, device, callbacks)
@@ -57,7 +61,7 @@ def train_arm(model, tokenizer, base: dict, recipe, work: Path, cache: Path, dev
         trainer = train.sft_trainer(model, tokenizer, examples, recipe, work, device, callbacks)
     t1 = time.time()
     budget.update(train.run(trainer))
-    seen, answer_tokens = seen_tokens(tokens, recipe.batch_size, budget["optimizer_steps"])
+    seen, answer_tokens = seen_tokens(tokens, recipe.batch_size, budget["optimizer_steps"], recipe.full_batches)
     budget.update(examples=len(examples), epochs=seen / len(examples), answer_tokens_per_epoch=sum(tokens),
                   examples_seen=seen, answer_tokens=answer_tokens, train_wall_s=time.time() - t1,
                   wall_s=time.time() - t0)
@@ -81,6 +85,8 @@ def offline_key(base_fingerprint: dict, recipe) -> str:
     from ..arms.config import ARM_VERSION, NON_TRAINING_KEYS, arm_recipe_dict
 
     weights = {k: v for k, v in arm_recipe_dict(recipe).items() if k not in NON_TRAINING_KEYS}
+    if not weights["full_batches"]:  # keyed only when set, so the models trained before it existed stay cached
+        del weights["full_batches"]
     return stage_key(version=ARM_VERSION, base=base_fingerprint, recipe=weights)
 
 
