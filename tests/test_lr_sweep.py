@@ -52,7 +52,7 @@ def test_a_sweep_trains_each_rate_and_scores_it_on_questions_never_evaluated_or_
     assert f"{len(expected)} kept" in res.stdout
     rows = list(csv.DictReader(open(run / "lr_sweep.csv")))
     assert [float(r["lr"]) for r in rows] == [0.001, 0.01]
-    assert (run / "lr_sweep.png").is_file()
+    assert (run / "lr_sweep_accuracy.png").is_file()
     assert f"[lr_sweep] sft (seed None): picked lr {result['picked_lr']:g}" in res.stdout
 
 

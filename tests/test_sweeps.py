@@ -29,13 +29,16 @@ SETTINGS = {
         "model_pair.stages=[{name: instruct, algorithm: sft, model: {source: tiny, tiny: {arch: llama, layers: 2, "
         "hidden: 64, heads: 4, kv_heads: 2, seed: 0}}}]", *GRPO_TINY],
     "lenses": ["lenses.pass_n=4", "lenses.control.n=4", "eap.require_correct=false"],
+    "lr_sweep": ["model_pair.stages=[{name:base,model:{source:tiny}},{name:sft,model:{source:derived,"
+                 "base:{source:tiny},recipe:{kind:sft,train:{name:arith,source:arithmetic},eval_n:4,steps:1,"
+                 "batch_size:4}}}]", "lr_sweep.arm=sft", "lr_sweep.lrs=[0.001]"],
     "probe": ["probe.folds=3", "probe.inner_folds=2", "probe.repeats=1", "probe.Cs=[0.1,10]", "probe.n_jobs=1",
               "probe.positions=[before_answer,question_end]", "dataset.n=null"],
     "variability": ["variability.n_samples=3"],
 }
 STEP_LOGS = {"grpo_history"}
 FILE_ONLY = {"tasks"}  # the report's list of a sweep's tasks and their status
-SLOW = {"ablation", "grpo", "grpo_rebuttal", "report"}  # each also has its own end-to-end test elsewhere
+SLOW = {"ablation", "grpo", "grpo_rebuttal", "lr_sweep", "report"}  # each also has its own end-to-end test elsewhere
 
 
 def _text_to_none(columns, csv_rows, logged_rows):

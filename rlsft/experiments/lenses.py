@@ -187,24 +187,33 @@ def crossover(ref: dict, other: dict, n_boot: int, seed: int):
 
 def circuit_lenses(ctx: RunContext, reference: str, stages: dict, blocks: dict) -> dict:
     """Each compared stage's update inside the blocks carrying its top EAP mass (the eap experiment's cached scores at
-    truncation.alpha on its shared selection); a stage the selection cannot score is reported as such."""
-    from .eap import generations, score_alpha, select_compared
+    truncation.alpha, on the selection eap.selection gives its arm: shared, or the questions the reference and the
+    arm's seeds answer); a stage whose arm has too few questions says so (``{"error": ...}``)."""
+    from .eap import arm_selections, generations, score_alpha
+    from .eap_study import compared_arms
 
+    arms = compared_arms(ctx, stages)
     try:
         gens = generations(ctx, *stages.values())
-        selection, _ = select_compared(ctx.cfg, gens)
+        selections = arm_selections(ctx.cfg, gens, reference, arms)
     except RlsftError as exc:
         log.warning("lenses: where the update meets the circuit cannot tell: %s", exc)
         return {"error": str(exc)}
-    scored = score_alpha(ctx, gens, selection, ctx.cfg.truncation.alpha, stages)
     out = {}
-    for name in list(stages)[1:]:
-        res = scored[name]
-        n_layers = sum(1 for g in blocks[name] if g.startswith("block "))
-        mass = block_eap_mass(res["W"], scored["mask"], scored["sources"], scored["targets"], n_layers)
-        top = top_blocks(mass, ctx.cfg.lenses.circuit_share)
-        out[name] = update_meets_circuit(blocks[name], top) | {"eap_block_mass": mass.tolist(),
-                                                              "questions": len(selection.ids)}
+    for arm, chosen in selections.items():
+        if chosen is None:
+            out |= {name: {"error": f"fewer than 2 questions answered correctly by {reference} and {arm}"}
+                    for name in arms[arm]}
+            continue
+        selection = chosen[0]
+        scored = score_alpha(ctx, gens, selection, ctx.cfg.truncation.alpha,
+                             {n: stages[n] for n in (reference, *arms[arm])})
+        for name in arms[arm]:
+            n_layers = sum(1 for g in blocks[name] if g.startswith("block "))
+            mass = block_eap_mass(scored[name]["W"], scored["mask"], scored["sources"], scored["targets"], n_layers)
+            top = top_blocks(mass, ctx.cfg.lenses.circuit_share)
+            out[name] = update_meets_circuit(blocks[name], top) | {"eap_block_mass": mass.tolist(),
+                                                                  "questions": len(selection.ids)}
     return out
 
 

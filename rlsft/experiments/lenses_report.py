@@ -57,10 +57,11 @@ def output_tables(result: dict) -> dict[str, tuple[list, list]]:
           for n, c in result["pass_at_k"].items() for r in c["rows"]]
     out = {"lenses_outputs": (cols, rows), "lenses_pass_at_k": (["stage", "k", "pass_at_k", "low", "high"], pk)}
     circ = result.get("circuit") or {}
-    if circ and "error" not in circ:
+    if circ and "error" not in circ:  # a stage without a selection: "cannot tell" and why, in the blocks' cell
         out["lenses_circuit"] = (["stage", "top_eap_blocks", "update_mass_share", "changed_share", "param_share",
                                   "questions"],
-                                 [[n, " ".join(map(str, c["blocks"])), _r(c["mass_share"]), _r(c["changed_share"]),
+                                 [[n, f"cannot tell: {c['error']}", None, None, None, 0] if "error" in c else
+                                  [n, " ".join(map(str, c["blocks"])), _r(c["mass_share"]), _r(c["changed_share"]),
                                    _r(c["param_share"]), c["questions"]] for n, c in circ.items()])
     return out
 
@@ -78,7 +79,7 @@ def wandb_values(result: dict) -> dict:
     for n, c in result["pass_at_k"].items():
         vals |= {f"lenses/pass_at_{r['k']}/{n}": r["pass"] for r in c["rows"]}
     for n, c in (result.get("circuit") or {}).items():
-        if isinstance(c, dict):
+        if isinstance(c, dict) and "error" not in c:
             vals |= {f"lenses/circuit_mass_share/{n}": c["mass_share"], f"lenses/circuit_param_share/{n}":
                      c["param_share"]}
     return vals

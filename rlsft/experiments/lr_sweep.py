@@ -146,5 +146,5 @@ def figure(ctx: RunContext, rows: list[dict], arm: str, shared: float) -> None:
            title=f"lr sweep: {arm}, n = {rows[0]['n']} validation questions", ylim=(0, 1))
     ax.legend(loc="upper left", frameon=False)
     fig.tight_layout()
-    ctx.save_figure("lr_sweep", fig)
+    ctx.save_figure("lr_sweep_accuracy", fig)
     plt.close(fig)
