@@ -162,6 +162,7 @@ def test_cache_key_follows_the_recipe_and_the_base():
         assert folder_name({**spec, "recipe": {**spec["recipe"], **change}}) != key, change
     assert folder_name({**spec, "base": {"source": "tiny", "tiny": {"seed": 4}}}) != key
     assert folder_name({**spec, "recipe": {**spec["recipe"], "save_every": 3}}) == key  # checkpointing only
+    assert folder_name({**spec, "recipe": {**spec["recipe"], "lr_swept": True}}) == key  # the budget table's only
     for kind in ("rft", "dpo"):
         other = {**spec, "recipe": {**spec["recipe"], "kind": kind}}
         for change in ({"samples": 8}, {"temperature": 0.9}, {"beta": 0.2} if kind == "dpo" else {"max_new_tokens": 9}):
@@ -306,7 +307,8 @@ def test_the_arms_family_trains_each_arm_on_three_seeds_at_one_budget():
     assert recipes["grpo"].batch_questions * recipes["grpo"].num_generations == 16
     assert recipes["grpo"].dynamic_sampling and recipes["grpo"].max_resample == 7
     assert [specs[a][0][1].name for a in trained] == trained
-    assert recipe_dict(recipes["grpo_random"]) == recipe_dict(recipes["grpo_format"]) == recipe_dict(recipes["grpo"])
+    assert recipe_dict(recipes["grpo_format"]) == recipe_dict(recipes["grpo"])
+    assert recipe_dict(recipes["grpo_random"]) == {**recipe_dict(recipes["grpo"]), "random_reward_rate": 0.34}
 
 
 @pytest.mark.parametrize("full_batches,sizes", [(False, [4, 4, 2, 4, 4, 2, 4]), (True, [4, 4, 4, 4, 4, 4, 4])])

@@ -81,3 +81,15 @@ def test_full_batches_count_batch_size_examples_a_step_at_the_mean_length(steps)
     got_examples, got_tokens = seen_tokens(per_example, 4, steps, full_batches=True)
     assert examples == {got_examples} == {4 * steps}
     assert got_tokens == pytest.approx(tokens, rel=0.02)
+
+
+def test_an_lr_picked_by_a_sweep_passes_and_says_so():
+    """method.md 8: an arm that does not learn at the shared rate gets its own from a sweep; the table accepts it (the
+    steps and tokens must still match) and names it, a differing lr without a sweep still fails."""
+    budgets = {"grpo_s0": _budget(20, 3000), "dpo_s0": {**_budget(20, 3100, lr=5e-6), "lr_swept": True},
+               "dpo_s1": {**_budget(20, 4000, lr=5e-6), "lr_swept": True}, "rft_s0": _budget(20, 3000, lr=5e-6)}
+    gaps = budget_gaps(budgets, ["grpo_s0"])
+    assert within(gaps["dpo_s0"]) and match_text(gaps["dpo_s0"]) == "within 10% (its lr from its lr sweep)"
+    assert match_text(gaps["dpo_s1"]) == "answer_tokens +33%: not within 10%"
+    assert match_text(gaps["rft_s0"]) == "lr differs: not within 10%"
+    assert match_text(gaps["grpo_s0"]) == "within 10%"

@@ -83,6 +83,32 @@ def test_shuffled_rewards_keep_the_rate_and_lose_the_answer():
     assert abs(rate - 0.25) < 4 * (0.25 * 0.75 / 8000) ** 0.5, rate
 
 
+def test_random_rewards_at_a_fixed_rate_ignore_the_answer_and_keep_the_rate():
+    """random_reward_rate r > 0: each answer rewarded with probability r (a binomial check over many answers, and
+    for the answers that were right alike), seeded; the rate is keyed, its default 0 is not."""
+    from rlsft.grpo.config import as_recipe
+    from rlsft.training.grpo_random import draw_rewards
+
+    recipe = as_recipe({"train": TRAIN, "max_new_tokens": 8, "random_reward_rate": 0.3})
+    answers = [SimpleNamespace(ids=[1, 2], reward=3.0 if i % 2 else -0.5, correct=bool(i % 2)) for i in range(20000)]
+    draw_rewards(answers, 5, recipe)
+    rewarded = [a.correct for a in answers]
+    sd = (0.3 * 0.7 / len(answers)) ** 0.5
+    assert abs(sum(rewarded) / len(answers) - 0.3) < 4 * sd
+    assert abs(sum(rewarded[1::2]) / len(rewarded[1::2]) - 0.3) < 4 * sd * 2 ** 0.5  # the right ones: no signal
+    assert {a.reward for a in answers} == {3.0, -0.5} and all((a.reward == 3.0) == a.correct for a in answers)
+    again = [SimpleNamespace(ids=[1, 2], reward=0.0, correct=False) for _ in range(20000)]
+    draw_rewards(again, 5, recipe)
+    assert [a.correct for a in again] == rewarded  # seeded
+    spec = {"source": "derived", "base": BASE, "recipe": {**GRPO, "kind": "grpo_random"}}
+    assert folder_name({**spec, "recipe": {**spec["recipe"], "random_reward_rate": 0.0}}) == folder_name(spec)
+    assert folder_name({**spec, "recipe": {**spec["recipe"], "random_reward_rate": 0.3}}) != folder_name(spec)
+    from rlsft.grpo.config import check_recipe
+
+    with pytest.raises(Exception, match=r"random_reward_rate must be in \[0, 1\), got 1.5"):
+        check_recipe(as_recipe({"train": TRAIN, "random_reward_rate": 1.5}))
+
+
 def test_grpo_random_trains_as_its_own_kind(tmp_path, capsys):
     """One registry entry + its module: it trains, caches under its own kind and records its budget."""
     updating = {**GRPO, "max_new_tokens": 16, "num_generations": 8}  # enough spread in the rewards to update
@@ -93,7 +119,7 @@ def test_grpo_random_trains_as_its_own_kind(tmp_path, capsys):
     assert [k[0] for k in keys] == ["grpo_random", "grpo_format", "grpo"] and len({k[1] for k in keys}) == 3
     model, _ = load_model(random_spec, device="cpu", cache_dir=str(tmp_path))
     out = capsys.readouterr().out
-    assert "GRPO with rewards shuffled within each round (control)" in out and "trained in" in out
+    assert "GRPO rewards shuffled within each round (control)" in out and "trained in" in out
     folder = tmp_path / "models" / folder_name(random_spec)
     budget = training_budget(random_spec, str(tmp_path))
     assert budget == json.loads((folder / "budget.json").read_text())

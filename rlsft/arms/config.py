@@ -49,6 +49,9 @@ class ArmConfig:
     # (method.md 8, matched budgets: without it they jump in whole passes when the examples are few)
     full_batches: bool = False
     lr: float = 1e-5
+    # the lr was picked by experiment=lr_sweep because the family's shared rate did not train this arm (method.md 8):
+    # the budget table then accepts a differing lr (and says so); not part of the cache key
+    lr_swept: bool = False
     warmup_steps: int = 0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -57,7 +60,7 @@ class ArmConfig:
     save_every: int = 10  # optimizer steps between checkpoints; 0 = none (a killed run restarts)
 
 
-NON_TRAINING_KEYS = ("save_every",)
+NON_TRAINING_KEYS = ("save_every", "lr_swept")
 PRESET_DIR = PRESETS / "arms"
 
 

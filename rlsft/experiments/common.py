@@ -125,12 +125,14 @@ class RunContext:
         return Sampling(**values)
 
     def generations(self, stage: Any, records: list[Record], sampling: Sampling | None = None,
-                    template: str | None = None, label: str = "") -> list[dict]:
-        """Cached answers of one stage (the model is loaded only on a cache miss)."""
+                    template: str | None = None, label: str = "", batch_size: int | None = None) -> list[dict]:
+        """Cached answers of one stage (the model is loaded only on a cache miss); ``batch_size`` answers per
+        generate call (default generation.batch_size)."""
         return generate_answers(
             lambda: self.load_stage(stage), records, template or self.cfg.model_pair.template,
             sampling or self.sampling(), fingerprint(self.model_spec(stage)), self.cache_dir,
-            batch_size=self.cfg.generation.batch_size, desc=f"generate [{stage.name}{' ' + label if label else ''}]")
+            batch_size=batch_size or self.cfg.generation.batch_size,
+            desc=f"generate [{stage.name}{' ' + label if label else ''}]")
 
     # ------------------------------------------------------------------ outputs
     def write_json(self, name: str, obj: Any) -> Path:

@@ -143,7 +143,7 @@ def output_lenses(ctx: RunContext, reference: str, stages: dict) -> dict:
     for name in list(stages)[1:]:
         row = {}
         for where, recs in sets.items():
-            answers = ctx.generations(stages[name], recs, sampled)
+            answers = ctx.generations(stages[name], recs, sampled, batch_size=L.batch_size)
             row[f"{where}_kl"] = _mean_ci(kl_for(ctx, ref, stages[name], answers), L.n_boot, ctx.cfg.run.seed)
             row[f"{where}_accuracy"] = float(acc[where][name].mean())
             row[f"{where}_accuracy_change"] = _mean_ci(acc[where][name] - acc[where][reference], L.n_boot,
@@ -163,7 +163,7 @@ def pass_lenses(ctx: RunContext, stages: dict) -> dict:
     ks = powers_of_two(L.pass_n)
     curves = {}
     for name, stage in stages.items():
-        gens = ctx.generations(stage, records, sampling)
+        gens = ctx.generations(stage, records, sampling, batch_size=L.batch_size)
         correct = {}
         for g in gens:
             correct[g["id"]] = correct.get(g["id"], 0) + bool(g["correct"])

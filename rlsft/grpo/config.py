@@ -52,6 +52,9 @@ class GRPOConfig:
     partial_credit: bool = True  # wrong numeric answers earn -0.5 + 3.5*max(0, 1-|pred-gt|/max(|gt|,1)) ...
     partial_max: float = 2.5  # ... capped here, so a wrong answer never scores as a correct one
     overlong_buffer: int = 0  # DAPO soft overlong punishment: L_cache tokens before max_new_tokens (0 = off)
+    # the grpo_random control only (rlsft.training.grpo_random): 0 = each round's real rewards shuffled across its
+    # answers; > 0 = each answer rewarded with this probability (Shao et al.'s random reward at a fixed rate)
+    random_reward_rate: float = 0.0
     overlong_penalty: float = 1.0  # its largest penalty (reached at max_new_tokens)
 
     # ---------------------------------------------------------------- objective (DAPO)
@@ -185,6 +188,7 @@ def check_recipe(r: GRPOConfig) -> None:
     need(0 <= r.epsilon_low < 1, f"epsilon_low must be in [0, 1), got {r.epsilon_low}")
     need(r.epsilon_high >= 0, f"epsilon_high must be >= 0, got {r.epsilon_high}")
     need(r.max_resample >= 0, f"max_resample must be >= 0, got {r.max_resample}")
+    need(0 <= r.random_reward_rate < 1, f"random_reward_rate must be in [0, 1), got {r.random_reward_rate}")
     need(r.beta >= 0, f"beta must be >= 0, got {r.beta}")
     need(r.reward_correct > r.partial_max > r.reward_wrong,
          f"rewards must satisfy reward_wrong < partial_max < reward_correct, got {r.reward_wrong}, {r.partial_max}, "

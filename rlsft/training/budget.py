@@ -1,5 +1,6 @@
 """Matched training budgets (method.md 8): what each kind counts, and whether the arms of a family trained with one
-learning rate and the same optimizer steps and trained answer tokens, within 10%.
+learning rate and the same optimizer steps and trained answer tokens, within 10%. An arm whose recipe says
+``lr_swept`` (its rate picked by experiment=lr_sweep, because the shared one did not train it) may differ in lr.
 
 Trained answer tokens are the answer tokens whose log-probabilities enter the loss, summed over every optimizer step:
 - ``sft``, ``rft``: each example's completion tokens (the answer and its stop token: the completion mask);
@@ -56,24 +57,27 @@ def budget_gaps(budgets: dict[str, dict], reference_stages: list[str]) -> dict[s
         gap = {key: None if ref[key] in (None, 0) or b.get(key) is None else b[key] / ref[key] - 1 for key in MATCHED}
         lr = b.get("lr")
         gap["lr_same"] = None if ref["lr"] is None or lr is None else math.isclose(lr, ref["lr"], rel_tol=1e-9)
+        gap["lr_swept"] = bool(b.get("lr_swept"))
         out[stage] = gap
     return out
 
 
 def within(gap: dict) -> bool:
-    """One learning rate and every matched quantity within TOLERANCE (an unknown one does not pass)."""
-    return gap["lr_same"] is True and all(gap[k] is not None and abs(gap[k]) <= TOLERANCE + 1e-12 for k in MATCHED)
+    """One learning rate (or this arm's own, picked by its lr sweep) and every matched quantity within TOLERANCE (an
+    unknown one does not pass)."""
+    return (gap["lr_same"] is True or gap.get("lr_swept", False)) and all(gap[k] is not None and abs(gap[k]) <= TOLERANCE + 1e-12 for k in MATCHED)
 
 
 def match_text(gap: dict | None) -> str:
     """The budget table's cell: "within 10%", or what is off ("answer_tokens +35%, lr differs: not within 10%")."""
     if gap is None:
         return ""
+    swept = " (its lr from its lr sweep)" if gap.get("lr_swept") and gap["lr_same"] is not True else ""
     if within(gap):
-        return f"within {TOLERANCE:.0%}"
+        return f"within {TOLERANCE:.0%}{swept}"
     off = [f"{k} {'n/a' if gap[k] is None else f'{gap[k]:+.0%}'}" for k in MATCHED
            if gap[k] is None or abs(gap[k]) > TOLERANCE + 1e-12]
-    off += [] if gap["lr_same"] else ["lr " + ("n/a" if gap["lr_same"] is None else "differs")]
+    off += [] if gap["lr_same"] or gap.get("lr_swept") else ["lr " + ("n/a" if gap["lr_same"] is None else "differs")]
     return ", ".join(off) + f": not within {TOLERANCE:.0%}"
 
 

@@ -88,7 +88,8 @@ def training_budget(spec: dict, cache_dir: str | None = None) -> dict | None:
 
     Fields every kind has: kind, answer_tokens (trained answer tokens, all epochs or steps, counted as
     rlsft.training.budget says), optimizer_steps, samples (answers sampled from a model to build the training data; 0
-    for sft), wall_s (training wall time on the machine that trained it), lr (the recipe's learning rate)."""
+    for sft), wall_s (training wall time on the machine that trained it), lr (the recipe's learning rate), lr_swept
+    (the recipe says its lr came from experiment=lr_sweep)."""
     if spec.get("source") != "derived":
         return None
     base, kind, recipe = split_spec(spec)
@@ -99,4 +100,7 @@ def training_budget(spec: dict, cache_dir: str | None = None) -> dict | None:
         budget = kind.budget(folder)  # saved before budget.json existed: from the kind's own files
     else:
         return None
-    return None if budget is None else {"lr": recipe.lr, **budget}  # saved before budgets recorded lr
+    if budget is None:
+        return None
+    return {"lr": recipe.lr, **budget, "lr_swept": bool(getattr(recipe, "lr_swept", False))}  # lr: saved before
+    # budgets recorded it; lr_swept: the family's say, so it is read from the recipe, never from the saved budget

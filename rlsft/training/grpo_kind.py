@@ -29,6 +29,8 @@ def grpo_key(base_fingerprint: dict, recipe, **extra) -> str:
     from ..grpo.config import GRPO_VERSION, NON_TRAINING_KEYS, recipe_dict
 
     weights = {k: v for k, v in recipe_dict(recipe).items() if k not in NON_TRAINING_KEYS or k == "steps"}
+    if not weights["random_reward_rate"]:  # keyed only when set, so the models trained before it existed stay cached
+        del weights["random_reward_rate"]
     return stage_key(version=GRPO_VERSION, base=base_fingerprint, recipe=weights, **extra)
 
 
