@@ -7,8 +7,9 @@
 Shapes: Llama-2-7B blocks (hidden 4096, MLP 11008, q/k/v/o and gate/up/down) times ``--scale`` in width, ``--layers``
 blocks (embedding and head left out: they have no spectra and cost what their size says). The compared state dict is
 the reference with 20% of the elements moved (RL-like, Mukherjee et al.) and the rest moved below bf16 resolution.
-Measured in one process: saving both with safetensors, then loading both (``load_file``; the page cache is warm, so
-this is the fastest loading a disk allows: real loading from disk is slower), ``update_sparsity``, and ``weight_rows``
+Measured in one process: saving both with safetensors, then loading both (``load_file``, each tensor copied out of
+the mapped file as model loading does; the page cache is warm, so this is the fastest loading a disk allows: real
+loading from disk is slower), ``update_sparsity``, and ``weight_rows``
 (sparsity + numerical / effective rank of every update + spectral drift and top-16 principal angles: three
 decompositions per matrix). Projection to 32 full-width blocks: loading and sparsity scale with the parameter count
 (scale^2 * layers), the decompositions with scale^3 * layers (an SVD of an m x n matrix costs m n min(m, n)).
@@ -67,7 +68,10 @@ def main() -> None:
         paths = [Path(tmp) / "ref.safetensors", Path(tmp) / "new.safetensors"]
         _, t_save = timed(lambda: [save_file({k: v.cpu() for k, v in sd.items()}, str(p))
                                    for sd, p in zip((ref, new), paths)])
-        loaded, t_load = timed(lambda: [load_file(str(p), device=device) for p in paths])
+        # on CPU load_file maps the file and reads nothing until a tensor is touched (as from_pretrained's loading
+        # does before it copies into the model's parameters): clone to time the read itself
+        loaded, t_load = timed(lambda: [{k: v.clone() for k, v in load_file(str(p), device=device).items()}
+                                        for p in paths])
     sparsity, t_sparsity = timed(lambda: update_sparsity(*loaded))
     rows, t_lenses = timed(lambda: weight_rows(*loaded, k=16))
     per_block = 4 * HIDDEN**2 + 3 * HIDDEN * MLP

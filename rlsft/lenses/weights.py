@@ -20,6 +20,12 @@ import torch
 RANK_RTOL = 1e-3  # numerical rank: singular values above RANK_RTOL * s_max (method.md 9)
 
 
+def count(mask: torch.Tensor) -> int:
+    """True elements of a bool tensor. ``count_nonzero``, not ``sum``: a bool sum promotes to int64 on the way, 5x
+    slower on CPU (11M elements: 0.028 s against 0.156 s), and the masks here are the size of whole models."""
+    return int(torch.count_nonzero(mask))
+
+
 def changed_mask(ref: torch.Tensor, new: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor:
     """bool, True where the element differs at ``dtype`` (updates below its resolution count as unchanged)."""
     return ref.to(dtype) != new.to(dtype)
@@ -32,7 +38,7 @@ def update_sparsity(ref_state: dict, state: dict, dtype=torch.bfloat16) -> dict[
         if name not in state or ref_state[name].shape != state[name].shape:
             continue
         n = ref_state[name].numel()
-        k = n - int(changed_mask(ref_state[name], state[name], dtype).sum())
+        k = n - count(changed_mask(ref_state[name], state[name], dtype))
         out[name] = k / n if n else 1.0
         same, total = same + k, total + n
     out["__all__"] = same / total if total else 1.0
@@ -105,7 +111,7 @@ def matrix_lenses(ref: torch.Tensor, new: torch.Tensor, k: int = 16) -> dict[str
 
 def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
     """|A and B| / |A or B| of two bool masks of one shape (1.0 when both are empty)."""
-    inter, union = int((a & b).sum()), int((a | b).sum())
+    inter, union = count(a & b), count(a | b)
     return inter / union if union else 1.0
 
 
@@ -150,7 +156,7 @@ def weight_rows(ref_state: dict, state: dict, layers_path: str = "model.layers",
         seen.add(ref.data_ptr())
         changed = changed_mask(ref, new, dtype)
         row = {"name": name, "block": block_of(name, layers_path), "type": matrix_type(name, layers_path),
-               "numel": ref.numel(), "changed": int(changed.sum()),
+               "numel": ref.numel(), "changed": count(changed),
                "mass": float((new.float() - ref.float()).abs().sum())}
         if spectra and ref.dim() == 2 and row["block"].startswith("block"):
             row |= matrix_lenses(ref, new, k)
@@ -188,9 +194,9 @@ def mask_overlap(ref_state: dict, a_state: dict, b_state: dict, dtype=torch.bflo
             continue
         seen.add(ref.data_ptr())
         a, b = changed_mask(ref, a_state[name], dtype), changed_mask(ref, b_state[name], dtype)
-        na, nb, n = int(a.sum()), int(b.sum()), a.numel()
-        inter += int((a & b).sum())
-        union += int((a | b).sum())
+        na, nb, n = count(a), count(b), a.numel()
+        inter += count(a & b)
+        union += count(a | b)
         chance_inter += na * nb / n
         chance_union += na + nb - na * nb / n
     return {"jaccard": inter / union if union else 1.0,
