@@ -54,6 +54,9 @@ def test_a_sweep_trains_each_rate_and_scores_it_on_questions_never_evaluated_or_
     assert [float(r["lr"]) for r in rows] == [0.001, 0.01]
     assert (run / "lr_sweep_accuracy.png").is_file()
     assert f"[lr_sweep] sft (seed None): picked lr {result['picked_lr']:g}" in res.stdout
+    # the base, on the same questions: random tiny models answer none, so no rate is above it
+    assert result["base"]["n"] == len(expected) and result["picked_beats_base"] is False
+    assert "cannot tell that sft learns at any of these rates" in res.stdout
 
 
 def test_the_pick_is_the_most_accurate_rate_and_a_tie_keeps_the_nearest_to_the_arms_own():

@@ -87,6 +87,19 @@ def pick(rows: list[dict], shared: float) -> dict:
     return max(rows, key=lambda r: (r["correct"], -abs(math.log(r["lr"] / shared))))
 
 
+def base_row(ctx: RunContext, stage, records: list) -> dict:
+    """The validation accuracy of the model the arm trains from (its recipe's base), the level "learns" is judged by."""
+    from ..config import StageConfig
+
+    base = OmegaConf.merge(OmegaConf.structured(StageConfig),
+                           {"name": f"{stage.name}_base", "model": ctx.model_spec(stage)["base"]})
+    answers = ctx.generations(base, records, ctx.sampling(), label="base")
+    correct = sum(a["correct"] for a in answers)
+    lo, hi = wilson_ci(correct, len(answers))
+    ctx.release(base)
+    return {"n": len(answers), "correct": correct, "accuracy": correct / len(answers), "ci_low": lo, "ci_high": hi}
+
+
 def run(cfg, ctx: RunContext) -> dict:
     s = cfg.lr_sweep
     seed = s.seed if s.seed is not None else (cfg.model_pair.seeds[0] if cfg.model_pair.get("seeds") else None)
@@ -107,18 +120,24 @@ def run(cfg, ctx: RunContext) -> dict:
                      "own": math.isclose(lr, shared)})
         ctx.tracker.log({f"lr_sweep/{s.arm}/lr{lr:g}/accuracy": correct / len(answers)})
         ctx.release(variant)
+    base = base_row(ctx, stage, records)
     best = pick(rows, shared)
     apart = [r for r in rows if r is not best and r["ci_high"] >= best["ci_low"]]
+    learns = bool(best["ci_low"] > base["ci_high"])  # the picked rate's interval above the base's: it learned something
     columns = list(rows[0])
     ctx.write_table("lr_sweep", columns, [[r[c] for c in columns] for r in rows])
     result = {"arm": s.arm, "seed": seed, "validation": s.validation.name, "n": len(records), "own_lr": shared,
-              "picked_lr": best["lr"], "rows": rows, "not_separated_from": [r["lr"] for r in apart]}
+              "picked_lr": best["lr"], "rows": rows, "not_separated_from": [r["lr"] for r in apart], "base": base,
+              "picked_beats_base": learns}
     ctx.write_json("lr_sweep.json", result)
     ctx.tracker.summary({f"lr_sweep/{s.arm}/picked_lr": best["lr"]})
-    figure(ctx, rows, s.arm, shared)
+    figure(ctx, rows, s.arm, shared, base)
     recipe = ctx.model_spec(stage)["recipe"]
     preset = recipe if isinstance(recipe, str) else recipe.get("preset", "<recipe>")
     print(markdown_table(columns, [[r[c] for c in columns] for r in rows])
+          + f"[lr_sweep] the arm's base before training: {base['accuracy']:.3f} [{base['ci_low']:.3f}, "
+            f"{base['ci_high']:.3f}]" + ("" if learns else f"; no rate's interval is above it: cannot tell that "
+                                                            f"{s.arm} learns at any of these rates") + "\n"
           + f"[lr_sweep] {s.arm} (seed {seed}): picked lr {best['lr']:g} by validation accuracy "
             f"{best['accuracy']:.3f} [{best['ci_low']:.3f}, {best['ci_high']:.3f}] on {len(records)} questions"
           + ("" if not apart else f"; its interval overlaps lr {', '.join(format(r['lr'], 'g') for r in apart)}: "
@@ -129,7 +148,7 @@ def run(cfg, ctx: RunContext) -> dict:
     return result
 
 
-def figure(ctx: RunContext, rows: list[dict], arm: str, shared: float) -> None:
+def figure(ctx: RunContext, rows: list[dict], arm: str, shared: float, base: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,6 +161,8 @@ def figure(ctx: RunContext, rows: list[dict], arm: str, shared: float) -> None:
            [max(r["ci_high"] - r["accuracy"], 0.0) for r in rows]]
     ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3)
     ax.axvline(shared, color="grey", lw=0.8, ls="--", label=f"the arm's own lr ({shared:g})")
+    ax.axhspan(base["ci_low"], base["ci_high"], color="tab:orange", alpha=0.2, lw=0,
+               label=f"its base before training ({base['accuracy']:.2f}, 95% band)")
     ax.set(xscale="log", xlabel="learning rate", ylabel="validation accuracy (Wilson 95%)",
            title=f"lr sweep: {arm}, n = {rows[0]['n']} validation questions", ylim=(0, 1))
     ax.legend(loc="upper left", frameon=False)
