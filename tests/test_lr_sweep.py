@@ -59,6 +59,21 @@ def test_a_sweep_trains_each_rate_and_scores_it_on_questions_never_evaluated_or_
     assert "cannot tell that sft learns at any of these rates" in res.stdout
 
 
+def test_the_gain_over_the_base_is_paired_and_its_p_value_is_mcnemars():
+    """Against statsmodels-free arithmetic: the exact McNemar test is a binomial test on the discordant questions
+    (here 30 only the pick answers, 10 only the base: p = 2 P(X <= 10), X ~ Bin(40, 1/2))."""
+    from math import comb
+
+    from rlsft.experiments.lr_sweep import paired_gain
+
+    picked = [True] * 30 + [False] * 10 + [True] * 50 + [False] * 60
+    base = [False] * 30 + [True] * 10 + [True] * 50 + [False] * 60
+    gain = paired_gain(picked, base)
+    assert gain["diff"] == pytest.approx(20 / 150) and (gain["only_picked"], gain["only_base"]) == (30, 10)
+    assert gain["p"] == pytest.approx(2 * sum(comb(40, k) for k in range(11)) / 2**40)
+    assert paired_gain([True, False], [True, False])["p"] == 1.0  # no discordant question: nothing to tell
+
+
 def test_the_pick_is_the_most_accurate_rate_and_a_tie_keeps_the_nearest_to_the_arms_own():
     from rlsft.experiments.lr_sweep import pick
 

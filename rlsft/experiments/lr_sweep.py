@@ -97,7 +97,20 @@ def base_row(ctx: RunContext, stage, records: list) -> dict:
     correct = sum(a["correct"] for a in answers)
     lo, hi = wilson_ci(correct, len(answers))
     ctx.release(base)
-    return {"n": len(answers), "correct": correct, "accuracy": correct / len(answers), "ci_low": lo, "ci_high": hi}
+    return {"n": len(answers), "correct": correct, "accuracy": correct / len(answers), "ci_low": lo, "ci_high": hi,
+            "flags": [bool(a["correct"]) for a in answers]}
+
+
+def paired_gain(picked: list[bool], base: list[bool]) -> dict:
+    """Accuracy of the picked rate minus the base's on the same questions, with the exact McNemar p-value (a
+    two-sided binomial test on the questions only one of them answers): paired, so sharper than two intervals."""
+    from scipy.stats import binomtest
+
+    only_picked = sum(p and not b for p, b in zip(picked, base))
+    only_base = sum(b and not p for p, b in zip(picked, base))
+    n = only_picked + only_base
+    return {"diff": (only_picked - only_base) / len(base), "only_picked": only_picked, "only_base": only_base,
+            "p": float(binomtest(only_picked, n, 0.5).pvalue) if n else 1.0}
 
 
 def run(cfg, ctx: RunContext) -> dict:
@@ -106,13 +119,14 @@ def run(cfg, ctx: RunContext) -> dict:
     stage = swept_stage(ctx, s.arm, seed)
     shared = split_spec(ctx.model_spec(stage))[2].lr
     records = validation_records(ctx, stage)
-    rows = []
+    rows, flags = [], {}
     for lr in sorted({*s.lrs, shared}):
         variant = stage if math.isclose(lr, shared) else with_lr(stage, lr)
         answers = ctx.generations(variant, records, ctx.sampling(), label=f"lr {lr:g}")
         correct = sum(a["correct"] for a in answers)
         lo, hi = wilson_ci(correct, len(answers))
         budget = training_budget(ctx.model_spec(variant), ctx.cache_dir) or {}
+        flags[lr] = [bool(a["correct"]) for a in answers]
         rows.append({"lr": lr, "stage": variant.name, "n": len(answers), "correct": correct,
                      "accuracy": correct / len(answers), "ci_low": lo, "ci_high": hi,
                      "truncated": sum(a["finish_reason"] == "length" for a in answers),
@@ -123,12 +137,13 @@ def run(cfg, ctx: RunContext) -> dict:
     base = base_row(ctx, stage, records)
     best = pick(rows, shared)
     apart = [r for r in rows if r is not best and r["ci_high"] >= best["ci_low"]]
-    learns = bool(best["ci_low"] > base["ci_high"])  # the picked rate's interval above the base's: it learned something
+    gain = paired_gain(flags[best["lr"]], base.pop("flags"))
+    learns = gain["diff"] > 0 and gain["p"] < 0.05
     columns = list(rows[0])
     ctx.write_table("lr_sweep", columns, [[r[c] for c in columns] for r in rows])
     result = {"arm": s.arm, "seed": seed, "validation": s.validation.name, "n": len(records), "own_lr": shared,
               "picked_lr": best["lr"], "rows": rows, "not_separated_from": [r["lr"] for r in apart], "base": base,
-              "picked_beats_base": learns}
+              "picked_minus_base": gain, "picked_beats_base": learns}
     ctx.write_json("lr_sweep.json", result)
     ctx.tracker.summary({f"lr_sweep/{s.arm}/picked_lr": best["lr"]})
     figure(ctx, rows, s.arm, shared, base)
@@ -136,8 +151,9 @@ def run(cfg, ctx: RunContext) -> dict:
     preset = recipe if isinstance(recipe, str) else recipe.get("preset", "<recipe>")
     print(markdown_table(columns, [[r[c] for c in columns] for r in rows])
           + f"[lr_sweep] the arm's base before training: {base['accuracy']:.3f} [{base['ci_low']:.3f}, "
-            f"{base['ci_high']:.3f}]" + ("" if learns else f"; no rate's interval is above it: cannot tell that "
-                                                            f"{s.arm} learns at any of these rates") + "\n"
+            f"{base['ci_high']:.3f}]; the pick minus the base, paired on the same questions: {gain['diff']:+.3f} "
+            f"(McNemar exact p = {gain['p']:.2g})" + ("" if learns else f": cannot tell that {s.arm} learns at any "
+                                                                          "of these rates") + "\n"
           + f"[lr_sweep] {s.arm} (seed {seed}): picked lr {best['lr']:g} by validation accuracy "
             f"{best['accuracy']:.3f} [{best['ci_low']:.3f}, {best['ci_high']:.3f}] on {len(records)} questions"
           + ("" if not apart else f"; its interval overlaps lr {', '.join(format(r['lr'], 'g') for r in apart)}: "
