@@ -181,6 +181,8 @@ def figure(ctx: RunContext, rows: list[dict], arm: str, shared: float, base: dic
                label=f"its base before training ({base['accuracy']:.2f}, 95% band)")
     ax.set(xscale="log", xlabel="learning rate", ylabel="validation accuracy (Wilson 95%)",
            title=f"lr sweep: {arm}, n = {rows[0]['n']} validation questions", ylim=(0, 1))
+    ax.set_xticks(x, [f"{lr:g}" for lr in x])  # the swept rates only: log minor ticks' labels ran into each other
+    ax.minorticks_off()
     ax.legend(loc="upper left", frameon=False)
     fig.tight_layout()
     ctx.save_figure("lr_sweep_accuracy", fig)
