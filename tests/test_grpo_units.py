@@ -168,11 +168,12 @@ def test_recipe_keys_and_presets():
 # defaults, computed from commit 605c79a, before the eap_* keys left the recipe: they were NON_TRAINING_KEYS, so no
 # trained model, checkpoint or derived-model folder changes its key. smollm2_arms changed on purpose since (issue 21:
 # 2-digit questions, matched budgets): its pair is computed from abbc182, the arms branch before it met the callbacks
-# branch, so it too was hashed with the eap_* keys still in the recipe.
+# branch, so it too was hashed with the eap_* keys still in the recipe; and again at s28 (max_resample 3 -> 7: with 3
+# the pinned pair below was ("0cc06a81586919cd", "44faa3f58f3739e8"), which that recipe with max_resample=3 still gives).
 HASHES_AT_605C79A = {"default": ("bca2c45cc56a3194", "92015a935fb64d83"),
                      "rebuttal": ("57a3c88c2007977c", "5b9480b63894b502"),
                      "smollm2_arith": ("712c6f77bc3ce2c9", "89d4ac3c13514bf4"),
-                     "smollm2_arms": ("0cc06a81586919cd", "44faa3f58f3739e8"),
+                     "smollm2_arms": ("04ecbfbb3b7a2056", "8ebd4edbc7a2be46"),
                      None: ("1d43714a84159b30", "410d3784694d2949")}
 
 
@@ -195,3 +196,11 @@ def test_a_moved_eap_key_names_where_it_lives_now(key):
     with pytest.raises(RlsftError, match=rf"^GRPO recipe: grpo\.{key} is now {MOVED_KEYS[key]}: ") as err:
         as_recipe({"preset": "default", key: 1})
     assert "\n" not in str(err.value)
+
+
+def test_the_arms_recipe_changed_at_s28_only_in_max_resample():
+    from rlsft.training.grpo_kind import grpo_key
+
+    recipe = as_recipe({"preset": "smollm2_arms", "max_resample": 3})
+    assert (recipe_hash(recipe), grpo_key({"source": "hub", "path": "x"}, recipe)) == ("0cc06a81586919cd",
+                                                                                      "44faa3f58f3739e8")

@@ -156,6 +156,8 @@ def recipe_dict(recipe: GRPOConfig) -> dict:
 def recipe_hash(recipe: GRPOConfig) -> str:
     """Hash of what determines the trained weights (NON_TRAINING_KEYS left out)."""
     d = {k: v for k, v in recipe_dict(recipe).items() if k not in NON_TRAINING_KEYS}
+    if not d["random_reward_rate"]:  # hashed only when set: checkpoints written before it existed still resume
+        del d["random_reward_rate"]
     return stage_key(version=GRPO_VERSION, recipe=d)
 
 
