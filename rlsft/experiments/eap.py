@@ -502,7 +502,7 @@ def compare_console(dataset: str, selections: dict[str, tuple | None], tables: d
     heads = []
     for arm, chosen in selections.items():
         if chosen is None:
-            heads.append(f"{arm}: fewer than 2 questions answered correctly by {reference} and it: not compared\n")
+            heads.append(f"{arm}: fewer than 2 selected questions (its [eap] line above says why): not compared\n")
             continue
         counts = chosen[1]
         named = [n for n in stages if f"{n}_correct" in counts]

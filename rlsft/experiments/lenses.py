@@ -202,7 +202,7 @@ def circuit_lenses(ctx: RunContext, reference: str, stages: dict, blocks: dict) 
     out = {}
     for arm, chosen in selections.items():
         if chosen is None:
-            out |= {name: {"error": f"fewer than 2 questions answered correctly by {reference} and {arm}"}
+            out |= {name: {"error": f"fewer than 2 selected questions for {arm} (its [eap] line says why)"}
                     for name in arms[arm]}
             continue
         selection = chosen[0]
