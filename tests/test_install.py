@@ -41,6 +41,8 @@ def test_a_wheel_install_outside_the_checkout_trains_a_preset_recipe(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["rlsft"].startswith(str(site))  # the installed copy, not the checkout
-    # the preset's recipe: 77 distinct training questions (80 drawn, 3 also in its eval set), 20 steps of batch 16 =
-    # 4 passes of 5 batches (the last one short: 13), so 4 epochs
-    assert (result["budget"]["kind"], result["budget"]["examples"], result["budget"]["epochs"]) == ("sft", 77, 4.0)
+    # the preset's recipe: 77 distinct training questions (80 drawn, 3 also in its eval set), 20 full batches of 20
+    # (full_batches: each pass's short batch dropped), so 400 examples seen, 400 / 77 epochs
+    budget = result["budget"]
+    assert (budget["kind"], budget["examples"], budget["examples_seen"]) == ("sft", 77, 400)
+    assert budget["epochs"] == pytest.approx(400 / 77)
