@@ -38,7 +38,12 @@ def expand_seeds(stages: list[dict], seeds: list[int]) -> list[dict]:
 
 def seeded_recipe(recipe, seed: int) -> dict:
     """A derived model's recipe (a preset name or a section) with its training seed set."""
-    return {"preset": recipe, "seed": seed} if isinstance(recipe, str) else {**recipe, "seed": seed}
+    return recipe_with(recipe, seed=seed)
+
+
+def recipe_with(recipe, **keys) -> dict:
+    """A derived model's recipe (a preset name or a section) with ``keys`` set on top (e.g. seed, lr)."""
+    return {"preset": recipe, **keys} if isinstance(recipe, str) else {**recipe, **keys}
 
 
 def arm_of(stage: dict) -> str:

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from ..data import distinct_records, load_records, normalise_question
 from ..errors import RlsftError
 from ..overlap import training_pool
+from ..seeds import recipe_with
 from ..stats import wilson_ci
 from ..training.derived import split_spec, training_budget
 from .common import RunContext, markdown_table
@@ -59,8 +60,7 @@ def with_lr(stage, lr: float):
     from ..config import StageConfig
 
     spec = OmegaConf.to_container(stage, resolve=True)
-    recipe = spec["model"]["recipe"]
-    spec["model"]["recipe"] = {"preset": recipe, "lr": lr} if isinstance(recipe, str) else {**recipe, "lr": lr}
+    spec["model"]["recipe"] = recipe_with(spec["model"]["recipe"], lr=lr)
     spec["name"] = f"{stage.name}_lr{lr:g}"
     return OmegaConf.merge(OmegaConf.structured(StageConfig), spec)
 
@@ -94,9 +94,14 @@ def base_row(ctx: RunContext, stage, records: list) -> dict:
     base = OmegaConf.merge(OmegaConf.structured(StageConfig),
                            {"name": f"{stage.name}_base", "model": ctx.model_spec(stage)["base"]})
     answers = ctx.generations(base, records, ctx.sampling(), label="base")
+    ctx.release(base)
+    return accuracy(answers)
+
+
+def accuracy(answers: list[dict]) -> dict:
+    """n, correct, accuracy with its Wilson interval, and each answer's correctness (for the paired test)."""
     correct = sum(a["correct"] for a in answers)
     lo, hi = wilson_ci(correct, len(answers))
-    ctx.release(base)
     return {"n": len(answers), "correct": correct, "accuracy": correct / len(answers), "ci_low": lo, "ci_high": hi,
             "flags": [bool(a["correct"]) for a in answers]}
 
@@ -123,16 +128,14 @@ def run(cfg, ctx: RunContext) -> dict:
     for lr in sorted({*s.lrs, shared}):
         variant = stage if math.isclose(lr, shared) else with_lr(stage, lr)
         answers = ctx.generations(variant, records, ctx.sampling(), label=f"lr {lr:g}")
-        correct = sum(a["correct"] for a in answers)
-        lo, hi = wilson_ci(correct, len(answers))
+        scored = accuracy(answers)
+        flags[lr] = scored.pop("flags")
         budget = training_budget(ctx.model_spec(variant), ctx.cache_dir) or {}
-        flags[lr] = [bool(a["correct"]) for a in answers]
-        rows.append({"lr": lr, "stage": variant.name, "n": len(answers), "correct": correct,
-                     "accuracy": correct / len(answers), "ci_low": lo, "ci_high": hi,
+        rows.append({"lr": lr, "stage": variant.name, **scored,
                      "truncated": sum(a["finish_reason"] == "length" for a in answers),
                      "optimizer_steps": budget.get("optimizer_steps"), "answer_tokens": budget.get("answer_tokens"),
                      "own": math.isclose(lr, shared)})
-        ctx.tracker.log({f"lr_sweep/{s.arm}/lr{lr:g}/accuracy": correct / len(answers)})
+        ctx.tracker.log({f"lr_sweep/{s.arm}/lr{lr:g}/accuracy": scored["accuracy"]})
         ctx.release(variant)
     base = base_row(ctx, stage, records)
     best = pick(rows, shared)

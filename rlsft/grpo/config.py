@@ -153,12 +153,19 @@ def recipe_dict(recipe: GRPOConfig) -> dict:
     return asdict(recipe)
 
 
+ADDED_AT_DEFAULT = {"random_reward_rate": 0.0}  # keys added after models were trained: keyed only when set
+
+
+def training_fields(recipe: GRPOConfig) -> dict:
+    """What determines the trained weights: the recipe less NON_TRAINING_KEYS, and less each ADDED_AT_DEFAULT key at its
+    default, so the hashes and cache keys of recipes written before it existed do not change."""
+    return {k: v for k, v in recipe_dict(recipe).items()
+            if k not in NON_TRAINING_KEYS and not (k in ADDED_AT_DEFAULT and v == ADDED_AT_DEFAULT[k])}
+
+
 def recipe_hash(recipe: GRPOConfig) -> str:
-    """Hash of what determines the trained weights (NON_TRAINING_KEYS left out)."""
-    d = {k: v for k, v in recipe_dict(recipe).items() if k not in NON_TRAINING_KEYS}
-    if not d["random_reward_rate"]:  # hashed only when set: checkpoints written before it existed still resume
-        del d["random_reward_rate"]
-    return stage_key(version=GRPO_VERSION, recipe=d)
+    """Hash of what determines the trained weights (training_fields)."""
+    return stage_key(version=GRPO_VERSION, recipe=training_fields(recipe))
 
 
 def check_recipe(r: GRPOConfig) -> None:

@@ -65,7 +65,8 @@ def budget_gaps(budgets: dict[str, dict], reference_stages: list[str]) -> dict[s
 def within(gap: dict) -> bool:
     """One learning rate (or this arm's own, picked by its lr sweep) and every matched quantity within TOLERANCE (an
     unknown one does not pass)."""
-    return (gap["lr_same"] is True or gap.get("lr_swept", False)) and all(gap[k] is not None and abs(gap[k]) <= TOLERANCE + 1e-12 for k in MATCHED)
+    lr_ok = gap["lr_same"] is True or gap.get("lr_swept", False)
+    return lr_ok and all(gap[k] is not None and abs(gap[k]) <= TOLERANCE + 1e-12 for k in MATCHED)
 
 
 def match_text(gap: dict | None) -> str:

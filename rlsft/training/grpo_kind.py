@@ -26,11 +26,9 @@ def grpo_recipe(section: Any):
 
 def grpo_key(base_fingerprint: dict, recipe, **extra) -> str:
     """Every recipe key that changes the weights (``steps`` included), the base, and the kind's own ``extra``."""
-    from ..grpo.config import GRPO_VERSION, NON_TRAINING_KEYS, recipe_dict
+    from ..grpo.config import GRPO_VERSION, training_fields
 
-    weights = {k: v for k, v in recipe_dict(recipe).items() if k not in NON_TRAINING_KEYS or k == "steps"}
-    if not weights["random_reward_rate"]:  # keyed only when set, so the models trained before it existed stay cached
-        del weights["random_reward_rate"]
+    weights = {**training_fields(recipe), "steps": recipe.steps}  # steps: a resumed run's, but a model's too
     return stage_key(version=GRPO_VERSION, base=base_fingerprint, recipe=weights, **extra)
 
 
