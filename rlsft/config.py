@@ -98,6 +98,9 @@ class DatasetConfig:
     seed: int = 0
     per_template: int = 1000
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    # dataset sections whose questions this one leaves out (before `n` is drawn): a held-out set kept disjoint from a
+    # training set however many questions it grows to (conf/dataset/arith2_heldout.yaml)
+    exclude: Optional[List[Any]] = None
 
 
 @dataclass

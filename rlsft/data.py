@@ -293,6 +293,30 @@ def subset(records: list[Record], n: int | None, seed: int) -> list[Record]:
     return [records[i] for i in keep]
 
 
+def without_questions_of(records: list[Record], sections: list, name: str) -> list[Record]:
+    """``records`` less those asking a question of any dataset section in ``sections`` (``dataset.exclude``): a
+    held-out set stays disjoint from a training set however many questions it grows to."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import DatasetConfig
+
+    asked: set[str] = set()
+    for i, section in enumerate(sections):
+        try:
+            other = OmegaConf.merge(OmegaConf.structured(DatasetConfig), section)
+        except OmegaConfBaseException as exc:
+            raise RlsftError(f"dataset {name!r}: exclude[{i}]: {str(exc).splitlines()[0]}") from None
+        asked |= {normalise_question(r.question) for r in load_records(other)}
+    kept = [r for r in records if normalise_question(r.question) not in asked]
+    if not kept:
+        raise RlsftError(f"dataset {name!r}: every question is also in dataset.exclude ({len(records)} records)")
+    if len(kept) < len(records):
+        print(f"[dataset] {name}: {len(records) - len(kept)} of {len(records)} questions are also in dataset.exclude: "
+              "left out")
+    return kept
+
+
 def load_records(cfg: Any) -> list[Record]:
     """Records of the dataset config ``cfg`` (see conf/dataset/*.yaml)."""
     source = cfg.source
@@ -314,6 +338,8 @@ def load_records(cfg: Any) -> list[Record]:
             records = rows_to_records(hub_rows(path, cfg.config_name, cfg.split), cfg, f"{path}[{cfg.split}]")
     else:
         raise RlsftError(f"unknown dataset source {source!r}; expected hub, local, auto, arithmetic, templates, factual")
+    if getattr(cfg, "exclude", None):
+        records = without_questions_of(records, cfg.exclude, cfg.name)
     records = subset(records, cfg.n, cfg.seed)
     if not records:
         raise RlsftError(f"dataset {cfg.name!r} is empty")

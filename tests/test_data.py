@@ -129,3 +129,35 @@ def test_two_digit_questions_are_distinct_and_their_twins_keep_the_prompt_length
         length = len(encode_prompt(tok, "chat_brief", r.question))
         assert r.meta["twins"] and all(len(encode_prompt(tok, "chat_brief", t)) == length for t in r.meta["twins"])
         assert all([len(x) for x in re.findall(r"\d+", t)] == [2, 2] for t in r.meta["twins"])
+
+
+def _arith(seed: int, count: int, **extra):
+    from omegaconf import OmegaConf
+
+    from rlsft.config import DatasetConfig
+
+    section = {"name": f"arith-{seed}", "source": "arithmetic", "seed": seed,
+               "arithmetic": {"count": count, "digits": 2, "unique": True}, **extra}
+    return OmegaConf.merge(OmegaConf.structured(DatasetConfig), section)
+
+
+def test_exclude_keeps_a_held_out_set_disjoint_from_a_training_set_at_any_size(capsys):
+    train = {"name": "train", "source": "arithmetic", "seed": 1, "arithmetic": {"count": 80, "digits": 2, "unique": True}}
+    asked = {r.question for r in load_records(_arith(1, 80))}
+    every = load_records(_arith(0, 2000))
+    held = load_records(_arith(0, 2000, exclude=[train]))
+    shared = [r for r in every if r.question in asked]
+    assert shared, "the two seeds' draws share questions, or the test shows nothing"
+    # exactly the shared questions go, the rest keep their order and ids; n is drawn after the exclusion
+    assert [r.id for r in held] == [r.id for r in every if r.question not in asked]
+    assert f"{len(shared)} of 2000 questions are also in dataset.exclude" in capsys.readouterr().out
+    drawn = load_records(_arith(0, 2000, exclude=[train], n=500))
+    assert len(drawn) == 500 and not {r.question for r in drawn} & asked
+
+
+def test_exclude_errors_name_the_dataset():
+    with pytest.raises(RlsftError, match="every question is also in dataset.exclude"):
+        load_records(_arith(0, 50, exclude=[{"name": "same", "source": "arithmetic", "seed": 0,
+                                             "arithmetic": {"count": 50, "digits": 2, "unique": True}}]))
+    with pytest.raises(RlsftError, match=r"dataset 'arith-0': exclude\[0\]"):
+        load_records(_arith(0, 50, exclude=[{"name": "bad", "sorce": "arithmetic"}]))
