@@ -114,6 +114,34 @@ def test_the_study_reports_every_arm_over_its_seeds(tmp_path, cache_dir):
     again = {r["arm"]: r for r in _csv(per_arm / "study_primary.csv")}
     assert {a: again[a]["diff"] for a in ARMS} == {a: rows[a]["diff"] for a in ARMS}
 
+    # experiment=lenses on the same models: beside each seed's rows, every lens per arm over its seeds (lenses_arms),
+    # recomputed here from the per-seed tables and the per-question values in lenses.json
+    lenses = tmp_path / "lenses"
+    res = launch("experiment=lenses", *FAMILY, "eap.reference=base", "eap.compare=[sft,grpo,grpo_random]",
+                 "eap.require_correct=false", "lenses.pass_n=4", "lenses.control.n=4", "lenses.n_boot=400",
+                 f"hydra.run.dir={lenses}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "is not cached: training it now" not in res.stdout and "## lenses_arms" in res.stdout
+    result = json.loads((lenses / "lenses.json").read_text())
+    by_arm = {(r["arm"], r["measure"]): r for r in _csv(lenses / "lenses_arms.csv")}
+    assert {a for a, _ in by_arm} == set(ARMS) and all(int(r["seeds"]) == 2 for r in by_arm.values())
+    unchanged = {r["stage"]: float(r["unchanged"]) for r in _csv(lenses / "lenses_weights.csv")}
+    task_accuracy = {r["stage"]: float(r["task_accuracy"]) for r in _csv(lenses / "lenses_outputs.csv")}
+    pass_1 = {r["stage"]: float(r["pass_at_k"]) for r in _csv(lenses / "lenses_pass_at_k.csv") if r["k"] == "1"}
+    for arm, stages in ARMS.items():
+        assert float(by_arm[(arm, "unchanged_share")]["value"]) == pytest.approx(
+            np.mean([unchanged[s] for s in stages]), abs=1e-4)
+        kl = np.array([[np.nan if x is None else x for x in result["outputs"][s]["per_question"]["task_kl"]]
+                       for s in stages])
+        assert float(by_arm[(arm, "task_kl")]["value"]) == pytest.approx(kl[:, np.isfinite(kl).all(0)].mean(),
+                                                                         abs=1e-4)
+        for s in stages:  # the per-question values behind the rows are the ones the per-seed tables average
+            assert np.mean(result["outputs"][s]["per_question"]["task_correct"]) == pytest.approx(task_accuracy[s])
+        assert float(by_arm[(arm, "pass@1 - base")]["value"]) == pytest.approx(
+            np.mean([pass_1[s] for s in stages]) - pass_1["base"], abs=1e-4)
+    summary = read_offline_run(lenses)["summary"]
+    assert summary["lenses/arms/task_kl/sft"] == pytest.approx(float(by_arm[("sft", "task_kl")]["value"]), abs=1e-4)
+
 
 def test_the_study_refuses_what_it_cannot_pair_or_resolve(tmp_path):
     """Arms trained on different seeds cannot be paired by seed; loss_adjusted has no per-question values; an arm

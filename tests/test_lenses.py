@@ -183,3 +183,60 @@ def test_blocks_and_where_the_update_meets_the_circuit():
     assert top_blocks(mass, 0.25) == [2]
     meets = update_meets_circuit(blocks, [2])
     assert meets["mass_share"] == 1.0 and meets["changed_share"] == 1.0 and meets["param_share"] == 0.25
+
+
+def test_arm_rows_give_each_lens_per_arm_an_interval_over_seeds_and_questions():
+    """rlsft.experiments.lenses_arms on a result built from known per-seed values: the unchanged share's interval is
+    scipy's t interval over seeds; a per-question lens's mean is the mean over seeds and questions, its difference from
+    the reference paired per question; a clear difference gets a direction, a null one "cannot tell"."""
+    from scipy import stats
+
+    from rlsft.experiments.lenses_arms import arm_rows
+
+    rng = np.random.default_rng(0)
+    Q, ks = 40, [1, 2, 4]
+    ref_pass = rng.uniform(0.2, 0.4, size=(Q, 3))
+    ref_correct = (rng.uniform(size=Q) < 0.3).astype(float)
+    result = {"reference": "base", "weights": {}, "outputs": {"__reference__": {"per_question": {
+        "task_correct": ref_correct.tolist(), "control_correct": ref_correct.tolist()}}}, "pass_at_k": {
+        "base": {"ks": ks, "per_question": ref_pass.tolist()}}}
+    arms = {"up": ["up_s0", "up_s1", "up_s2"], "same": ["same_s0", "same_s1", "same_s2"]}
+    for arm, names in arms.items():
+        for s, n in enumerate(names):
+            shift = 0.5 if arm == "up" else 0.0
+            result["weights"][n] = {"all": {"unchanged": 0.8 + 0.01 * s + (0.1 if arm == "up" else 0)}}
+            kl = rng.exponential(0.2 + shift, size=Q)
+            kl[3] = np.nan  # an empty answer: left out of every row of the arm
+            result["outputs"][n] = {"per_question": {
+                "task_kl": [None if np.isnan(x) else x for x in kl], "control_kl": rng.exponential(0.1, Q).tolist(),
+                "task_correct": np.maximum(ref_correct, rng.uniform(size=Q) < shift).tolist(),
+                "control_correct": ref_correct.tolist()}}
+            result["pass_at_k"][n] = {"ks": ks, "per_question": np.clip(
+                ref_pass + shift + rng.normal(0, 0.02 if shift else 0.1, size=(Q, 3)), 0, 1).tolist()}
+    rows = {(r["arm"], r["measure"]): r for r in arm_rows(result, arms, n_boot=500, seed=0)}
+    assert {m for _, m in rows} == {"unchanged_share", "task_kl", "control_kl", "task_accuracy - base",
+                                    "control_accuracy - base", "pass@1 - base", "pass@4 - base"}
+    shares = [result["weights"][n]["all"]["unchanged"] for n in arms["up"]]
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean(shares), scale=stats.sem(shares))
+    row = rows[("up", "unchanged_share")]
+    assert (row["value"], row["ci_low"], row["ci_high"]) == pytest.approx((np.mean(shares), lo, hi))
+    kl = np.array([[np.nan if x is None else x for x in result["outputs"][n]["per_question"]["task_kl"]]
+                   for n in arms["up"]])
+    row = rows[("up", "task_kl")]
+    assert row["value"] == pytest.approx(np.nanmean(kl)) and row["questions"] == Q - 1 and row["seeds"] == 3
+    assert row["ci_low"] < row["value"] < row["ci_high"] and row["verdict"] == "level: no test"
+    up = np.stack([np.array(result["pass_at_k"][n]["per_question"])[:, 2] for n in arms["up"]])
+    row = rows[("up", "pass@4 - base")]
+    assert row["value"] == pytest.approx((up - ref_pass[:, 2]).mean()) and row["verdict"] == "higher"
+    assert rows[("same", "pass@1 - base")]["verdict"] == "cannot tell"
+    assert rows[("up", "task_accuracy - base")]["verdict"] == "higher"
+    same = rows[("same", "control_accuracy - base")]  # every seed answers as the reference: no spread, no difference
+    assert same["value"] == 0 and same["verdict"] == "cannot tell"
+
+
+def test_figures_give_an_arm_of_several_seeds_one_legend_entry():
+    from rlsft.experiments.lenses_report import legend_labels
+
+    got = legend_labels(["base", "sft_s0", "sft_s1", "sft_s2", "grpo_s0", "rl"], "base")
+    assert got == {"base": "base (reference)", "sft_s0": "sft (3 seeds)", "sft_s1": "_nolegend_",
+                   "sft_s2": "_nolegend_", "grpo_s0": "grpo_s0", "rl": "rl"}

@@ -27,6 +27,8 @@ from ..models import fingerprint
 from ..seeds import stage_names
 from ..stats import bootstrap_ci
 from .common import RunContext
+from .eap_study import compared_arms, is_study
+from .lenses_arms import arm_rows
 from .lenses_report import figures, tables
 
 log = logging.getLogger(__name__)
@@ -141,17 +143,21 @@ def output_lenses(ctx: RunContext, reference: str, stages: dict) -> dict:
                    for n, s in stages.items()} for where, recs in full.items()}
     out = {}
     for name in list(stages)[1:]:
-        row = {}
+        row = {"per_question": {}}  # the values behind each mean, for the arms' intervals over seeds (lenses_arms)
         for where, recs in sets.items():
             answers = ctx.generations(stages[name], recs, sampled, batch_size=L.batch_size)
-            row[f"{where}_kl"] = _mean_ci(kl_for(ctx, ref, stages[name], answers), L.n_boot, ctx.cfg.run.seed)
+            kl = kl_for(ctx, ref, stages[name], answers)
+            row["per_question"] |= {f"{where}_kl": [None if np.isnan(x) else float(x) for x in kl],
+                                    f"{where}_correct": acc[where][name].tolist()}
+            row[f"{where}_kl"] = _mean_ci(kl, L.n_boot, ctx.cfg.run.seed)
             row[f"{where}_accuracy"] = float(acc[where][name].mean())
             row[f"{where}_accuracy_change"] = _mean_ci(acc[where][name] - acc[where][reference], L.n_boot,
                                                        ctx.cfg.run.seed)
         ctx.release(stages[name])
         out[name] = row
     ctx.release(ref)
-    out["__reference__"] = {f"{w}_accuracy": float(acc[w][reference].mean()) for w in sets}
+    out["__reference__"] = {f"{w}_accuracy": float(acc[w][reference].mean()) for w in sets} | {
+        "per_question": {f"{w}_correct": acc[w][reference].tolist() for w in sets}}
     return out
 
 
@@ -190,7 +196,6 @@ def circuit_lenses(ctx: RunContext, reference: str, stages: dict, blocks: dict) 
     truncation.alpha, on the selection eap.selection gives its arm: shared, or the questions the reference and the
     arm's seeds answer); a stage whose arm has too few questions says so (``{"error": ...}``)."""
     from .eap import arm_selections, generations, score_alpha
-    from .eap_study import compared_arms
 
     arms = compared_arms(ctx, stages)
     try:
@@ -231,6 +236,9 @@ def run(cfg, ctx: RunContext) -> dict:
     result["crossover_k"] = {n: crossover(result["pass_at_k"][reference], result["pass_at_k"][n], cfg.lenses.n_boot,
                                           cfg.run.seed) for n in list(stages)[1:]}
     result["circuit"] = circuit_lenses(ctx, reference, stages, blocks) if cfg.lenses.circuit else {}
+    arms = compared_arms(ctx, stages)
+    if is_study(arms):  # arms trained on several seeds: each lens per arm with an interval over seeds and questions
+        result["arms"] = arm_rows(result, arms, cfg.lenses.n_boot, cfg.run.seed)
     written = tables(ctx, result)
     figures(ctx, result)
     ctx.write_json("lenses.json", result)

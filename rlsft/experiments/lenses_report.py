@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from .common import RunContext, markdown_table, stage_color
+
+SEEDED = re.compile(r"_s\d+$")  # a seeded arm's stage, <arm>_s<seed> (rlsft/seeds.py)
 
 
 def _r(x, digits: int = 4):
@@ -66,6 +69,14 @@ def output_tables(result: dict) -> dict[str, tuple[list, list]]:
     return out
 
 
+def arm_table(result: dict) -> dict[str, tuple[list, list]]:
+    """lenses_arms: each lens per arm over its seeds (rlsft.experiments.lenses_arms); absent for one seed."""
+    cols = ["arm", "measure", "value", "ci_low", "ci_high", "seeds", "questions", "verdict"]
+    return {"lenses_arms": (cols, [[r["arm"], r["measure"], _r(r["value"]), _r(r["ci_low"]), _r(r["ci_high"]),
+                                    r["seeds"], r["questions"] if r["questions"] is not None else "", r["verdict"]]
+                                   for r in result.get("arms", [])])}
+
+
 def wandb_values(result: dict) -> dict:
     """lenses/<lens>/<stage> summary keys (one number each)."""
     vals = {}
@@ -78,6 +89,8 @@ def wandb_values(result: dict) -> dict:
                                                                 "task_accuracy_change")}
     for n, c in result["pass_at_k"].items():
         vals |= {f"lenses/pass_at_{r['k']}/{n}": r["pass"] for r in c["rows"]}
+    for r in result.get("arms", []):
+        vals[f"lenses/arms/{r['measure'].split(' - ')[0]}/{r['arm']}"] = r["value"]
     for n, c in (result.get("circuit") or {}).items():
         if isinstance(c, dict) and "error" not in c:
             vals |= {f"lenses/circuit_mass_share/{n}": c["mass_share"], f"lenses/circuit_param_share/{n}":
@@ -87,12 +100,12 @@ def wandb_values(result: dict) -> dict:
 
 def tables(ctx: RunContext, result: dict) -> str:
     """Write every table and the W&B keys; return the console text (the main tables as markdown)."""
-    all_tables = weight_tables(result) | output_tables(result)
+    all_tables = arm_table(result) | weight_tables(result) | output_tables(result)
     all_tables = {n: t for n, t in all_tables.items() if t[1]}  # no overlap table with one compared stage
     for name, (cols, rows) in all_tables.items():
         ctx.write_table(name, cols, rows)
     ctx.tracker.summary(wandb_values(result))
-    shown = ["lenses_weights", "lenses_overlap", "lenses_outputs", "lenses_circuit"]
+    shown = ["lenses_arms", "lenses_weights", "lenses_overlap", "lenses_outputs", "lenses_circuit"]
     text = [f"## {n}\n" + markdown_table(*all_tables[n]) for n in shown if n in all_tables]
     if "error" in (result.get("circuit") or {}):
         text.append(f"lenses_circuit: cannot tell ({result['circuit']['error']})")
@@ -112,13 +125,27 @@ def figures(ctx: RunContext, result: dict) -> None:
         plt.close(fig)
 
 
+def legend_labels(names, reference: str) -> dict[str, str]:
+    """One legend entry per arm: a seeded arm's stages share its colour, so its first stage carries the arm's name and
+    seed count and the others none (19 entries for the arms' 3 seeds would not fit beside the axes)."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault(SEEDED.sub("", n), []).append(n)
+    labels = {}
+    for arm, group in groups.items():
+        first = group[0] if len(group) == 1 else f"{arm} ({len(group)} seeds)"
+        labels |= {n: (first if i == 0 else "_nolegend_") for i, n in enumerate(group)}
+    return labels | {reference: f"{reference} (reference)"} if reference in labels else labels
+
+
 def pass_figure(plt, result: dict):
     fig, ax = plt.subplots(figsize=(6, 4))
+    labels = legend_labels(result["pass_at_k"], result["reference"])
     for n, c in result["pass_at_k"].items():
         ks = np.array(c["ks"])
         mean = [r["pass"] for r in c["rows"]]
-        ax.plot(ks, mean, marker="o", ms=3, color=stage_color(n), label=n + (" (reference)" if n == result[
-            "reference"] else ""), ls="--" if n == result["reference"] else "-")
+        ax.plot(ks, mean, marker="o", ms=3, color=stage_color(n), label=labels[n],
+                ls="--" if n == result["reference"] else "-")
         ax.fill_between(ks, [r["ci"][0] for r in c["rows"]], [r["ci"][1] for r in c["rows"]], color=stage_color(n),
                         alpha=0.12)
     ax.set_xscale("log", base=2)
@@ -130,11 +157,17 @@ def pass_figure(plt, result: dict):
 
 def sparsity_figure(plt, result: dict):
     fig, ax = plt.subplots(figsize=(7, 4))
+    labels = legend_labels(result["weights"], result["reference"])
+    shares: dict[str, list[float]] = {}
+    for n, w in result["weights"].items():
+        shares.setdefault(SEEDED.sub("", n), []).append(w["all"]["unchanged"])
     for n, w in result["weights"].items():
         blocks = [(int(g.split()[1]), b["unchanged"]) for g, b in w["by_block"].items() if g.startswith("block ")]
         blocks.sort()
+        arm = shares[SEEDED.sub("", n)]
+        overall = f"{arm[0]:.1%}" if len(arm) == 1 else f"{min(arm):.1%}-{max(arm):.1%}"
         ax.plot([b for b, _ in blocks], [u for _, u in blocks], marker="o", ms=3, color=stage_color(n),
-                label=f"{n} (all: {w['all']['unchanged']:.1%})")
+                label=labels[n] if labels[n] == "_nolegend_" else f"{labels[n]} (all: {overall})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _finish(fig, ax, "decoder block", "share of parameters unchanged at bf16",
                    f"Update sparsity per block, against {result['reference']}")
@@ -142,13 +175,14 @@ def sparsity_figure(plt, result: dict):
 
 def forgetting_figure(plt, result: dict):
     fig, ax = plt.subplots(figsize=(6, 4))
+    labels = legend_labels([n for n in result["outputs"] if n != "__reference__"], result["reference"])
     for n, v in result["outputs"].items():
         if n == "__reference__":
             continue
         x, y = v["task_kl"], v["control_accuracy_change"]
         ax.errorbar(x["mean"], y["mean"], xerr=[[x["mean"] - x["ci"][0]], [x["ci"][1] - x["mean"]]],
                     yerr=[[y["mean"] - y["ci"][0]], [y["ci"][1] - y["mean"]]], fmt="o", color=stage_color(n),
-                    capsize=3, label=n)
+                    capsize=3, label=labels[n])
     ax.axhline(0, color="grey", lw=0.8)
     ax.xaxis.set_major_locator(MaxNLocator(5))
     return _finish(fig, ax, f"task KL({result['reference']} || stage) per answer token, nats",
