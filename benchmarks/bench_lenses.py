@@ -10,8 +10,8 @@ the reference with 20% of the elements moved (RL-like, Mukherjee et al.) and the
 Measured in one process: saving both with safetensors, then loading both (``load_file``, each tensor copied out of
 the mapped file as model loading does; the page cache is warm, so this is the fastest loading a disk allows: real
 loading from disk is slower), ``update_sparsity``, and ``weight_rows``
-(sparsity + numerical / effective rank of every update + spectral drift and top-16 principal angles: three
-decompositions per matrix). Projection to 32 full-width blocks: loading and sparsity scale with the parameter count
+(sparsity + numerical / effective rank of every update + spectral drift and top-16 principal angles: per matrix the
+eigenvalues of the update's Gram matrix and the top 16 eigenpairs of the two models' Gram matrices). Projection to 32 full-width blocks: loading and sparsity scale with the parameter count
 (scale^2 * layers), the decompositions with scale^3 * layers (an SVD of an m x n matrix costs m n min(m, n)).
 """
 

@@ -12,7 +12,8 @@ from scipy.special import comb
 
 from rlsft.lenses import (aggregate, block_eap_mass, crossover_k, effective_rank, jaccard, jaccard_chance,
                           mask_overlap, matrix_lenses, numerical_rank, pass_at_k, pass_at_k_curve, principal_angles,
-                          token_kl, top_blocks, update_meets_circuit, update_sparsity, weight_rows)
+                          token_kl, top_blocks, top_singular, update_meets_circuit, update_spectrum, update_sparsity,
+                          weight_rows)
 
 
 @pytest.mark.parametrize("n,c,k", [(10, 3, 1), (10, 3, 5), (64, 1, 8), (64, 60, 4), (200, 7, 100), (5, 0, 3),
@@ -135,6 +136,13 @@ def test_ranks_of_known_rank_matrices():
         assert lens["max_angle_deg"] == pytest.approx(np.degrees(subspace_angles(ua, ub).max()), rel=1e-6)
         sa, sb = (np.linalg.svd(x, compute_uv=False)[:4] for x in (a, b))
         assert lens["spectral_drift"] == pytest.approx(np.mean(np.abs(sb - sa) / sa), rel=1e-6)
+        s_delta = np.linalg.svd(b - a, compute_uv=False)  # the update's whole spectrum, from eigenvalues alone
+        assert lens["effective_rank"] == pytest.approx(effective_rank(s_delta), rel=1e-9)
+        assert update_spectrum(torch.tensor(b - a)) == pytest.approx(s_delta, rel=1e-9, abs=1e-12)
+        s_top, U = top_singular(torch.tensor(a), 4)  # a partial eigendecomposition: the top 4 pairs only
+        u_np, s_np, _ = np.linalg.svd(a, full_matrices=False)
+        assert s_top == pytest.approx(s_np[:4], rel=1e-9)
+        assert np.abs(np.abs((U.numpy() * u_np[:, :4]).sum(axis=0)) - 1).max() < 1e-9  # the same vectors up to sign
 
 
 def test_jaccard_chance_matches_simulation():

@@ -15,6 +15,7 @@ import math
 import re
 
 import numpy as np
+import scipy.linalg
 import torch
 
 RANK_RTOL = 1e-3  # numerical rank: singular values above RANK_RTOL * s_max (method.md 9)
@@ -82,26 +83,51 @@ def basis_angles(Ua: torch.Tensor, Ub: torch.Tensor) -> np.ndarray:
     return np.sort(np.where(cos > 1 / math.sqrt(2), np.arcsin(sin), np.arccos(cos)))
 
 
-def gram_svd(m: torch.Tensor, k: int) -> tuple[np.ndarray, torch.Tensor]:
-    """All singular values (descending) and the top-k left singular vectors [out, k] of m [out, in], from the
-    eigendecomposition of the smaller fp64 Gram matrix: 5-10x faster than an SVD on CPU, and fp64 keeps singular
-    values down to ~1e-8 s_max exact, far below the rank threshold 1e-3 s_max."""
+def _gram(m: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """The smaller fp64 Gram matrix of m [out, in] (m m^T when out <= in: "wide") and which one it is. Its
+    eigenvalues are the squared singular values; fp64 keeps singular values down to ~1e-8 s_max exact, far below the
+    rank threshold 1e-3 s_max, and one Gram matrix costs less than an SVD on CPU."""
     m = m.double()
     wide = m.shape[0] <= m.shape[1]
-    evals, evecs = torch.linalg.eigh(m @ m.T if wide else m.T @ m)  # ascending
+    return (m @ m.T if wide else m.T @ m), wide
+
+
+def update_spectrum(m: torch.Tensor) -> np.ndarray:
+    """All singular values of m, descending, from the eigenvalues of its Gram matrix alone: the rank lenses need no
+    singular vectors, and LAPACK's eigenvalues-only path skips building them."""
+    gram, _ = _gram(m)
+    if gram.is_cuda:
+        evals = torch.linalg.eigvalsh(gram).cpu().numpy()
+    else:
+        evals = scipy.linalg.eigh(gram.numpy(), eigvals_only=True, driver="evr", check_finite=False)
+    return np.sqrt(np.clip(evals, 0, None))[::-1].copy()
+
+
+def top_singular(m: torch.Tensor, k: int) -> tuple[np.ndarray, torch.Tensor]:
+    """The top-k singular values (descending) and left singular vectors [out, k] of m [out, in]. On CPU only those k
+    eigenpairs of the Gram matrix are computed (LAPACK syevx through scipy: torch has no partial eigensolver), not all
+    of them; on a GPU torch's full eigh, which is fast there."""
+    gram, wide = _gram(m)
+    n, k = gram.shape[0], min(k, gram.shape[0])
+    if gram.is_cuda:
+        evals, evecs = torch.linalg.eigh(gram)
+        evals, evecs = evals[n - k:], evecs[:, n - k:]
+    else:
+        w, v = scipy.linalg.eigh(gram.numpy(), subset_by_index=[n - k, n - 1], driver="evx", check_finite=False)
+        evals, evecs = torch.from_numpy(w), torch.from_numpy(v)
     s = evals.clamp(min=0).sqrt().flip(0)
-    vecs = evecs.flip(1)[:, :k]
-    U = vecs if wide else (m @ vecs) / s[:k].clamp(min=1e-300)  # u_i = m v_i / s_i
+    vecs = evecs.flip(1)
+    U = vecs if wide else (m.double() @ vecs) / s.clamp(min=1e-300)  # u_i = m v_i / s_i
     return s.cpu().numpy(), U
 
 
 def matrix_lenses(ref: torch.Tensor, new: torch.Tensor, k: int = 16) -> dict[str, float]:
     """Rank of the update and spectral drift / rotation of one weight matrix [out, in]."""
     delta = new.double() - ref.double()
-    s_delta, _ = gram_svd(delta, 0)
-    s_ref, U_ref = gram_svd(ref, k)
-    s_new, U_new = gram_svd(new, k)
-    k = min(k, len(s_ref))
+    s_delta = update_spectrum(delta)
+    s_ref, U_ref = top_singular(ref, k)
+    s_new, U_new = top_singular(new, k)
+    k = len(s_ref)
     drift = np.abs(s_new[:k] - s_ref[:k]) / np.maximum(s_ref[:k], 1e-12)
     angles = basis_angles(U_ref[:, :k], U_new[:, :k])
     return {"numerical_rank": numerical_rank(s_delta), "full_rank": min(delta.shape),
