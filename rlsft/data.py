@@ -308,12 +308,19 @@ def without_questions_of(records: list[Record], sections: list, name: str) -> li
         except OmegaConfBaseException as exc:
             raise RlsftError(f"dataset {name!r}: exclude[{i}]: {str(exc).splitlines()[0]}") from None
         asked |= {normalise_question(r.question) for r in load_records(other)}
+    return leave_out(records, asked, f"dataset {name!r}: every question is also in dataset.exclude ({len(records)} "
+                     "records)", f"[dataset] {name}: {{dropped}} of {len(records)} questions are also in "
+                     "dataset.exclude: left out")
+
+
+def leave_out(records: list[Record], asked: set[str], none_left: str, note: str) -> list[Record]:
+    """``records`` less those asking a question in ``asked`` (normalised texts): the error ``none_left`` when none is
+    left, ``note`` (its ``{dropped}`` filled in) printed when some went."""
     kept = [r for r in records if normalise_question(r.question) not in asked]
     if not kept:
-        raise RlsftError(f"dataset {name!r}: every question is also in dataset.exclude ({len(records)} records)")
+        raise RlsftError(none_left)
     if len(kept) < len(records):
-        print(f"[dataset] {name}: {len(records) - len(kept)} of {len(records)} questions are also in dataset.exclude: "
-              "left out")
+        print(note.format(dropped=len(records) - len(kept)))
     return kept
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from ..data import Record, load_records, normalise_question, subset
+from ..data import Record, leave_out, load_records, normalise_question, subset
 from ..errors import RlsftError
 from .config import GRPOConfig
 
@@ -37,12 +37,9 @@ def recipe_data(recipe: GRPOConfig, default_dataset: Any = None) -> tuple[list[R
         evals = subset(every_eval, recipe.eval_n, recipe.seed)
         # never train on an evaluation question: drop them from the training set (synthetic sets share questions)
         held = {normalise_question(r.question) for r in every_eval}
-        kept = [r for r in train if normalise_question(r.question) not in held]
-        if not kept:
-            raise RlsftError(f"grpo: every training question is also an evaluation question ({len(train)} records)")
-        if len(kept) < len(train):
-            print(f"[training data] {len(train) - len(kept)} training records ask an evaluation question: left out of "
-                  "training")
+        kept = leave_out(train, held, f"grpo: every training question is also an evaluation question ({len(train)} "
+                         "records)", "[training data] {dropped} training records ask an evaluation question: left out "
+                         "of training")
         return kept, evals
     # hold out whole questions: a synthetic set repeats question texts, and a repeat must not leak into training
     texts = sorted({r.question for r in train})
