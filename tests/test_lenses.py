@@ -248,3 +248,12 @@ def test_figures_give_an_arm_of_several_seeds_one_legend_entry():
     got = legend_labels(["base", "sft_s0", "sft_s1", "sft_s2", "grpo_s0", "rl"], "base")
     assert got == {"base": "base (reference)", "sft_s0": "sft (3 seeds)", "sft_s1": "_nolegend_",
                    "sft_s2": "_nolegend_", "grpo_s0": "grpo_s0", "rl": "rl"}
+
+
+def test_a_share_over_two_seeds_keeps_its_interval_inside_0_1():
+    from scipy import stats
+
+    from rlsft.experiments.lenses_arms import _share
+
+    wide = _share("a", "unchanged_share", [0.02, 0.3], 2)  # t with 1 df: 12.7 standard errors, clipped to a share
+    assert wide["ci_low"] == 0.0 and wide["ci_high"] == pytest.approx(0.16 + stats.t.ppf(0.975, 1) * 0.14)

@@ -26,8 +26,10 @@ def _nan(values) -> np.ndarray:
     return np.array([math.nan if v is None else v for v in values], dtype=float)
 
 
-def _level(arm: str, measure: str, values, seeds: int) -> dict:
+def _share(arm: str, measure: str, values, seeds: int) -> dict:
+    """A share's mean over seeds with its t interval, kept inside [0, 1] (with 2-3 seeds t is wide)."""
     mean, lo, hi = t_interval(values)
+    lo, hi = (max(lo, 0.0), min(hi, 1.0)) if math.isfinite(lo) else (lo, hi)
     return {"arm": arm, "measure": measure, "value": mean, "ci_low": lo, "ci_high": hi, "seeds": seeds,
             "questions": None, "verdict": "level: no test"}
 
@@ -51,7 +53,7 @@ def arm_rows(result: dict, arms: dict[str, list[str]], n_boot: int = 2000, seed:
     rows = []
     for arm, names in arms.items():
         S = len(names)
-        rows.append(_level(arm, "unchanged_share", [result["weights"][n]["all"]["unchanged"] for n in names], S))
+        rows.append(_share(arm, "unchanged_share", [result["weights"][n]["all"]["unchanged"] for n in names], S))
         for where in ("task", "control"):
             kl = np.stack([_nan(outputs[n]["per_question"][f"{where}_kl"]) for n in names])
             rows.append(_interval(arm, f"{where}_kl", kl, n_boot=n_boot, seed=seed))
