@@ -255,5 +255,6 @@ def test_a_share_over_two_seeds_keeps_its_interval_inside_0_1():
 
     from rlsft.experiments.lenses_arms import _share
 
-    wide = _share("a", "unchanged_share", [0.02, 0.3], 2)  # t with 1 df: 12.7 standard errors, clipped to a share
-    assert wide["ci_low"] == 0.0 and wide["ci_high"] == pytest.approx(0.16 + stats.t.ppf(0.975, 1) * 0.14)
+    wide = _share("a", "unchanged_share", [0.02, 0.06], 2)  # t with 1 df: 12.7 standard errors, clipped at 0
+    assert wide["ci_low"] == 0.0 and wide["ci_high"] == pytest.approx(0.04 + stats.t.ppf(0.975, 1) * 0.02)
+    assert _share("a", "unchanged_share", [0.9, 0.99], 2)["ci_high"] == 1.0
