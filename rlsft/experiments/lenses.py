@@ -8,6 +8,7 @@ set, control and task accuracy change (paired bootstrap over questions)
 -> pass@k: n samples per question at ``lenses.temperature`` (generation cache), unbiased estimator, curves with
 bootstrap intervals over questions, the k where the reference overtakes
 -> where the update meets the circuit: each stage's EAP scores (the eap experiment's cached stage), top blocks
+-> arms trained on several seeds: each lens per arm, intervals over seeds and questions (lenses_arms)
 -> tables, figures, W&B keys.
 """
 
