@@ -218,6 +218,12 @@ def test_arms_on_their_own_questions_are_compared_on_the_questions_both_hold():
     assert pairs["a - b"]["diff"].diff == pytest.approx(expected) and pairs["a - b"]["diff"].questions == 2
     assert pairs["a - c"]["diff"] is None and pairs["a - c"]["verdict"] == "cannot tell: 0 question(s) in both selections"
     assert pairs["c - d"]["verdict"].startswith("cannot tell")
+    # the table writes a pair that has no test (found on the real arms: dpo had 1 selected question) with empty cells
+    from rlsft.experiments.eap_study import pairs_table
+    columns, table = pairs_table("arith", {"effective_edges": list(pairs.values())})
+    cells = {row[2]: dict(zip(columns, row)) for row in table}
+    assert cells["a - c"]["p_holm"] is None and cells["a - c"]["diff"] is None
+    assert cells["a - b"]["p_holm"] == pytest.approx(pairs["a - b"]["p_holm"])
     rows = {r["arm"]: r for r in against_reference(values, "base", n_boot=200, seed=0)}
     assert "base" not in rows  # no shared questions: the reference's value is per arm
     assert rows["b"]["reference_value"] == pytest.approx(np.mean([0.05 * k for k in (2, 4, 5, 7, 9)]))

@@ -175,7 +175,7 @@ def reference_table(dataset: str, measure: str, rows: list[dict]) -> tuple[list[
 def pairs_table(dataset: str, pairs: dict[str, list[dict]]) -> tuple[list[str], list[list]]:
     """Every arm against every other, per measure."""
     columns = ["dataset", "measure", "arms", *CELLS, "p_holm", "verdict"]
-    return columns, [[dataset, measure, r["arm"], *interval_cells(r["diff"]), r["p_holm"], r["verdict"]]
+    return columns, [[dataset, measure, r["arm"], *interval_cells(r["diff"]), r.get("p_holm"), r["verdict"]]
                      for measure, rows in pairs.items() for r in rows]
 
 
