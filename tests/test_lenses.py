@@ -240,6 +240,10 @@ def test_arm_rows_give_each_lens_per_arm_an_interval_over_seeds_and_questions():
     assert rows[("up", "task_accuracy - base")]["verdict"] == "higher"
     same = rows[("same", "control_accuracy - base")]  # every seed answers as the reference: no spread, no difference
     assert same["value"] == 0 and same["verdict"] == "cannot tell"
+    tested = [r for r in rows.values() if r["p"] is not None]  # Holm over the table's 8 differences (4 per arm)
+    assert len(tested) == 8 and all(r["p_holm"] >= r["p"] for r in tested)
+    first = min(tested, key=lambda r: r["p"])
+    assert first["p_holm"] == pytest.approx(min(1.0, 8 * first["p"]))
 
 
 def test_figures_give_an_arm_of_several_seeds_one_legend_entry():

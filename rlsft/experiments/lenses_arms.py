@@ -8,8 +8,8 @@ and lens, the mean over the arm's seeds:
   redrawn, then questions; Student t on the two variance parts), the same as the arms study's EAP and accuracy rows;
 - a per-model lens (the share of parameters unchanged at bf16) has one value per seed: a Student t interval over
   seeds.
-A difference from the reference whose interval holds 0 says "cannot tell"; a level (a KL, a share) is a value with
-its interval, no verdict.
+A difference from the reference is tested (the interval's t test), Holm-adjusted over the table's differences, and
+says "cannot tell" at an adjusted p of 0.05 or more; a level (a KL, a share) is a value with its interval, no test.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from ..hierarchical import seed_question_interval
-from ..stats import t_interval
+from ..stats import holm, t_interval
 
 
 def _nan(values) -> np.ndarray:
@@ -31,19 +31,26 @@ def _share(arm: str, measure: str, values, seeds: int) -> dict:
     mean, lo, hi = t_interval(values)
     lo, hi = (max(lo, 0.0), min(hi, 1.0)) if math.isfinite(lo) else (lo, hi)
     return {"arm": arm, "measure": measure, "value": mean, "ci_low": lo, "ci_high": hi, "seeds": seeds,
-            "questions": None, "verdict": "level: no test"}
+            "questions": None, "p": None, "verdict": "level: no test"}
 
 
 def _interval(arm: str, measure: str, a, b=None, n_boot: int = 2000, seed: int = 0) -> dict:
     iv = seed_question_interval(a, b, n_boot=n_boot, seed=seed)
-    if b is None:
-        verdict = "level: no test"
-    elif not math.isfinite(iv.lo):
-        verdict = f"cannot tell: {iv.questions} question(s)"
-    else:
-        verdict = "cannot tell" if iv.holds_zero() else ("higher" if iv.diff > 0 else "lower")
-    return {"arm": arm, "measure": measure, "value": iv.diff, "ci_low": iv.lo, "ci_high": iv.hi, "seeds": iv.seeds,
-            "questions": iv.questions, "verdict": verdict}
+    row = {"arm": arm, "measure": measure, "value": iv.diff, "ci_low": iv.lo, "ci_high": iv.hi, "seeds": iv.seeds,
+           "questions": iv.questions, "p": None, "verdict": "level: no test"}
+    if b is not None:
+        tested = math.isfinite(iv.lo)
+        row |= {"p": iv.p if tested else None, "verdict": "" if tested else f"cannot tell: {iv.questions} question(s)"}
+    return row
+
+
+def _holm_verdicts(rows: list[dict]) -> None:
+    """Holm over every tested difference of the table (as the arms study adjusts within each table); "cannot tell"
+    at an adjusted p of 0.05 or more."""
+    tested = [r for r in rows if r.get("p") is not None]
+    for row, p in zip(tested, holm([r["p"] for r in tested])):
+        row["p_holm"] = float(p)
+        row["verdict"] = "cannot tell" if p >= 0.05 else ("higher" if row["value"] > 0 else "lower")
 
 
 def arm_rows(result: dict, arms: dict[str, list[str]], n_boot: int = 2000, seed: int = 0) -> list[dict]:
@@ -66,4 +73,5 @@ def arm_rows(result: dict, arms: dict[str, list[str]], n_boot: int = 2000, seed:
             values = np.stack([np.asarray(passes[n]["per_question"], dtype=float)[:, j] for n in names])
             reference = np.asarray(passes[ref]["per_question"], dtype=float)[:, j]
             rows.append(_interval(arm, f"pass@{k} - {ref}", values, reference, n_boot, seed))
+    _holm_verdicts(rows)
     return rows

@@ -71,9 +71,10 @@ def output_tables(result: dict) -> dict[str, tuple[list, list]]:
 
 def arm_table(result: dict) -> dict[str, tuple[list, list]]:
     """lenses_arms: each lens per arm over its seeds (rlsft.experiments.lenses_arms); absent for one seed."""
-    cols = ["arm", "measure", "value", "ci_low", "ci_high", "seeds", "questions", "verdict"]
+    cols = ["arm", "measure", "value", "ci_low", "ci_high", "seeds", "questions", "p", "p_holm", "verdict"]
     return {"lenses_arms": (cols, [[r["arm"], r["measure"], _r(r["value"]), _r(r["ci_low"]), _r(r["ci_high"]),
-                                    r["seeds"], r["questions"] if r["questions"] is not None else "", r["verdict"]]
+                                    r["seeds"], r["questions"] if r["questions"] is not None else "",
+                                    _r(r.get("p"), 6), _r(r.get("p_holm"), 6), r["verdict"]]
                                    for r in result.get("arms", [])])}
 
 
