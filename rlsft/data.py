@@ -293,20 +293,25 @@ def subset(records: list[Record], n: int | None, seed: int) -> list[Record]:
     return [records[i] for i in keep]
 
 
-def without_questions_of(records: list[Record], sections: list, name: str) -> list[Record]:
-    """``records`` less those asking a question of any dataset section in ``sections`` (``dataset.exclude``): a
-    held-out set stays disjoint from a training set however many questions it grows to."""
+def dataset_section(section: Any, where: str):
+    """A DatasetConfig from a (partial) dict or DictConfig, unknown keys rejected by name."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from .config import DatasetConfig
 
+    try:
+        return OmegaConf.merge(OmegaConf.structured(DatasetConfig), section)
+    except OmegaConfBaseException as exc:
+        raise RlsftError(f"{where}: {str(exc).splitlines()[0]}") from None
+
+
+def without_questions_of(records: list[Record], sections: list, name: str) -> list[Record]:
+    """``records`` less those asking a question of any dataset section in ``sections`` (``dataset.exclude``): a
+    held-out set stays disjoint from a training set however many questions it grows to."""
     asked: set[str] = set()
     for i, section in enumerate(sections):
-        try:
-            other = OmegaConf.merge(OmegaConf.structured(DatasetConfig), section)
-        except OmegaConfBaseException as exc:
-            raise RlsftError(f"dataset {name!r}: exclude[{i}]: {str(exc).splitlines()[0]}") from None
+        other = dataset_section(section, f"dataset {name!r}: exclude[{i}]")
         asked |= {normalise_question(r.question) for r in load_records(other)}
     return leave_out(records, asked, f"dataset {name!r}: every question is also in dataset.exclude ({len(records)} "
                      "records)", f"[dataset] {name}: {{dropped}} of {len(records)} questions are also in "

@@ -176,9 +176,14 @@ _SPARE = ["#e377c2", "#bcbd22", "#aec7e8", "#ff9896", "#98df8a", "#c5b0d5"]
 _SEED = re.compile(r"_s\d+$")  # a seeded arm's stage name, <arm>_s<seed> (rlsft/seeds.py)
 
 
+def arm_name(stage: str) -> str:
+    """The arm a stage name belongs to: ``<arm>`` for a seeded arm's ``<arm>_s<seed>``, else the name itself."""
+    return _SEED.sub("", stage)
+
+
 def _arm(stage: str) -> str:
     """The name a stage's colour and legend place come from: a seeded arm's stage takes its arm's."""
-    arm = _SEED.sub("", stage)
+    arm = arm_name(stage)
     return arm if arm in STAGE_COLORS else stage
 
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from .common import RunContext, markdown_table, stage_color
-
-SEEDED = re.compile(r"_s\d+$")  # a seeded arm's stage, <arm>_s<seed> (rlsft/seeds.py)
+from .common import RunContext, arm_name, markdown_table, stage_color
 
 
 def _r(x, digits: int = 4):
@@ -131,7 +128,7 @@ def legend_labels(names, reference: str) -> dict[str, str]:
     seed count and the others none (19 entries for the arms' 3 seeds would not fit beside the axes)."""
     groups: dict[str, list[str]] = {}
     for n in names:
-        groups.setdefault(SEEDED.sub("", n), []).append(n)
+        groups.setdefault(arm_name(n), []).append(n)
     labels = {}
     for arm, group in groups.items():
         first = group[0] if len(group) == 1 else f"{arm} ({len(group)} seeds)"
@@ -161,11 +158,11 @@ def sparsity_figure(plt, result: dict):
     labels = legend_labels(result["weights"], result["reference"])
     shares: dict[str, list[float]] = {}
     for n, w in result["weights"].items():
-        shares.setdefault(SEEDED.sub("", n), []).append(w["all"]["unchanged"])
+        shares.setdefault(arm_name(n), []).append(w["all"]["unchanged"])
     for n, w in result["weights"].items():
         blocks = [(int(g.split()[1]), b["unchanged"]) for g, b in w["by_block"].items() if g.startswith("block ")]
         blocks.sort()
-        arm = shares[SEEDED.sub("", n)]
+        arm = shares[arm_name(n)]
         overall = f"{arm[0]:.1%}" if len(arm) == 1 else f"{min(arm):.1%}-{max(arm):.1%}"
         ax.plot([b for b, _ in blocks], [u for _, u in blocks], marker="o", ms=3, color=stage_color(n),
                 label=labels[n] if labels[n] == "_nolegend_" else f"{labels[n]} (all: {overall})")

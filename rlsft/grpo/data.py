@@ -5,22 +5,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from ..data import Record, leave_out, load_records, normalise_question, subset
+from ..data import Record, dataset_section, leave_out, load_records, normalise_question, subset
 from ..errors import RlsftError
 from .config import GRPOConfig
-
-
-def dataset_section(section: Any, where: str):
-    """A DatasetConfig from a (partial) dict or DictConfig, unknown keys rejected by name."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from ..config import DatasetConfig
-
-    try:
-        return OmegaConf.merge(OmegaConf.structured(DatasetConfig), section)
-    except OmegaConfBaseException as exc:
-        raise RlsftError(f"{where}: {str(exc).splitlines()[0]}") from None
 
 
 def recipe_data(recipe: GRPOConfig, default_dataset: Any = None) -> tuple[list[Record], list[Record]]:

@@ -107,6 +107,7 @@ def top_singular(m: torch.Tensor, k: int) -> tuple[np.ndarray, torch.Tensor]:
     """The top-k singular values (descending) and left singular vectors [out, k] of m [out, in]. On CPU only those k
     eigenpairs of the Gram matrix are computed (LAPACK syevx through scipy: torch has no partial eigensolver), not all
     of them; on a GPU torch's full eigh, which is fast there."""
+    m = m.double()  # once: the Gram matrix and, for a tall m, u_i = m v_i / s_i both use it
     gram, wide = _gram(m)
     n, k = gram.shape[0], min(k, gram.shape[0])
     if gram.is_cuda:
@@ -117,7 +118,7 @@ def top_singular(m: torch.Tensor, k: int) -> tuple[np.ndarray, torch.Tensor]:
         evals, evecs = torch.from_numpy(w), torch.from_numpy(v)
     s = evals.clamp(min=0).sqrt().flip(0)
     vecs = evecs.flip(1)
-    U = vecs if wide else (m.double() @ vecs) / s.clamp(min=1e-300)  # u_i = m v_i / s_i
+    U = vecs if wide else (m @ vecs) / s.clamp(min=1e-300)  # u_i = m v_i / s_i
     return s.cpu().numpy(), U
 
 
