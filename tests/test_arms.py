@@ -304,6 +304,7 @@ def test_the_arms_family_trains_each_arm_on_three_seeds_at_one_budget():
     # trained answer tokens are matched by the batch sizes (measured in the budget table); every offline step has its
     # full batch, so tokens follow steps x batch_size, and GRPO resamples until its 16-answer batch is full
     assert all(recipes[a].full_batches for a in ("sft", "rft", "dpo"))
+    assert {recipes[a].answer_tokens for a in ("sft", "rft", "dpo")} == {4250}  # each seed's batch sized to it
     assert recipes["grpo"].batch_questions * recipes["grpo"].num_generations == 16
     assert recipes["grpo"].dynamic_sampling and recipes["grpo"].max_resample == 7
     assert [specs[a][0][1].name for a in trained] == trained
@@ -329,3 +330,32 @@ def test_full_batches_is_keyed_only_when_set():
             "recipe": {"kind": "sft", "train": TRAIN, "lr": 1e-5}}
     assert folder_name({**spec, "recipe": {**spec["recipe"], "full_batches": False}}) == folder_name(spec)
     assert folder_name({**spec, "recipe": {**spec["recipe"], "full_batches": True}}) != folder_name(spec)
+
+
+def test_a_token_target_sizes_the_batch_from_the_examples_and_trains_that_many_tokens(cache_dir):
+    """method.md 8, matched budgets: with `answer_tokens` the batch comes from the examples built (their mean answer
+    length), so the trained tokens land within half an example a step of the target, whatever the lengths; it is keyed
+    only when set, and it needs full batches of a fixed step count."""
+    from rlsft.arms.data import distinct_questions
+    from rlsft.grpo.data import recipe_data
+    from rlsft.training.derived import training_budget
+
+    recipe = {"kind": "sft", "train": TRAIN, "eval_n": 4, "lr": 1e-3, "steps": 3, "full_batches": True,
+              "answer_tokens": 150}
+    spec = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}}, "recipe": recipe}
+    model, tok = build_tiny_model(seed=3)
+    records = recipe_data(as_arm_recipe(recipe))[0]
+    per_example = [sum(e["completion_mask"]) for e in
+                   sft_examples(tok, "chat", distinct_questions(records), stop_id(model, tok))]
+    mean = sum(per_example) / len(per_example)
+    exact = 150 / (3 * mean)  # the fractional batch that would hit 150
+    load_model(spec, device="cpu")
+    budget = training_budget(spec)
+    assert budget["batch_size"] == round(exact) and budget["answer_tokens_target"] == 150
+    assert budget["examples_seen"] == 3 * round(exact) and budget["optimizer_steps"] == 3
+    assert abs(budget["answer_tokens"] / 150 - 1) <= 1 / (2 * exact) + 0.01
+    plain = {**spec, "recipe": {k: v for k, v in recipe.items() if k != "answer_tokens"}}
+    assert folder_name({**spec, "recipe": {**recipe, "answer_tokens": 0}}) == folder_name(plain) != folder_name(spec)
+    for bad in ({"full_batches": False}, {"steps": 0}, {"answer_tokens": -1}):
+        with pytest.raises(RlsftError, match="answer_tokens"):
+            as_arm_recipe({**recipe, **bad})

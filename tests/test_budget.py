@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from rlsft.training.budget import budget_gaps, match_text, seen_tokens, warning_line, within
+from rlsft.training.budget import (arm_means, batch_for_tokens, budget_gaps, check_arms, match_text, seen_tokens,
+                                  warning_line, within)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 5, 6, 7, 11])
@@ -93,3 +94,46 @@ def test_an_lr_picked_by_a_sweep_passes_and_says_so():
     assert match_text(gaps["dpo_s1"]) == "answer_tokens +33%: not within 10%"
     assert match_text(gaps["rft_s0"]) == "lr differs: not within 10%"
     assert match_text(gaps["grpo_s0"]) == "within 10%"
+
+
+def test_arms_are_matched_on_their_means_over_seeds_and_off_seeds_are_noted():
+    """The study compares an arm's mean over its seeds, so the verdict is on that mean; a seed whose sampled answers
+    were shorter is still named (a note), and an arm whose seeds mix learning rates has no single lr."""
+    budgets = {"grpo_s0": _budget(20, 4559), "grpo_s1": _budget(20, 3698), "grpo_s2": _budget(20, 4493),
+               "rft_s0": _budget(20, 4608), "rft_s1": _budget(20, 3528), "rft_s2": _budget(20, 3273),
+               "sft_s0": _budget(20, 4300), "sft_s1": _budget(20, 4250, lr=1e-5), "base": None}
+    arms = {"base": ["base"], "grpo": ["grpo_s0", "grpo_s1", "grpo_s2"], "rft": ["rft_s0", "rft_s1", "rft_s2"],
+            "sft": ["sft_s0", "sft_s1"]}
+    means = arm_means(budgets, arms)
+    assert set(means) == {"grpo", "rft", "sft"}  # the base trained nothing
+    assert means["rft"]["answer_tokens"] == pytest.approx((4608 + 3528 + 3273) / 3) and means["sft"]["lr"] is None
+    reference, gaps, arm_gaps = check_arms(budgets, arms, "grpo")
+    assert reference == "grpo" and gaps["grpo_s1"]["answer_tokens"] == pytest.approx(3698 / 4250 - 1)
+    assert within(arm_gaps["grpo"]) and not within(gaps["grpo_s1"])
+    assert arm_gaps["rft"]["answer_tokens"] == pytest.approx(3803 / 4250 - 1, abs=1e-3) and not within(arm_gaps["rft"])
+    assert match_text(arm_gaps["sft"]) == "lr n/a: not within 10%"
+    assert warning_line(gaps, "grpo", arm_gaps).splitlines() == [
+        "[budget] warning: arms not within 10% of grpo's budget (method.md 8, matched budgets), their means over "
+        "seeds: rft (answer_tokens -11%); sft (lr n/a)",
+        "[budget] note: seeds not within 10% of grpo's mean over its seeds: grpo_s1 (answer_tokens -13%); rft_s1 "
+        "(answer_tokens -17%); rft_s2 (answer_tokens -23%); sft_s1 (lr differs)"]
+    reference, gaps, arm_gaps = check_arms({k: budgets[k] for k in ("grpo_s0", "grpo_s2")},
+                                           {"grpo": ["grpo_s0", "grpo_s2"]})
+    assert warning_line(gaps, reference, arm_gaps) is None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_batch_sized_for_a_token_target_is_the_nearest_and_within_one_half_example(seed):
+    """Against a search over every batch: steps full batches train steps x batch x the mean example's tokens (as
+    seen_tokens counts them); the chosen batch is the one nearest the target, so within half an example a step of it:
+    1 / (2 b) of the target, b the exact (fractional) batch that would hit it."""
+    rng = random.Random(seed)
+    per_example = [rng.randint(5, 40) for _ in range(rng.randint(10, 200))]
+    steps, target = rng.randint(5, 40), rng.randint(500, 20000)
+    batch = batch_for_tokens(per_example, steps, target)
+    trained = lambda b: seen_tokens(per_example, b, steps, full_batches=True)[1]
+    best = min(range(1, 2000), key=lambda b: abs(steps * b * sum(per_example) / len(per_example) - target))
+    assert batch == best
+    exact = target / (steps * sum(per_example) / len(per_example))
+    if exact >= 1:
+        assert abs(trained(batch) / target - 1) <= 1 / (2 * exact) + 1 / target

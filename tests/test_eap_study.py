@@ -79,11 +79,17 @@ def test_the_study_reports_every_arm_over_its_seeds(tmp_path, cache_dir):
     assert float(sft_grpo["diff"]) == pytest.approx(paired.mean())
 
     # budgets: every trained stage, its lr, and whether it is within 10% of grpo's (sft trained 4 steps, grpo 2)
+    # and each arm's mean over its seeds, the unit the verdict is on
     budget = {r["stage"]: r for r in _csv(run / "study_budget.csv")}
-    assert sorted(budget) == sorted(sum(ARMS.values(), []))
+    means = [f"{arm} (mean of 2 seeds)" for arm in ARMS if arm != "base"]
+    assert sorted(budget) == sorted(sum(ARMS.values(), []) + means)
     assert {float(r["lr"]) for r in budget.values()} == {0.001}
     assert budget["sft_s0"]["optimizer_steps"] == "4" and "not within 10%" in budget["sft_s0"]["budget_vs_grpo"]
-    assert "[budget] warning: not within 10% of grpo's budget" in out and "sft_s0 (optimizer_steps +100%" in out
+    assert float(budget["sft (mean of 2 seeds)"]["answer_tokens"]) == pytest.approx(
+        sum(float(budget[s]["answer_tokens"]) for s in ARMS["sft"]) / 2, abs=0.5)
+    assert budget["grpo (mean of 2 seeds)"]["budget_vs_grpo"] == "within 10%"
+    assert "[budget] warning: arms not within 10% of grpo's budget" in out and "sft (optimizer_steps +100%" in out
+    assert "[budget] note: seeds not within 10% of grpo's mean" in out and "sft_s0 (optimizer_steps +100%" in out
 
     # every per-seed test is secondary (the primary is the arms'); W&B (offline) has the study's numbers
     assert {r["role"] for r in _csv(run / "eap_tests.csv")} <= {"secondary", "point"}
@@ -96,8 +102,9 @@ def test_the_study_reports_every_arm_over_its_seeds(tmp_path, cache_dir):
     table = {r["stage"]: r for r in _csv(tmp_path / "evaluate" / "accuracy.csv")}
     assert list(table) == ["base", *sum(ARMS.values(), [])]
     assert table["base"]["budget_vs_grpo"] == "" and "not within 10%" in table["sft_s1"]["budget_vs_grpo"]
+    assert "not within 10%" in table["sft_s1"]["arm_budget_vs_grpo"] and table["base"]["arm_budget_vs_grpo"] == ""
     assert "is not cached: training it now" not in res.stdout  # the study's models, reused
-    assert "[budget] warning: not within 10% of grpo's budget" in res.stdout
+    assert "[budget] warning: arms not within 10% of grpo's budget" in res.stdout
 
     # eap.selection=per_arm on the same models: each arm on its own questions (here all of them: require_correct is
     # off), the reference scored per arm beside the arm's scores; the same numbers as the shared selection's

@@ -48,6 +48,13 @@ class ArmConfig:
     # dataloader_drop_last), so trained tokens are steps x batch_size x the mean example's, whatever the example count
     # (method.md 8, matched budgets: without it they jump in whole passes when the examples are few)
     full_batches: bool = False
+    # the trained answer tokens to aim at (method.md 8, matched budgets: the reference arm's mean over its seeds); set,
+    # the batch is sized from the examples built, batch = round(answer_tokens / (steps x mean tokens per example)),
+    # and `batch_size` is unused. Why: an arm's example lengths are the lengths of the base's samples, which its seed
+    # moves (rft: 15-21 tokens a sample), so a batch sized on one seed trains 17-23% fewer tokens on another. The
+    # nearest whole batch is within half an example a step of the target (<= 10% from 5 examples a step). Needs `steps` and
+    # `full_batches`; 0: `batch_size` as given
+    answer_tokens: int = 0
     lr: float = 1e-5
     # the lr was picked by experiment=lr_sweep because the family's shared rate did not train this arm (method.md 8):
     # the budget table then accepts a differing lr (and says so); not part of the cache key
@@ -120,5 +127,8 @@ def check_arm_recipe(r: ArmConfig) -> None:
     need(r.pairs_per_question >= 1, f"pairs_per_question must be >= 1, got {r.pairs_per_question}")
     need(r.epochs > 0 and r.batch_size >= 1 and r.lr > 0, "epochs, batch_size and lr must be positive")
     need(r.steps >= 0, f"steps must be >= 0 (0: `epochs` passes), got {r.steps}")
+    need(r.answer_tokens >= 0, f"answer_tokens must be >= 0 (0: batch_size as given), got {r.answer_tokens}")
+    need(not r.answer_tokens or (r.steps > 0 and r.full_batches),
+         "answer_tokens sizes each step's batch, so it needs `steps` > 0 and `full_batches: true`")
     need(r.warmup_steps >= 0 and r.max_grad_norm >= 0 and r.save_every >= 0,
          "warmup_steps, max_grad_norm and save_every must be >= 0")

@@ -26,7 +26,7 @@ from ..eap.family import verdict
 from ..errors import RlsftError
 from ..hierarchical import SeedInterval, seed_question_interval
 from ..stats import holm
-from ..training.budget import check_arms, match_text, warning_line
+from ..training.budget import arm_means, check_arms, match_text, warning_line
 from ..training.derived import training_budget
 from .common import RunContext, markdown_table
 
@@ -186,13 +186,19 @@ def budget_table(cfg, ctx: RunContext, arms: dict[str, list[str]]) -> tuple[list
     chosen = cfg.model_pair.get("budget_reference")
     names = [n for arm in {**arms, **({chosen: []} if chosen in by_arm else {})} for n in by_arm[arm]]
     budgets = {n: training_budget(ctx.model_spec(stages[n]), ctx.cache_dir) for n in names}
-    reference, gaps = check_arms(budgets, by_arm, chosen)
+    reference, gaps, arm_gaps = check_arms(budgets, by_arm, chosen)
     columns = ["stage", "arm", "seed", *BUDGET, f"budget_vs_{reference}"]
-    rows = [[n, stages[n].get("arm") or n, stages[n].get("seed"),
-             *[None if b is None else round(b[k]) if k == "wall_s" and b.get(k) is not None else b.get(k)
-               for k in BUDGET], match_text(gaps.get(n))]
-            for n, b in budgets.items() if b is not None]
-    return columns, rows, warning_line(gaps, reference)
+    cell = lambda b, k: None if b.get(k) is None else round(b[k]) if k in ("wall_s", "answer_tokens") else b[k]
+    rows = [[n, stages[n].get("arm") or n, stages[n].get("seed"), *[cell(b, k) for k in BUDGET],
+             match_text(gaps.get(n))] for n, b in budgets.items() if b is not None]
+    means = arm_means(budgets, by_arm)  # the unit the study compares: an arm's mean over its seeds
+    for arm, mean in means.items():
+        seeds = sum(1 for n in by_arm[arm] if budgets.get(n))
+        kind = next(b.get("kind") for n in by_arm[arm] if (b := budgets.get(n)))
+        rows.append([f"{arm} (mean of {seeds} seeds)", arm, None,
+                     *[kind if k == "kind" else cell(mean, k) if k in mean else None for k in BUDGET],
+                     match_text(arm_gaps.get(arm))])
+    return columns, rows, warning_line(gaps, reference, arm_gaps)
 
 
 def reference_console(rows: list[dict], reference: str, what: str) -> str:

@@ -50,14 +50,16 @@ def run(cfg, ctx: RunContext) -> dict:
         ctx.release(stage)
     warning = None
     if any("budget" in r for r in results.values()):
-        reference, gaps = check_arms({s: r.get("budget") for s, r in results.items()}, ctx.arms(),
-                                     cfg.model_pair.get("budget_reference"))
-        columns += [f"train_{k}" for k in BUDGET] + [f"budget_vs_{reference}"]
+        arms = ctx.arms()
+        arm_of = {stage: arm for arm, stages in arms.items() for stage in stages}
+        reference, gaps, arm_gaps = check_arms({s: r.get("budget") for s, r in results.items()}, arms,
+                                               cfg.model_pair.get("budget_reference"))
+        columns += [f"train_{k}" for k in BUDGET] + [f"budget_vs_{reference}", f"arm_budget_vs_{reference}"]
         for row, (stage, r) in zip(rows, results.items()):
             b = r.get("budget")  # None: not a trained stage (blank); a field a budget lacks: n/a
             row += ["" if b is None else "n/a" if b.get(k) is None else round(b[k]) if k == "wall_s" else b[k]
-                    for k in BUDGET] + [match_text(gaps.get(stage))]
-        warning = warning_line(gaps, reference)
+                    for k in BUDGET] + [match_text(gaps.get(stage)), match_text(arm_gaps.get(arm_of.get(stage)))]
+        warning = warning_line(gaps, reference, arm_gaps)
     ctx.write_table("accuracy", columns, rows)
     ctx.write_json("accuracy.json", results)
     print(markdown_table(columns, rows) + (warning + "\n" if warning else ""))

@@ -40,6 +40,13 @@ def seen_tokens(per_example: list[int], batch_size: int, steps: int, full_batche
     return examples, round(tokens)
 
 
+def batch_for_tokens(per_example: list[int], steps: int, answer_tokens: int) -> int:
+    """The whole batch whose ``steps`` full batches train nearest ``answer_tokens`` answer tokens, counted as
+    ``seen_tokens`` counts them (``steps x batch x`` the mean example's tokens); at least 1."""
+    mean = sum(per_example) / len(per_example)
+    return max(1, round(answer_tokens / (steps * mean)))
+
+
 def reference_value(budgets: dict[str, dict], stages: list[str], key: str) -> float | None:
     """The mean of ``key`` over the reference arm's stages that recorded it (its seeds), or None."""
     values = [budgets[s][key] for s in stages if budgets.get(s) and budgets[s].get(key) is not None]
@@ -82,21 +89,48 @@ def match_text(gap: dict | None) -> str:
     return ", ".join(off) + f": not within {TOLERANCE:.0%}"
 
 
-def warning_line(gaps: dict[str, dict], reference: str) -> str | None:
-    """One line naming every stage whose budget does not match the reference arm's, or None when all do."""
-    off = {stage: match_text(gap).split(":")[0] for stage, gap in gaps.items() if not within(gap)}
-    if not off:
-        return None
-    return (f"[budget] warning: not within {TOLERANCE:.0%} of {reference}'s budget (method.md 8, matched budgets): "
-            + "; ".join(f"{stage} ({what})" for stage, what in off.items()))
+def arm_means(budgets: dict[str, dict | None], arms: dict[str, list[str]]) -> dict[str, dict]:
+    """Per arm with a trained stage: the mean of each of ``MATCHED`` over its trained seeds, its lr (None when its
+    seeds differ) and ``lr_swept`` (all its seeds swept)."""
+    out = {}
+    for arm, stages in arms.items():
+        trained = [budgets[s] for s in stages if budgets.get(s)]
+        if not trained:
+            continue
+        lrs = {b.get("lr") for b in trained}
+        out[arm] = {**{key: reference_value(budgets, stages, key) for key in MATCHED},
+                    "lr": lrs.pop() if len(lrs) == 1 else None, "lr_swept": all(b.get("lr_swept") for b in trained)}
+    return out
+
+
+def warning_line(gaps: dict[str, dict], reference: str, arm_gaps: dict[str, dict] | None = None) -> str | None:
+    """The budget verdict in one line, or None when everything matches.
+
+    With ``arm_gaps`` (an arm's mean over its seeds against the reference arm's: the unit the study compares) the
+    warning names the arms that do not match, and a second, ``note`` line the seeds outside 10% of the reference
+    arm's mean: a seed's sampled answer lengths move its tokens (the grpo arm's own seeds span -13% to +7%), so a
+    seed can be off while its arm matches."""
+    stage_off = {stage: match_text(gap).split(":")[0] for stage, gap in gaps.items() if not within(gap)}
+    head = f"not within {TOLERANCE:.0%} of {reference}'s budget (method.md 8, matched budgets)"
+    if arm_gaps is None:
+        return ("[budget] warning: " + head + ": " + "; ".join(f"{s} ({what})" for s, what in stage_off.items())
+                if stage_off else None)
+    arm_off = {arm: match_text(gap).split(":")[0] for arm, gap in arm_gaps.items() if not within(gap)}
+    lines = [f"[budget] warning: arms {head}, their means over seeds: "
+             + "; ".join(f"{a} ({what})" for a, what in arm_off.items())] if arm_off else []
+    if stage_off:
+        lines.append(f"[budget] note: seeds not within {TOLERANCE:.0%} of {reference}'s mean over its seeds: "
+                     + "; ".join(f"{s} ({what})" for s, what in stage_off.items()))
+    return "\n".join(lines) or None
 
 
 def check_arms(budgets: dict[str, dict | None], arms: dict[str, list[str]],
-               reference: str | None = None) -> tuple[str | None, dict[str, dict]]:
-    """(reference arm, gaps of every trained stage) for a family: ``budgets`` per stage (None: not trained),
-    ``arms`` {arm: its stages}; the reference arm is ``reference``, else the first arm with a trained stage."""
+               reference: str | None = None) -> tuple[str | None, dict[str, dict], dict[str, dict]]:
+    """(reference arm, gaps of every trained stage, gaps of every trained arm's mean over its seeds) for a family:
+    ``budgets`` per stage (None: not trained), ``arms`` {arm: its stages}; the reference arm is ``reference``, else
+    the first arm with a trained stage. Stage and arm gaps are both against the reference arm's mean over its seeds."""
     trained = [arm for arm, stages in arms.items() if any(budgets.get(s) for s in stages)]
     reference = reference or (trained[0] if trained else None)
     if reference is None:
-        return None, {}
-    return reference, budget_gaps(budgets, arms[reference])
+        return None, {}, {}
+    return reference, budget_gaps(budgets, arms[reference]), budget_gaps(arm_means(budgets, arms), [reference])

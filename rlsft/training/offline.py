@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..cache import stage_key
 from ..errors import RlsftError
-from .budget import seen_tokens
+from .budget import batch_for_tokens, seen_tokens
 from .kind import Trained, TrainingKind
 
 
@@ -50,14 +51,21 @@ def train_arm(model, tokenizer, base: dict, recipe, work: Path, cache: Path, dev
             examples = data.rft_examples(samples, stop)
         else:
             examples = data.dpo_pairs(samples, stop, recipe.pairs_per_question)
+    if not examples:
+        raise RlsftError(f"{recipe.kind} recipe: the training questions gave no examples")
+    if recipe.kind == "dpo":
+        tokens = [len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in examples]  # both answers (budget.py)
+    else:
+        tokens = [sum(e["completion_mask"]) for e in examples]
+    if recipe.answer_tokens:
+        recipe = replace(recipe, batch_size=batch_for_tokens(tokens, recipe.steps, recipe.answer_tokens))
+        budget.update(answer_tokens_target=recipe.answer_tokens, batch_size=recipe.batch_size)
     if recipe.full_batches and recipe.batch_size > len(examples):
         raise RlsftError(f"{recipe.kind} recipe: full_batches with batch_size {recipe.batch_size} needs at least that "
                          f"many examples; the training questions gave {len(examples)}")
     if recipe.kind == "dpo":
-        tokens = [len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in examples]  # both answers (budget.py)
         trainer = train.dpo_trainer(model, tokenizer, examples, recipe, work, device, callbacks)
     else:
-        tokens = [sum(e["completion_mask"]) for e in examples]
         trainer = train.sft_trainer(model, tokenizer, examples, recipe, work, device, callbacks)
     t1 = time.time()
     budget.update(train.run(trainer))
@@ -85,8 +93,9 @@ def offline_key(base_fingerprint: dict, recipe) -> str:
     from ..arms.config import ARM_VERSION, NON_TRAINING_KEYS, arm_recipe_dict
 
     weights = {k: v for k, v in arm_recipe_dict(recipe).items() if k not in NON_TRAINING_KEYS}
-    if not weights["full_batches"]:  # keyed only when set, so the models trained before it existed stay cached
-        del weights["full_batches"]
+    for key in ("full_batches", "answer_tokens"):  # keyed only when set: models trained before they existed stay cached
+        if not weights[key]:
+            del weights[key]
     return stage_key(version=ARM_VERSION, base=base_fingerprint, recipe=weights)
 
 
