@@ -237,3 +237,27 @@ def test_arms_on_their_own_questions_are_compared_on_the_questions_both_hold():
     assert rows["b"]["diff"].diff == pytest.approx(
         np.mean([f("b", s, q) - 0.05 * int(q[1:]) for s in range(3) for q in values["b"].ids]))
     assert rows["d"]["value"] is None and rows["d"]["verdict"] == "cannot tell: fewer than 2 selected questions"
+
+
+@pytest.mark.slow  # two tiny trainings, three scored stages and their causal checks in a subprocess
+def test_the_study_gives_each_arms_causal_check_over_its_seeds(tmp_path, cache_dir):
+    """eap.faithfulness=true in a study (method.md 8 with 2.7): each arm's cross-fitted summaries minus the base's,
+    one mean over its seeds with an interval over seeds and questions, beside each seed's own check. The arm's
+    difference is the mean of the seeds' differences that the per-seed check (summarize) gives."""
+    run = tmp_path / "run"
+    res = launch("experiment=eap", *FAMILY, "eap.reference=base", "eap.compare=[sft]", "eap.require_correct=false",
+                 "eap.alphas=[1.0]", "eap.n_boot=300", "eap.faithfulness=true", "eap.faithfulness_points=8",
+                 "eap.faithfulness_splits=4", "eap.faithfulness_draws=2", f"hydra.run.dir={run}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Causal check per arm (method.md 2.7, secondary" in res.stdout
+    rows = {(r["summary"], r["arm"]): r for r in _csv(run / "study_faithfulness.csv")}
+    assert {s for s, _ in rows} >= {"faith_auc", "faith_auc_minus_control", "frac80", "f_0.1"}
+    per_seed = json.loads((run / "eap_compare.json").read_text())["alphas"]["1"]
+    for summary in ("faith_auc", "faith_auc_minus_control"):
+        r = rows[(summary, "sft")]
+        seeds = [per_seed[s]["faithfulness"]["diffs"][summary]["diff"] for s in ARMS["sft"]]
+        assert float(r["diff"]) == pytest.approx(np.mean(seeds))
+        assert int(r["seeds"]) == 2 and float(r["lo"]) <= float(r["diff"]) <= float(r["hi"])
+        assert r["verdict"] in ("cannot tell", "sft higher", "sft lower")
+    summary = read_offline_run(run)["summary"]
+    assert summary["study/faith_auc/sft_minus_base"] == pytest.approx(float(rows[("faith_auc", "sft")]["diff"]))

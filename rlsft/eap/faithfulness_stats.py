@@ -13,6 +13,8 @@ checked by a simulation that redraws the questions and re-ranks (tests/test_eap_
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import stats
 
@@ -133,4 +135,58 @@ def summarize(stages: dict[str, dict], level: float = 0.95, n_boot: int = 2000, 
                 _interval(d, boot[b][k] - boot[a][k], between, n, level)
             diff[k] = {"diff": d, "ci": ci, "p": p}
         out[f"{b}-{a}"] = diff
+    return out
+
+
+def _boot_stats(res: dict, idx: np.ndarray) -> tuple[dict, dict, dict]:
+    """(point summaries, per-split summaries, bootstrap summaries [B]) of one stage's losses; idx [B, n]."""
+    n = len(res["none"])
+    point, split = _stats(res, np.arange(n)[None])
+    chunks = [_stats(res, idx[i : i + 200])[0] for i in range(0, len(idx), 200)]
+    return point, split, {k: np.concatenate([c[k] for c in chunks]) for k in point}
+
+
+def seed_differences(reference: dict, seeds: list[dict], level: float = 0.95, n_boot: int = 2000,
+                     seed: int = 0) -> dict:
+    """Each cross-fitted summary (CROSS) of an arm trained on several seeds minus the reference's, as one mean over
+    the seeds, with an interval over seeds and questions (method.md 8: never from one seed; 2.7: the split inside).
+
+    ``reference`` and every entry of ``seeds``: ``faithfulness_losses`` outputs on the same questions with the same
+    splits. The variance has the two parts of rlsft.hierarchical: ``v_q``, questions redrawn with every seed kept
+    (one draw for the reference and every seed: paired) plus the variance of the seed-mean difference across the
+    splits, as each stage's interval has it (summarize); and ``v_s``, what redrawing the seeds adds, from the same
+    crossed resamples (S / (S - 1) for the plug-in). Student t with Satterthwaite's df, as seed_question_interval.
+    With one seed it is summarize's interval of that seed minus the reference (the same question draws).
+    Why not seed_question_interval itself: a summary of a curve is not a mean of per-question values, so each
+    resample recomputes the curves (and the split part has no per-question form)."""
+    from ..hierarchical import SeedInterval
+
+    n, S = len(reference["none"]), len(seeds)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))  # first, as summarize draws it: one seed gives its interval
+    weights = rng.multinomial(S, np.full(S, 1 / S), size=n_boot) / S  # [B, S]: seeds redrawn
+    ref_point, ref_split, ref_boot = _boot_stats(reference, idx)
+    per_seed = [_boot_stats(res, idx) for res in seeds]
+    out = {}
+    for k in CROSS:
+        d = np.array([float(p[k][0] - ref_point[k][0]) for p, _, _ in per_seed])  # [S]
+        boot = np.stack([b[k] - ref_boot[k] for _, _, b in per_seed])  # [S, B]
+        between = np.mean([sp[k][:, 0] - ref_split[k][:, 0] for _, sp, _ in per_seed], axis=0)  # [splits]
+        diff = float(d.mean())
+        ok = np.isfinite(boot).all(axis=0)
+        if not np.isfinite(diff) or ok.sum() < 0.9 * n_boot:  # e.g. frac80 never reached in many resamples
+            out[k] = SeedInterval(diff, math.nan, math.nan, math.nan, S, n, math.nan, math.nan, math.nan)
+            continue
+        questions_only = boot[:, ok].mean(axis=0)
+        full = np.einsum("bs,sb->b", weights[ok], boot[:, ok])
+        v_q = float(questions_only.var(ddof=1)) * n / (n - 1)
+        if np.isfinite(between).sum() > 1:
+            v_q += float(np.nanvar(between, ddof=1))
+        v_s = max(float(full.var(ddof=1)) - float(questions_only.var(ddof=1)), 0.0) * S / (S - 1) if S > 1 else 0.0
+        v = v_s + v_q
+        df = float(n - 1) if v_s == 0 else v * v / (v_s * v_s / (S - 1) + v_q * v_q / (n - 1))
+        se = math.sqrt(v)
+        half = float(stats.t.ppf(0.5 + level / 2, df)) * se
+        p = float(2 * stats.t.sf(abs(diff) / se, df)) if se > 0 else (1.0 if diff == 0 else 0.0)
+        out[k] = SeedInterval(diff, diff - half, diff + half, p, S, n, math.sqrt(v_s), math.sqrt(v_q), df)
     return out

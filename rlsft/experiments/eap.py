@@ -24,8 +24,8 @@ from ..models import fingerprint
 from ..seeds import stage_names
 from ..console import progress
 from .common import RunContext, markdown_table, stage_color
-from .eap_causal import (calibrated_tau, curve_rows, faithfulness_alpha, faithfulness_console, faithfulness_figure,
-                         faithfulness_summary_rows)
+from .eap_causal import (calibrated_tau, curve_rows, faithfulness_alpha, faithfulness_arm, faithfulness_console,
+                         faithfulness_figure, faithfulness_summary_rows)
 from .eap_family import add_tests, family_cell, family_table, family_wandb, lookup, primary_text, run_family
 from .eap_study import check_study, compared_arms, is_study, primary_values
 from .eap_study import report as study_report
@@ -412,6 +412,7 @@ def run_compare(cfg, ctx: RunContext) -> dict:
                      else list(stages), chosen[1])
     summaries: dict = {}
     primary = None  # the study's per-(seed, question) values of the primary metric, per arm
+    faith_arms: dict | None = {arm: None for arm in arms} if study and cfg.eap.faithfulness else None
     for alpha in scored_alphas(cfg):
         a = f"{alpha:g}"
         summaries[a] = {}
@@ -427,14 +428,21 @@ def run_compare(cfg, ctx: RunContext) -> dict:
                 copied.rename(ctx.run_dir / f"eap_scores_{reference}_for_{arm}_alpha{a}.npz")
             if study and np.isclose(alpha, cfg.eap.primary.alpha):
                 values[arm] = primary_values(scored, cfg.eap.primary.metric, reference, arms[arm], selection.ids)
+            causal = cfg.eap.faithfulness and (len(selection.ids) >= 4 or not study)
+            if cfg.eap.faithfulness and not causal:
+                log.warning("eap.faithfulness: arm %s has %d selected questions, fewer than the 4 the causal check "
+                            "needs (two per half): no check for it", arm, len(selection.ids))
             for name in arms[arm]:
                 pair = {"cut_len": scored["cut_len"], "mask": scored["mask"], "sft": scored[reference],
                         "rl": scored[name], "settings": {"sft": scored["settings"][reference],
                                                          "rl": scored["settings"][name]}}
                 summaries[a][name] = compare_alpha(cfg.eap, pair, cfg.truncation.seed)
-                if cfg.eap.faithfulness:  # the reference's patched losses are cached: computed once for all pairs
+                if causal:  # the reference's patched losses are cached: computed once for all pairs
                     summaries[a][name]["faithfulness"] = faithfulness_alpha(
                         ctx, gens, selection, pair, {"sft": stages[reference], "rl": stages[name]})
+            if causal and faith_arms is not None and np.isclose(alpha, cfg.eap.primary.alpha):
+                faith_arms[arm] = faithfulness_arm(ctx, gens, selection, scored, stages[reference],
+                                                   [stages[n] for n in arms[arm]])
         if study and np.isclose(alpha, cfg.eap.primary.alpha):
             primary = values
     ranked = run_family(summaries, cfg.eap.primary, compare=True, stage_primaries=not study)  # one per stage
@@ -449,8 +457,9 @@ def run_compare(cfg, ctx: RunContext) -> dict:
     ctx.tracker.summary(family_wandb(ranked))
     compare_figures(ctx, tables, reference)
     if study:
-        print(study_report(cfg, ctx, reference, arms, gens, primary) + f"Each seed's stage against {reference} "
-              "(intervals over questions only, every test secondary): eap_compare_<metric>.csv, eap_tests.csv")
+        print(study_report(cfg, ctx, reference, arms, gens, primary, faith_arms)
+              + f"Each seed's stage against {reference} (intervals over questions only, every test secondary): "
+              "eap_compare_<metric>.csv, eap_tests.csv")
     else:
         print(primary_text(ranked, cfg.eap.primary, reference=reference)
               + compare_console(cfg.dataset.name, selections, tables, reference))

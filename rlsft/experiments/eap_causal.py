@@ -19,7 +19,7 @@ from ..eap import build_graph, collate, edge_scores, samples_hash, scored_inputs
 from ..eap.calibration import calibrate_temperature, mean_self_entropy, scored_states
 from ..eap.faithfulness import baseline_outputs, faithfulness_losses as engine_losses, mean_positional, \
     patch_evaluator, share_grid, shared_prefix
-from ..eap.faithfulness_stats import POINT_VALUES, summarize
+from ..eap.faithfulness_stats import POINT_VALUES, seed_differences, summarize
 from ..eap.results import metric_interval
 from ..errors import RlsftError
 from ..models import fingerprint
@@ -161,8 +161,7 @@ def faithfulness_alpha(ctx: RunContext, gens: dict, selection, scored: dict, sta
     intervals and p-values at one alpha, JSON-ready. `seed` draws the splits (default truncation.seed)."""
     cfg = ctx.cfg
     grid = share_grid(cfg.eap.faithfulness_points)
-    seed = seed if seed is not None else cfg.eap.faithfulness_seed if cfg.eap.faithfulness_seed is not None \
-        else cfg.truncation.seed
+    seed = split_seed(cfg, seed)
     if len(selection.ids) < 4:
         raise RlsftError(f"eap.faithfulness needs at least 4 selected questions (two per half); "
                          f"got {len(selection.ids)}")
@@ -182,6 +181,27 @@ def faithfulness_alpha(ctx: RunContext, gens: dict, selection, scored: dict, sta
     d = res["rl-sft"]["frac80"]
     out["diff"] = {"frac80": d["diff"], "frac80_ci": d["ci"], "frac80_p": d["p"]}  # the flat keys eap.py tabulates
     return out
+
+
+def split_seed(cfg, seed: int | None = None) -> int:
+    """The seed that draws the cross-fitting splits: ``seed``, else eap.faithfulness_seed, else truncation.seed."""
+    if seed is not None:
+        return seed
+    return cfg.eap.faithfulness_seed if cfg.eap.faithfulness_seed is not None else cfg.truncation.seed
+
+
+def faithfulness_arm(ctx: RunContext, gens: dict, selection, scored: dict, reference, seeds: list) -> dict:
+    """The causal check of an arm trained on several seeds (method.md 8 with 2.7): each cross-fitted summary, the
+    seeds' mean minus the reference's, with an interval over seeds and questions (faithfulness_stats.seed_differences).
+    ``scored``: score_alpha's output for the reference and the seeds' stages on the arm's selection. The patched
+    losses are the per-seed checks' (cached), so this adds only the bootstrap."""
+    cfg = ctx.cfg
+    grid, seed = share_grid(cfg.eap.faithfulness_points), split_seed(cfg)
+    losses = [faithfulness_losses(ctx, stage, [gens[stage.name][q] for q in selection.ids], scored["cut_len"],
+                                  scored["settings"][stage.name], grid, seed) for stage in (reference, *seeds)]
+    for stage in (reference, *seeds):
+        ctx.release(stage)
+    return seed_differences(losses[0], losses[1:], n_boot=cfg.eap.n_boot, seed=seed)
 
 
 def shares_not_above_control(r: dict, from_share: float = 0.05) -> list[float]:

@@ -217,10 +217,38 @@ def pairs_console(pairs: dict[str, list[dict]]) -> str:
     return markdown_table(["measure", "arms", "difference [95% CI]", "p (Holm)", "verdict"], out)
 
 
+CAUSAL_CONSOLE = ("faith_auc", "faith_auc_minus_control", "frac80")  # the rest of CROSS: study_faithfulness.csv
+
+
+def causal_rows(faith: dict[str, dict | None]) -> list[dict]:
+    """The causal check per arm (method.md 2.7 over seeds): a row per arm and cross-fitted summary, arm - reference
+    with its interval over seeds and questions, Holm over the table's defined tests. An arm without a check (fewer
+    than 4 selected questions) or a summary undefined in the resamples (frac80 never reached) says so."""
+    rows = []
+    for arm, per in faith.items():
+        if per is None:
+            rows.append({"arm": arm, "summary": "faith_auc", "diff": None,
+                         "verdict": "cannot tell: fewer than 4 selected questions, no causal check"})
+            continue
+        for summary, interval in per.items():
+            rows.append({"arm": arm, "summary": summary, "diff": interval} if np.isfinite(interval.p) else
+                        {"arm": arm, "summary": summary, "diff": None,
+                         "verdict": "cannot tell: undefined in more than a tenth of the resamples"})
+    _holm([r for r in rows if r["diff"] is not None])
+    return rows
+
+
+def causal_table(dataset: str, rows: list[dict]) -> tuple[list[str], list[list]]:
+    columns = ["dataset", "summary", "arm", *CELLS, "p_holm", "verdict"]
+    return columns, [[dataset, r["summary"], r["arm"], *interval_cells(r["diff"]), r.get("p_holm"), r["verdict"]]
+                     for r in rows]
+
+
 def report(cfg, ctx: RunContext, reference: str, arms: dict[str, list[str]], gens: dict,
-           primary: dict[str, ArmValues | None] | None) -> str:
-    """Write the study's tables (study_primary, study_accuracy, study_arm_pairs, study_budget, eap_study.json, W&B
-    ``study/...``) and return its console text, the primary comparison first."""
+           primary: dict[str, ArmValues | None] | None, faith: dict[str, dict | None] | None = None) -> str:
+    """Write the study's tables (study_primary, study_accuracy, study_arm_pairs, study_budget, with eap.faithfulness
+    study_faithfulness, eap_study.json, W&B ``study/...``) and return its console text, the primary comparison
+    first."""
     n_boot, seed, metric = cfg.eap.n_boot, cfg.truncation.seed, cfg.eap.primary.metric
     accuracy = accuracy_values(gens, reference, arms)
     rows = {"accuracy": against_reference(accuracy, reference, n_boot, seed)}
@@ -235,8 +263,14 @@ def report(cfg, ctx: RunContext, reference: str, arms: dict[str, list[str]], gen
     ctx.write_table("study_arm_pairs", *pairs_table(dataset, pairs))
     columns, budget_rows, warning = budget_table(cfg, ctx, arms)
     ctx.write_table("study_budget", columns, budget_rows)
+    causal = None if faith is None else causal_rows(faith)
+    if causal is not None:
+        ctx.write_table("study_faithfulness", *causal_table(dataset, causal))
+        ctx.tracker.summary({f"study/{r['summary']}/{r['arm']}_minus_{reference}": r["diff"].diff
+                             for r in causal if r["diff"] is not None})
     ctx.write_json("eap_study.json", {"reference": reference, "arms": arms, "primary_metric": metric,
-                                      "against_reference": _plain(rows), "arm_pairs": _plain(pairs)})
+                                      "against_reference": _plain(rows), "arm_pairs": _plain(pairs),
+                                      **({} if causal is None else {"faithfulness": _plain({"rows": causal})["rows"]})})
     ctx.tracker.summary({f"study/{m}/{r['arm']}" + ("" if r["diff"] is None else f"_minus_{reference}"):
                          (r["value"] if r["diff"] is None else r["diff"]).diff
                          for m, rs in rows.items() for r in rs if r["value"] is not None})
@@ -253,6 +287,14 @@ def report(cfg, ctx: RunContext, reference: str, arms: dict[str, list[str]], gen
         first = (f"PRIMARY comparison per arm: {metric} at alpha {cfg.eap.primary.alpha:g} on {where}, "
                  f"arm - {reference} (Holm over the {len(arms)} arms):\n" + reference_console(rows[metric], reference,
                                                                                              metric))
+    if causal is not None:
+        shown = [r for r in causal if r["summary"] in CAUSAL_CONSOLE]
+        first += (f"Causal check per arm (method.md 2.7, secondary; eap.faithfulness_baseline="
+                  f"{cfg.eap.faithfulness_baseline}, alpha {cfg.eap.primary.alpha:g}, each arm's selection): arm - "
+                  f"{reference} over seeds and questions, the splits inside (Holm over study_faithfulness.csv):\n"
+                  + markdown_table(["summary", "arm", "difference [95% CI]", "p (Holm)", "verdict"],
+                                   [[r["summary"], r["arm"], interval_text(r["diff"]), "" if r["diff"] is None else
+                                     f"{r['diff'].p:.2g} ({r['p_holm']:.2g})", r["verdict"]] for r in shown]))
     return (head + first + "Accuracy (secondary):\n" + reference_console(rows["accuracy"], reference, "accuracy")
             + "Arm against arm (secondary):\n" + pairs_console(pairs)
             + "Training budgets (method.md 8, matched within 10%):\n" + markdown_table(columns, budget_rows)
