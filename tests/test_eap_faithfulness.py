@@ -290,7 +290,7 @@ def test_an_arms_interval_over_seeds_covers_with_the_seeds_and_the_ranking_redra
     per edge), against a reference on the same 12 questions. The truth is the arm's faith_auc expected over the seed
     population minus the reference's, each from rankings learnt on n/2 questions. The interval must cover it with the
     seeds, the questions and the rankings redrawn; the question-only interval (v_s dropped) is printed beside it.
-    About 4 minutes."""
+    Measured: 0.95 (question-only 0.875) over 40 replications; 6 minutes on a loaded 2-core machine."""
     n, S, reps = 12, 3, 40
     rng = np.random.default_rng(11)
     E, shares = int(MASK.sum()), share_grid(20)
