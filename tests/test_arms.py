@@ -359,3 +359,18 @@ def test_a_token_target_sizes_the_batch_from_the_examples_and_trains_that_many_t
     for bad in ({"full_batches": False}, {"steps": 0}, {"answer_tokens": -1}):
         with pytest.raises(RlsftError, match="answer_tokens"):
             as_arm_recipe({**recipe, **bad})
+
+
+def test_a_token_target_beyond_the_examples_trains_on_all_of_them_and_says_so(cache_dir, caplog):
+    """Few correct base samples (rft) can hold fewer examples than the batch the target asks for: the arm trains on
+    every example each step, with a warning, instead of stopping a study; its budget shows the shortfall."""
+    from rlsft.training.derived import training_budget
+
+    recipe = {"kind": "sft", "train": {**TRAIN, "arithmetic": {"count": 6, "digits": 1}}, "eval_n": 2, "lr": 1e-3,
+              "steps": 2, "full_batches": True, "answer_tokens": 10_000}
+    spec = {"source": "derived", "base": {"source": "tiny", "tiny": {"seed": 3}}, "recipe": recipe}
+    with caplog.at_level("WARNING"):
+        load_model(spec, device="cpu")
+    budget = training_budget(spec)
+    assert budget["batch_size"] == budget["examples"] == 4 and budget["answer_tokens"] < 10_000 / 5
+    assert "answer_tokens 10000 needs" in caplog.text and "training on 4 a step" in caplog.text

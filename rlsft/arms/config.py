@@ -52,8 +52,9 @@ class ArmConfig:
     # the batch is sized from the examples built, batch = round(answer_tokens / (steps x mean tokens per example)),
     # and `batch_size` is unused. Why: an arm's example lengths are the lengths of the base's samples, which its seed
     # moves (rft: 15-21 tokens a sample), so a batch sized on one seed trains 17-23% fewer tokens on another. The
-    # nearest whole batch is within half an example a step of the target (<= 10% from 5 examples a step). Needs `steps` and
-    # `full_batches`; 0: `batch_size` as given
+    # nearest whole batch is within half an example a step of the target (<= 10% from 5 examples a step); with fewer
+    # examples than that batch, each step trains on all of them (a warning; the budget table shows the shortfall).
+    # Needs `steps` and `full_batches`; 0: `batch_size` as given
     answer_tokens: int = 0
     lr: float = 1e-5
     # the lr was picked by experiment=lr_sweep because the family's shared rate did not train this arm (method.md 8):

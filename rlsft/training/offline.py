@@ -9,6 +9,7 @@ samples drawn.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,8 @@ from ..cache import stage_key
 from ..errors import RlsftError
 from .budget import batch_for_tokens, seen_tokens
 from .kind import Trained, TrainingKind
+
+log = logging.getLogger(__name__)
 
 
 def base_samples(model, tokenizer, base: dict, questions, recipe, cache: Path) -> list[dict]:
@@ -58,8 +61,14 @@ def train_arm(model, tokenizer, base: dict, recipe, work: Path, cache: Path, dev
     else:
         tokens = [sum(e["completion_mask"]) for e in examples]
     if recipe.answer_tokens:
-        recipe = replace(recipe, batch_size=batch_for_tokens(tokens, recipe.steps, recipe.answer_tokens))
-        budget.update(answer_tokens_target=recipe.answer_tokens, batch_size=recipe.batch_size)
+        batch = batch_for_tokens(tokens, recipe.steps, recipe.answer_tokens)
+        if batch > len(examples):  # train what there is: the budget table then shows the shortfall, no crash
+            log.warning("%s recipe: answer_tokens %d needs %d examples a step but the training questions gave %d: "
+                        "training on %d a step, short of the target", recipe.kind, recipe.answer_tokens, batch,
+                        len(examples), len(examples))
+            batch = len(examples)
+        recipe = replace(recipe, batch_size=batch)
+        budget.update(answer_tokens_target=recipe.answer_tokens, batch_size=batch)
     if recipe.full_batches and recipe.batch_size > len(examples):
         raise RlsftError(f"{recipe.kind} recipe: full_batches with batch_size {recipe.batch_size} needs at least that "
                          f"many examples; the training questions gave {len(examples)}")
