@@ -394,6 +394,38 @@ def selection_json(selections: dict[str, tuple | None]) -> dict:
     return {"per_arm": {arm: one(c) for arm, c in selections.items()}}
 
 
+def write_selections(cfg, ctx: RunContext, selections: dict, names: list[str], arms: dict[str, list[str]]) -> None:
+    """eap_selection.json, and each selection's counts in the log (``names``: the reference first, then the compared
+    stages; per arm: the reference and the arm's seeds)."""
+    ctx.write_json("eap_selection.json", selection_json(selections))
+    for arm, chosen in selections.items():
+        if chosen is not None:
+            log.info("eap selection (%s): %s", [names[0], *arms[arm]] if cfg.eap.selection == "per_arm"
+                     else names, chosen[1])
+
+
+def stage_pair(scored: dict, reference: str, name: str) -> dict:
+    """One compared stage's scores beside the reference's, in the pair form compare_alpha and the causal check read
+    (the reference under ``sft``, the stage under ``rl``)."""
+    return {"cut_len": scored["cut_len"], "mask": scored["mask"], "sft": scored[reference], "rl": scored[name],
+            "settings": {"sft": scored["settings"][reference], "rl": scored["settings"][name]}}
+
+
+def causal_checks(ctx: RunContext, gens: dict, selection, scored: dict, reference, seeds: list, per_stage: dict,
+                  study: bool) -> dict | None:
+    """eap.faithfulness for one arm on its selection: each seed's stage against the reference (into
+    ``per_stage[name]["faithfulness"]``) and, in a study, the arm over its seeds (returned). A study arm with fewer
+    than the 4 selected questions the check needs (two per half) gets none and a warning, not a stopped run."""
+    if study and len(selection.ids) < 4:
+        log.warning("eap.faithfulness: arm of %s has %d selected questions, fewer than the 4 the causal check needs "
+                    "(two per half): no check for it", seeds[0].name, len(selection.ids))
+        return None
+    for stage in seeds:  # the reference's patched losses are cached: computed once for all pairs
+        per_stage[stage.name]["faithfulness"] = faithfulness_alpha(
+            ctx, gens, selection, stage_pair(scored, reference.name, stage.name), {"sft": reference, "rl": stage})
+    return faithfulness_arm(ctx, gens, selection, scored, reference, seeds) if study else None
+
+
 def run_compare(cfg, ctx: RunContext) -> dict:
     """eap.reference=<stage> with eap.compare=[...]: each compared stage against the reference on the shared
     selection or its arm's own (eap.selection); per metric one table and one figure with a row per stage (the
@@ -405,11 +437,7 @@ def run_compare(cfg, ctx: RunContext) -> dict:
         check_study(cfg, ctx, arms)
     gens = generations(ctx, *stages.values())
     selections = arm_selections(cfg, gens, reference, arms)
-    ctx.write_json("eap_selection.json", selection_json(selections))
-    for arm, chosen in selections.items():
-        if chosen is not None:
-            log.info("eap selection (%s): %s", [reference, *arms[arm]] if cfg.eap.selection == "per_arm"
-                     else list(stages), chosen[1])
+    write_selections(cfg, ctx, selections, list(stages), arms)
     summaries: dict = {}
     primary = None  # the study's per-(seed, question) values of the primary metric, per arm
     faith_arms: dict | None = {arm: None for arm in arms} if study and cfg.eap.faithfulness else None
@@ -428,21 +456,13 @@ def run_compare(cfg, ctx: RunContext) -> dict:
                 copied.rename(ctx.run_dir / f"eap_scores_{reference}_for_{arm}_alpha{a}.npz")
             if study and np.isclose(alpha, cfg.eap.primary.alpha):
                 values[arm] = primary_values(scored, cfg.eap.primary.metric, reference, arms[arm], selection.ids)
-            causal = cfg.eap.faithfulness and (len(selection.ids) >= 4 or not study)
-            if cfg.eap.faithfulness and not causal:
-                log.warning("eap.faithfulness: arm %s has %d selected questions, fewer than the 4 the causal check "
-                            "needs (two per half): no check for it", arm, len(selection.ids))
             for name in arms[arm]:
-                pair = {"cut_len": scored["cut_len"], "mask": scored["mask"], "sft": scored[reference],
-                        "rl": scored[name], "settings": {"sft": scored["settings"][reference],
-                                                         "rl": scored["settings"][name]}}
-                summaries[a][name] = compare_alpha(cfg.eap, pair, cfg.truncation.seed)
-                if causal:  # the reference's patched losses are cached: computed once for all pairs
-                    summaries[a][name]["faithfulness"] = faithfulness_alpha(
-                        ctx, gens, selection, pair, {"sft": stages[reference], "rl": stages[name]})
-            if causal and faith_arms is not None and np.isclose(alpha, cfg.eap.primary.alpha):
-                faith_arms[arm] = faithfulness_arm(ctx, gens, selection, scored, stages[reference],
-                                                   [stages[n] for n in arms[arm]])
+                summaries[a][name] = compare_alpha(cfg.eap, stage_pair(scored, reference, name), cfg.truncation.seed)
+            if cfg.eap.faithfulness:
+                checked = causal_checks(ctx, gens, selection, scored, stages[reference], [stages[n] for n in arms[arm]],
+                                        summaries[a], study)
+                if faith_arms is not None and np.isclose(alpha, cfg.eap.primary.alpha):
+                    faith_arms[arm] = checked
         if study and np.isclose(alpha, cfg.eap.primary.alpha):
             primary = values
     ranked = run_family(summaries, cfg.eap.primary, compare=True, stage_primaries=not study)  # one per stage
