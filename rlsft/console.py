@@ -22,6 +22,22 @@ log = logging.getLogger("rlsft")
 LINE_EVERY_S = 10.0  # at most this long between two progress lines when there is no terminal
 
 
+_SAID: set[str] = set()
+
+
+def say_once(line: str) -> None:
+    """Print ``line`` the first time this process says it: a note that every stage of a family recomputes (the same
+    recipe split, read once per stage) is one fact, not eighteen lines."""
+    if line not in _SAID:
+        _SAID.add(line)
+        print(line)
+
+
+def forget_said() -> None:
+    """Forget what say_once said: a test starts as a new process would."""
+    _SAID.clear()
+
+
 def quiet_libraries(verbose: bool) -> None:
     """Third-party bars and INFO logs off (``verbose``: everything on, as the libraries default to)."""
     level = logging.INFO if verbose else logging.WARNING

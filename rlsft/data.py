@@ -320,12 +320,14 @@ def without_questions_of(records: list[Record], sections: list, name: str) -> li
 
 def leave_out(records: list[Record], asked: set[str], none_left: str, note: str) -> list[Record]:
     """``records`` less those asking a question in ``asked`` (normalised texts): the error ``none_left`` when none is
-    left, ``note`` (its ``{dropped}`` filled in) printed when some went."""
+    left, ``note`` (its ``{dropped}`` filled in) printed once per process when some went."""
+    from .console import say_once
+
     kept = [r for r in records if normalise_question(r.question) not in asked]
     if not kept:
         raise RlsftError(none_left)
     if len(kept) < len(records):
-        print(note.format(dropped=len(records) - len(kept)))
+        say_once(note.format(dropped=len(records) - len(kept)))
     return kept
 
 

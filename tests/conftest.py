@@ -11,6 +11,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True)
+def fresh_console_notes():
+    """Each test starts as a fresh process would: the once-per-process notes (rlsft.console.say_once) unsaid."""
+    from rlsft.console import forget_said
+
+    forget_said()
+
+
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
     d = tmp_path / "cache"

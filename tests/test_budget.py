@@ -137,3 +137,14 @@ def test_the_batch_sized_for_a_token_target_is_the_nearest_and_within_one_half_e
     exact = target / (steps * sum(per_example) / len(per_example))
     if exact >= 1:
         assert abs(trained(batch) / target - 1) <= 1 / (2 * exact) + 1 / target
+
+
+def test_no_trained_reference_arm_gives_no_verdict_instead_of_a_wall_of_n_a():
+    """A study of the offline arms alone (grpo, the reference, not trained): one line says there is nothing to match
+    against, and no stage is called unmatched."""
+    budgets = {"sft_s0": _budget(20, 4318), "rft_s0": _budget(20, 4189), "grpo_s0": None}
+    arms = {"sft": ["sft_s0"], "rft": ["rft_s0"], "grpo": ["grpo_s0"]}
+    reference, gaps, arm_gaps = check_arms(budgets, arms, "grpo")
+    assert reference == "grpo" and gaps == {} and arm_gaps == {} and match_text(gaps.get("sft_s0")) == ""
+    assert warning_line(gaps, reference, arm_gaps).startswith("[budget] no verdict: grpo, the reference arm, has no "
+                                                              "trained stage here")

@@ -6,7 +6,8 @@ from types import SimpleNamespace as NS
 
 import pytest
 
-from rlsft.data import arithmetic_records, factual_records, load_records, read_rows, subset, template_records
+from rlsft.data import (arithmetic_records, factual_records, load_records, normalise_question, read_rows, subset,
+                        template_records)
 from rlsft.errors import RlsftError
 
 
@@ -161,3 +162,17 @@ def test_exclude_errors_name_the_dataset():
                                              "arithmetic": {"count": 50, "digits": 2, "unique": True}}]))
     with pytest.raises(RlsftError, match=r"dataset 'arith-0': exclude\[0\]"):
         load_records(_arith(0, 50, exclude=[{"name": "bad", "sorce": "arithmetic"}]))
+
+
+def test_a_left_out_note_is_printed_once_however_often_a_family_splits_the_same_recipe(capsys):
+    """Every stage of a family reads its recipe's split (18 stages of smollm2_arms printed the same line 18 times):
+    one fact, one line; another count is another fact."""
+    from rlsft.data import leave_out
+
+    records = arithmetic_records(20, 1, 1, "bare", 0)
+    asked = {normalise_question(records[0].question)}
+    for _ in range(3):
+        leave_out(records, asked, "none left", "[training data] {dropped} left out")
+    more = asked | {normalise_question(records[1].question)}
+    leave_out(records, more, "none left", "[training data] {dropped} left out")
+    assert capsys.readouterr().out.splitlines() == ["[training data] 1 left out", "[training data] 2 left out"]

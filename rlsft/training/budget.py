@@ -110,6 +110,11 @@ def warning_line(gaps: dict[str, dict], reference: str, arm_gaps: dict[str, dict
     warning names the arms that do not match, and a second, ``note`` line the seeds outside 10% of the reference
     arm's mean: a seed's sampled answer lengths move its tokens (the grpo arm's own seeds span -13% to +7%), so a
     seed can be off while its arm matches."""
+    if reference is None:  # no trained stage at all: no budget to speak of
+        return None
+    if not gaps:
+        return (f"[budget] no verdict: {reference}, the reference arm, has no trained stage here (train it, e.g. with "
+                f"eap.compare naming it, or set model_pair.budget_reference)")
     stage_off = {stage: match_text(gap).split(":")[0] for stage, gap in gaps.items() if not within(gap)}
     head = f"not within {TOLERANCE:.0%} of {reference}'s budget (method.md 8, matched budgets)"
     if arm_gaps is None:
@@ -128,9 +133,10 @@ def check_arms(budgets: dict[str, dict | None], arms: dict[str, list[str]],
                reference: str | None = None) -> tuple[str | None, dict[str, dict], dict[str, dict]]:
     """(reference arm, gaps of every trained stage, gaps of every trained arm's mean over its seeds) for a family:
     ``budgets`` per stage (None: not trained), ``arms`` {arm: its stages}; the reference arm is ``reference``, else
-    the first arm with a trained stage. Stage and arm gaps are both against the reference arm's mean over its seeds."""
+    the first arm with a trained stage. Stage and arm gaps are both against the reference arm's mean over its seeds;
+    both empty when the reference arm has no trained stage (no verdict, not "not within" everywhere)."""
     trained = [arm for arm, stages in arms.items() if any(budgets.get(s) for s in stages)]
     reference = reference or (trained[0] if trained else None)
-    if reference is None:
-        return None, {}, {}
+    if reference is None or reference not in trained:  # nothing to measure against: no verdict (warning_line says so)
+        return reference, {}, {}
     return reference, budget_gaps(budgets, arms[reference]), budget_gaps(arm_means(budgets, arms), [reference])
