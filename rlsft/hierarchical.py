@@ -81,6 +81,12 @@ def seed_question_interval(a, b=None, n_boot: int = 2000, level: float = 0.95, s
     full, questions_only = crossed_resamples(d, n_boot, np.random.default_rng(seed))
     v_q = float(questions_only.var()) * Q / (Q - 1)
     v_s = max(float(full.var()) - float(questions_only.var()), 0.0) * S / (S - 1) if S > 1 else 0.0
+    return two_part_interval(diff, v_s, v_q, S, Q, level)
+
+
+def two_part_interval(diff: float, v_s: float, v_q: float, S: int, Q: int, level: float = 0.95) -> SeedInterval:
+    """``diff +- t_df * sqrt(v_s + v_q)``: the seed part with S - 1 degrees of freedom, the question part with Q - 1,
+    joined by Satterthwaite; the two-sided p-value for 0 from the same t."""
     v = v_s + v_q
     df = float(Q - 1) if v_s == 0 else v * v / (v_s * v_s / (S - 1) + v_q * v_q / (Q - 1))
     se = math.sqrt(v)

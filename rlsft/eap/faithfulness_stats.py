@@ -76,6 +76,14 @@ def _stats(res: dict, rows: np.ndarray) -> tuple[dict, dict]:
     return out, split
 
 
+def _boot_stats(res: dict, idx: np.ndarray) -> tuple[dict, dict, dict]:
+    """(point summaries, per-split summaries, bootstrap summaries [B]) of one stage's losses; idx [B, n]."""
+    n = len(res["none"])
+    point, split = _stats(res, np.arange(n)[None])
+    chunks = [_stats(res, idx[i : i + 200])[0] for i in range(0, len(idx), 200)]
+    return point, split, {k: np.concatenate([c[k] for c in chunks]) for k in point}
+
+
 def _interval(point: float, boot: np.ndarray, between, n: int, level: float):
     """Interval (t with n-1 df) from the bootstrap variance plus the between-split variance, and the p-value for 0.
     nan when the point is nan or the summary is undefined (nan) in more than a tenth of the resamples."""
@@ -105,9 +113,9 @@ def summarize(stages: dict[str, dict], level: float = 0.95, n_boot: int = 2000, 
     n = len(stages[names[0]]["none"])
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
-    point = {s: _stats(stages[s], np.arange(n)[None]) for s in names}
-    boot = {s: [_stats(stages[s], idx[i : i + 200]) for i in range(0, n_boot, 200)] for s in names}
-    boot = {s: {k: np.concatenate([b[0][k] for b in bs]) for k in point[s][0]} for s, bs in boot.items()}
+    stats_of = {s: _boot_stats(stages[s], idx) for s in names}
+    point = {s: stats_of[s][:2] for s in names}
+    boot = {s: stats_of[s][2] for s in names}
     q = stats.t.ppf(0.5 + level / 2, n - 1)
 
     out = {}
@@ -138,14 +146,6 @@ def summarize(stages: dict[str, dict], level: float = 0.95, n_boot: int = 2000, 
     return out
 
 
-def _boot_stats(res: dict, idx: np.ndarray) -> tuple[dict, dict, dict]:
-    """(point summaries, per-split summaries, bootstrap summaries [B]) of one stage's losses; idx [B, n]."""
-    n = len(res["none"])
-    point, split = _stats(res, np.arange(n)[None])
-    chunks = [_stats(res, idx[i : i + 200])[0] for i in range(0, len(idx), 200)]
-    return point, split, {k: np.concatenate([c[k] for c in chunks]) for k in point}
-
-
 def seed_differences(reference: dict, seeds: list[dict], level: float = 0.95, n_boot: int = 2000,
                      seed: int = 0) -> dict:
     """Each cross-fitted summary (CROSS) of an arm trained on several seeds minus the reference's, as one mean over
@@ -159,7 +159,7 @@ def seed_differences(reference: dict, seeds: list[dict], level: float = 0.95, n_
     With one seed it is summarize's interval of that seed minus the reference (the same question draws).
     Why not seed_question_interval itself: a summary of a curve is not a mean of per-question values, so each
     resample recomputes the curves (and the split part has no per-question form)."""
-    from ..hierarchical import SeedInterval
+    from ..hierarchical import SeedInterval, two_part_interval
 
     n, S = len(reference["none"]), len(seeds)
     rng = np.random.default_rng(seed)
@@ -183,10 +183,5 @@ def seed_differences(reference: dict, seeds: list[dict], level: float = 0.95, n_
         if np.isfinite(between).sum() > 1:
             v_q += float(np.nanvar(between, ddof=1))
         v_s = max(float(full.var(ddof=1)) - float(questions_only.var(ddof=1)), 0.0) * S / (S - 1) if S > 1 else 0.0
-        v = v_s + v_q
-        df = float(n - 1) if v_s == 0 else v * v / (v_s * v_s / (S - 1) + v_q * v_q / (n - 1))
-        se = math.sqrt(v)
-        half = float(stats.t.ppf(0.5 + level / 2, df)) * se
-        p = float(2 * stats.t.sf(abs(diff) / se, df)) if se > 0 else (1.0 if diff == 0 else 0.0)
-        out[k] = SeedInterval(diff, diff - half, diff + half, p, S, n, math.sqrt(v_s), math.sqrt(v_q), df)
+        out[k] = two_part_interval(diff, v_s, v_q, S, n, level)
     return out

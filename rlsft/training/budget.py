@@ -104,7 +104,7 @@ def arm_means(budgets: dict[str, dict | None], arms: dict[str, list[str]]) -> di
 
 
 def warning_line(gaps: dict[str, dict], reference: str, arm_gaps: dict[str, dict] | None = None) -> str | None:
-    """The budget verdict in one line, or None when everything matches.
+    """The budget verdict in a line (two with a seeds note), or None when everything matches.
 
     With ``arm_gaps`` (an arm's mean over its seeds against the reference arm's: the unit the study compares) the
     warning names the arms that do not match, and a second, ``note`` line the seeds outside 10% of the reference
