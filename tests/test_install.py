@@ -41,8 +41,14 @@ def test_a_wheel_install_outside_the_checkout_trains_a_preset_recipe(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["rlsft"].startswith(str(site))  # the installed copy, not the checkout
-    # the preset's recipe: 77 distinct training questions (80 drawn, 3 also in its eval set), 20 full batches of 20
-    # (full_batches: each pass's short batch dropped), so 400 examples seen, 400 / 77 epochs
+    # the preset's recipe: 77 distinct training questions (80 drawn, 3 also in its eval set), 20 optimizer steps of
+    # full batches (full_batches: each pass's short batch dropped) sized to train ~4250 answer tokens with this
+    # model's tokenizer (answer_tokens): the same batch every step, and the total within half an example a step
     budget = result["budget"]
-    assert (budget["kind"], budget["examples"], budget["examples_seen"]) == ("sft", 77, 400)
-    assert budget["epochs"] == pytest.approx(400 / 77)
+    assert (budget["kind"], budget["examples"], budget["optimizer_steps"]) == ("sft", 77, 20)
+    seen = budget["examples_seen"]
+    assert seen == 20 * budget["batch_size"]
+    assert seen % 20 == 0 and seen > 0
+    mean_tokens = budget["answer_tokens"] / seen
+    assert abs(budget["answer_tokens"] - 4250) <= 20 * mean_tokens / 2
+    assert budget["epochs"] == pytest.approx(seen / 77)
