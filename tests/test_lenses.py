@@ -262,3 +262,19 @@ def test_a_share_over_two_seeds_keeps_its_interval_inside_0_1():
     wide = _share("a", "unchanged_share", [0.02, 0.06], 2)  # t with 1 df: 12.7 standard errors, clipped at 0
     assert wide["ci_low"] == 0.0 and wide["ci_high"] == pytest.approx(0.04 + stats.t.ppf(0.975, 1) * 0.02)
     assert _share("a", "unchanged_share", [0.9, 0.99], 2)["ci_high"] == 1.0
+
+
+def test_weight_tables_keep_a_small_drift_visible():
+    """A bf16 update's spectral drift is ~1e-5 of a singular value: four decimals printed every stage's as 0."""
+    from rlsft.experiments.lenses_report import weight_tables
+
+    lens = {"numel": 10, "unchanged": 0.77183, "effective_rank_share": 0.4824, "numerical_rank_share": 0.98,
+            "spectral_drift": 1.4122623e-05, "max_angle_deg": 0.16131}
+    result = {"reference": "base", "overlap": {},
+              "weights": {"sft_s0": {"all": lens, "by_block": {}, "by_type": {"q_proj": lens}}}}
+    tables = weight_tables(result)
+    cols, rows = tables["lenses_weights"]
+    assert dict(zip(cols, rows[0]))["spectral_drift"] == pytest.approx(1.412e-05, rel=1e-9)
+    assert dict(zip(cols, rows[0]))["unchanged"] == 0.7718
+    cols, rows = tables["lenses_types"]
+    assert dict(zip(cols, rows[0]))["spectral_drift"] > 0

@@ -11,7 +11,8 @@ from .common import RunContext, arm_name, markdown_table, stage_color
 
 
 def _r(x, digits: int = 4):
-    return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else round(float(x), digits)
+    """``digits`` significant digits, not decimals: a spectral drift of 1.4e-05 printed as 0 reads as "no drift"."""
+    return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(f"{float(x):.{digits}g}")
 
 
 def _cells(v: dict) -> list:
